@@ -1,0 +1,41 @@
+# batchd — the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-sqlite test-full lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/batchd serve --demo
+
+# Runs the suite on SQLite + the in-process runner, then again on PostgreSQL + Redis + arq
+# when BATCH_TEST_DATABASE_URL and BATCH_TEST_REDIS_URL are set.
+test: install
+	env -u BATCH_TEST_DATABASE_URL -u BATCH_TEST_REDIS_URL $(BIN)/pytest
+	@if [ -n "$$BATCH_TEST_DATABASE_URL" ] && [ -n "$$BATCH_TEST_REDIS_URL" ]; then \
+		echo "== again on $$BATCH_TEST_DATABASE_URL + $$BATCH_TEST_REDIS_URL =="; \
+		$(BIN)/pytest; \
+	else \
+		echo "(BATCH_TEST_DATABASE_URL / BATCH_TEST_REDIS_URL not set: PostgreSQL + Redis run skipped)"; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check app workers tests bench
+	$(BIN)/mypy app workers tests
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache batchd.db*

@@ -1,0 +1,1 @@
+"""batchd: async batch operations for an approval workflow."""

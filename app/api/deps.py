@@ -1,0 +1,90 @@
+"""Request dependencies: the request-scoped session (the HTTP commit boundary), the
+current user from the bearer token, settings, pagination and the queue backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.db.session import transaction
+from app.engine.users import user_by_token
+from app.errors import Forbidden, Unauthorized, ValidationFailed
+from app.models import User
+from app.queue.backend import QueueBackend
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request, committed before the response is sent (the dependency
+    is function-scoped, so a failed commit becomes an error response, never a 2xx for
+    unsaved work). Wake-ups requested during the request are sent after the commit."""
+    async with transaction(request.app.state.sessionmaker) as session:
+        yield session
+    await request.app.state.queue.send_wakeups(session)
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_queue(request: Request) -> QueueBackend:
+    queue: QueueBackend = request.app.state.queue
+    return queue
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+QueueDep = Annotated[QueueBackend, Depends(get_queue)]
+
+
+async def get_current_user(request: Request, session: SessionDep) -> User:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Send 'Authorization: Bearer <token>'.")
+    user = await user_by_token(session, token.strip())
+    if user is None:
+        raise Unauthorized("The bearer token is not valid.")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_admin(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise Forbidden("Only an admin may do this.")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin)]
+
+
+class Page:
+    """``?page=1&page_size=50``; page_size above the configured maximum is a 422."""
+
+    def __init__(
+        self,
+        request: Request,
+        page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+        page_size: Annotated[int, Query(ge=1)] = 50,
+    ) -> None:
+        limit = request.app.state.settings.max_page_size
+        if page_size > limit:
+            raise ValidationFailed(
+                f"page_size may be at most {limit}.",
+                fields=[{"loc": ["query", "page_size"], "msg": f"must be ≤ {limit}"}],
+            )
+        self.page = page
+        self.page_size = page_size
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.page_size
+
+
+PageDep = Annotated[Page, Depends(Page)]

@@ -1,0 +1,96 @@
+"""/api/v1/instances: start an instance, list visible instances, read one with its
+tasks and logs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import CurrentUser, PageDep, SessionDep
+from app.engine import instances as service
+from app.engine.queries import instance_filter_clauses, list_instances
+from app.schemas.common import (
+    IdPath,
+    IntQuery,
+    KeyQuery,
+    KeywordQuery,
+    Page,
+    error_responses,
+)
+from app.schemas.engine import (
+    InstanceCreate,
+    InstanceDetail,
+    InstanceOut,
+    InstanceStatus,
+    ProcessLogOut,
+    TaskOut,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["instances"])
+
+
+def _detail(detail: service.InstanceDetail) -> InstanceDetail:
+    return InstanceDetail(
+        **InstanceOut.model_validate(detail.instance).model_dump(),
+        tasks=[TaskOut.model_validate(t) for t in detail.tasks],
+        logs=[ProcessLogOut.model_validate(log) for log in detail.logs],
+    )
+
+
+@router.post(
+    "/instances",
+    status_code=201,
+    response_model=InstanceDetail,
+    responses=error_responses(401, 422),
+)
+async def start(body: InstanceCreate, user: CurrentUser, session: SessionDep) -> InstanceDetail:
+    """Start an instance on the latest version of the definition; the caller is the
+    initiator. The response includes the first task (``tasks``) and the start log.
+    An unknown ``definition_key`` is a 422 on that field."""
+    instance = await service.start_instance(
+        session,
+        user,
+        definition_key=body.definition_key,
+        title=body.title,
+        department_id=body.department_id,
+        business_key=body.business_key,
+        form_data=body.form_data,
+    )
+    return _detail(await service.instance_detail(session, user, instance.id))
+
+
+@router.get("/instances", response_model=Page[InstanceOut], responses=error_responses(401, 422))
+async def list_(
+    user: CurrentUser,
+    session: SessionDep,
+    page: PageDep,
+    status: InstanceStatus | None = None,
+    definition_key: KeyQuery = None,
+    keyword: KeywordQuery = None,
+    department_id: IntQuery = None,
+) -> Page[InstanceOut]:
+    """Visible instances, newest first: a user's own, those they hold a task in, and
+    those of definitions they have a monitor grant for; an admin sees all."""
+    clauses = instance_filter_clauses(
+        user,
+        status=status,
+        definition_key=definition_key,
+        keyword=keyword,
+        department_id=department_id,
+    )
+    rows, total = await list_instances(session, clauses, offset=page.offset, limit=page.page_size)
+    return Page[InstanceOut](
+        items=[InstanceOut.model_validate(i) for i in rows],
+        total=total,
+        page=page.page,
+        page_size=page.page_size,
+    )
+
+
+@router.get(
+    "/instances/{instance_id}",
+    response_model=InstanceDetail,
+    responses=error_responses(401, 404, 422),
+)
+async def get(instance_id: IdPath, user: CurrentUser, session: SessionDep) -> InstanceDetail:
+    """One instance with its tasks and process logs; 404 if it is not visible."""
+    return _detail(await service.instance_detail(session, user, instance_id))

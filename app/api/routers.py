@@ -1,0 +1,18 @@
+"""Every router the app mounts, in one list."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api import batches, definitions, events, health, instances, nodes, tasks, users
+
+ALL: list[APIRouter] = [
+    health.router,
+    users.router,
+    definitions.router,
+    instances.router,
+    tasks.router,
+    nodes.router,
+    batches.router,
+    events.router,
+]

@@ -1,0 +1,144 @@
+"""/api/v1/tasks: list and read tasks, approve or reject one task."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
+from app.engine import approval
+from app.engine.instances import reload_step
+from app.engine.queries import TaskRow, get_task_row, list_tasks, task_filter_clauses
+from app.errors import ValidationFailed
+from app.schemas.common import (
+    ID_MAX,
+    IdPath,
+    IntQuery,
+    KeyQuery,
+    KeywordQuery,
+    Page,
+    error_responses,
+)
+from app.schemas.engine import (
+    ApproveRequest,
+    ApproveResult,
+    InstanceOut,
+    TaskListItem,
+    TaskOut,
+    TaskStatus,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["tasks"])
+
+
+def parse_ids(raw: str | None, limit: int) -> list[int] | None:
+    """``"11, 12,13"`` → ``[11, 12, 13]``; anything else is a 422 on ``ids``."""
+    if raw is None:
+        return None
+    ids: list[int] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not (part.isascii() and part.isdigit()) or not 1 <= int(part) <= ID_MAX:
+            raise ValidationFailed(
+                f"ids must be comma-separated positive integers, got '{part}'.",
+                fields=[{"loc": ["query", "ids"], "msg": f"'{part}' is not a task id"}],
+            )
+        ids.append(int(part))
+    if len(ids) > limit:
+        raise ValidationFailed(
+            f"ids may list at most {limit} tasks.",
+            fields=[{"loc": ["query", "ids"], "msg": f"at most {limit} ids"}],
+        )
+    return ids
+
+
+def _item(row: TaskRow) -> TaskListItem:
+    return TaskListItem(
+        **TaskOut.model_validate(row.task).model_dump(),
+        title=row.title,
+        business_key=row.business_key,
+        definition_key=row.definition_key,
+        department_id=row.department_id,
+        instance_status=row.instance_status,
+    )
+
+
+@router.get("/tasks", response_model=Page[TaskListItem], responses=error_responses(401, 422))
+async def list_(
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    page: PageDep,
+    status: TaskStatus | None = None,
+    node_id: KeyQuery = None,
+    definition_key: KeyQuery = None,
+    keyword: KeywordQuery = None,
+    department_id: IntQuery = None,
+    assignee_id: IntQuery = None,
+    ids: Annotated[
+        str | None,
+        Query(description="Comma-separated task ids; an empty value matches nothing."),
+    ] = None,
+) -> Page[TaskListItem]:
+    """Tasks, newest first, with their instance's title, key and department.
+
+    A user sees only tasks assigned to them (an ``assignee_id`` of somebody else
+    gives an empty page, not a 403); an admin sees every task.
+    """
+    clauses = task_filter_clauses(
+        user,
+        status=status,
+        node_id=node_id,
+        definition_key=definition_key,
+        keyword=keyword,
+        department_id=department_id,
+        assignee_id=assignee_id,
+        ids=parse_ids(ids, settings.max_page_size),
+    )
+    rows, total = await list_tasks(session, clauses, offset=page.offset, limit=page.page_size)
+    return Page[TaskListItem](
+        items=[_item(r) for r in rows], total=total, page=page.page, page_size=page.page_size
+    )
+
+
+@router.get(
+    "/tasks/{task_id}", response_model=TaskListItem, responses=error_responses(401, 404, 422)
+)
+async def get(task_id: IdPath, user: CurrentUser, session: SessionDep) -> TaskListItem:
+    """One task (404 unless it is the caller's or the caller is an admin)."""
+    return _item(await get_task_row(session, user, task_id))
+
+
+@router.post(
+    "/tasks/{task_id}/approve",
+    response_model=ApproveResult,
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+async def approve(
+    task_id: IdPath,
+    body: ApproveRequest,
+    user: CurrentUser,
+    session: SessionDep,
+) -> ApproveResult:
+    """Approve or reject one task as its assignee.
+
+    Returns ``{"task", "instance"}``: the completed task and the instance after the
+    step (its new ``status`` and ``current_node_id``). 409 while the instance is not
+    active, the task is not pending, or a batch holds the task's lock.
+    """
+    task = await approval.approve_one(
+        session,
+        user,
+        task_id,
+        decision=body.decision,
+        comment=body.comment,
+        form_data=body.form_data,
+        next_assignee_id=body.next_assignee_id,
+    )
+    task, instance = await reload_step(session, task)
+    return ApproveResult(
+        task=TaskOut.model_validate(task), instance=InstanceOut.model_validate(instance)
+    )

@@ -1,0 +1,1 @@
+"""Batches: service (create, query, lifecycle), seeding, execution, monitor, retry, recovery."""

@@ -1,0 +1,264 @@
+"""execute(batch_id): claim a chunk, apply it set-based, record results, repeat.
+
+A chunk is one transaction:
+1. *claim* — up to ``chunk_size`` pending details of the batch, row-locked with
+   ``FOR UPDATE SKIP LOCKED`` (on PostgreSQL; SQLite's single writer serialises), so
+   concurrent workers never take the same items; the row locks *are* the claim;
+2. *apply* — run the operation on the whole chunk with a handful of bulk statements;
+3. *record* — write every detail's result, bump the batch counters once, commit.
+
+Effects, results and the claim commit together or not at all: a worker that dies
+mid-chunk (kill -9, lost connection, shutdown) leaves its items pending and untouched,
+and any worker can take them at once — no lease to wait out, nothing applied twice.
+A consequence: details are never *committed* as ``running``; an item being applied is
+``pending`` to everyone else until its chunk commits.
+
+If the bulk apply raises, the chunk rolls back and is re-run one item per transaction,
+so a bad item fails alone (no SAVEPOINT storms: PostgreSQL's subtransaction cache
+holds 64).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Table, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.batches import locks, monitor
+from app.db.base import utcnow
+from app.db.bulk import id_in, update_rows
+from app.db.session import transaction
+from app.engine.approval import Outcome
+from app.models import Batch, BatchDetail
+from app.operations import BatchRun, Operation, WorkItem, get_operation
+from app.queue.backend import Wakeup
+from app.queue.context import JobContext
+
+log = logging.getLogger("batchd.executor")
+
+_details = cast(Table, BatchDetail.__table__)
+_batches = cast(Table, Batch.__table__)
+RUNNABLE = ("seeding", "running")
+
+
+@dataclass
+class Chunk:
+    run: BatchRun
+    op: Operation
+    items: list[WorkItem]
+    retry_counts: dict[int, int]
+    max_retries: int
+
+
+@dataclass
+class ChunkResult:
+    counts: Counter[str]
+    over_threshold: bool = False
+
+
+@dataclass
+class Turn:
+    """What one pass of the loop saw: the chunk's result (None: nothing claimed), and
+    the batch's status and priority."""
+
+    result: ChunkResult | None
+    status: str
+    priority: str
+
+
+async def execute(ctx: JobContext, batch_id: int) -> None:
+    """The execute job: chunks until nothing is pending, the batch stops running, the
+    process shuts down, or the time slice ends (then it re-enqueues itself)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.settings.slice_seconds
+    while not ctx.stopping.is_set():
+        async with ctx.semaphore:
+            turn = await run_next_chunk(ctx, batch_id)
+        if turn.result is None:
+            if turn.status != "seeding":
+                break
+            if loop.time() > deadline:  # details still coming: hand back, come again
+                await ctx.queue.enqueue(Wakeup("execute", batch_id, turn.priority))
+                return
+            await asyncio.sleep(min(ctx.settings.poll_time, 0.1))
+            continue
+        await ctx.progress.publish(batch_id)
+        if turn.result.over_threshold:
+            await monitor.abort(ctx, batch_id)
+            return
+        if loop.time() > deadline:
+            await ctx.queue.enqueue(Wakeup("execute", batch_id, turn.priority))
+            return
+    if not ctx.stopping.is_set():
+        await monitor.finalize_if_done(ctx, batch_id)
+
+
+async def run_next_chunk(ctx: JobContext, batch_id: int) -> Turn:
+    chunk: Chunk | None = None
+    priority = "normal"
+    try:
+        async with transaction(ctx.sessionmaker) as session:
+            batch = (
+                await session.execute(
+                    select(
+                        Batch.status,
+                        Batch.type,
+                        Batch.creator_id,
+                        Batch.params,
+                        Batch.chunk_size,
+                        Batch.max_retries,
+                        Batch.priority,
+                    ).where(Batch.id == batch_id)
+                )
+            ).one_or_none()
+            if batch is None:
+                return Turn(None, "missing", priority)
+            priority = batch.priority
+            if batch.status not in RUNNABLE:
+                return Turn(None, batch.status, batch.priority)
+            rows = (await session.execute(_pending(batch_id, batch.chunk_size))).all()
+            if not rows:
+                return Turn(None, batch.status, batch.priority)
+            chunk = Chunk(
+                run=BatchRun(batch_id, batch.creator_id, batch.params or {}),
+                op=get_operation(batch.type),
+                items=[WorkItem(r.id, r.item_id, r.payload) for r in rows],
+                retry_counts={r.id: r.retry_count for r in rows},
+                max_retries=batch.max_retries,
+            )
+            result = await _apply(session, chunk, chunk.items)
+            return Turn(result, batch.status, batch.priority)
+    except Exception as exc:
+        if chunk is None:
+            raise
+        if _lost_connection(exc):
+            # Not the items' fault: the rollback handed them back untouched.
+            log.warning("batch %s: database connection lost; chunk left pending", batch_id)
+            return Turn(ChunkResult(Counter()), "running", priority)
+        log.warning("batch %s: bulk chunk failed (%s); isolating items", batch_id, exc)
+        return Turn(await _isolate(ctx, chunk), "running", priority)
+
+
+def _pending(batch_id: int, limit: int, detail_id: int | None = None) -> Any:
+    """Pending details, row-locked, skipping rows another worker holds."""
+    stmt = select(
+        _details.c.id, _details.c.item_id, _details.c.payload, _details.c.retry_count
+    ).where(_details.c.batch_id == batch_id, _details.c.status == "pending")
+    if detail_id is not None:
+        stmt = stmt.where(_details.c.id == detail_id)
+    return stmt.order_by(_details.c.id).limit(limit).with_for_update(skip_locked=True)
+
+
+async def _isolate(ctx: JobContext, chunk: Chunk) -> ChunkResult:
+    """One transaction per item, so one bad item never fails another."""
+    total: Counter[str] = Counter()
+    over = False
+    for item in chunk.items:
+        try:
+            async with transaction(ctx.sessionmaker) as session:
+                if not await _still_pending(session, chunk, item):
+                    continue
+                result = await _apply(session, chunk, [item])
+        except Exception as exc:
+            if _lost_connection(exc):
+                continue  # left pending; the next pass takes it
+            result = await _record_crash(ctx, chunk, item, exc)
+        total.update(result.counts)
+        over = over or result.over_threshold
+    return ChunkResult(total, over)
+
+
+async def _still_pending(session: AsyncSession, chunk: Chunk, item: WorkItem) -> bool:
+    rows = await session.execute(_pending(chunk.run.batch_id, 1, item.detail_id))
+    return rows.first() is not None
+
+
+async def _apply(session: AsyncSession, chunk: Chunk, items: list[WorkItem]) -> ChunkResult:
+    """Apply the operation to claimed items and record the results, same transaction."""
+    outcomes = await chunk.op.apply(session, chunk.run, items)
+    return await _record(session, chunk, items, outcomes)
+
+
+async def _record(
+    session: AsyncSession, chunk: Chunk, items: list[WorkItem], outcomes: list[Outcome]
+) -> ChunkResult:
+    now = utcnow()
+    batch_id = chunk.run.batch_id
+    # Successes share their values: one plain UPDATE; only the rest carry per-row text.
+    succeeded = [i.detail_id for i, o in zip(items, outcomes, strict=True) if o.status == "success"]
+    if succeeded:
+        await session.execute(
+            update(_details)
+            .where(id_in(session, _details.c.id, succeeded))
+            .values(status="success", error=None, finished_at=now)
+        )
+    await update_rows(
+        session,
+        _details,
+        [
+            {"id": item.detail_id, "status": o.status, "error": o.error}
+            for item, o in zip(items, outcomes, strict=True)
+            if o.status != "success"
+        ],
+        constants={"finished_at": now},
+    )
+    if chunk.op.locks_items:
+        # A successful item's own state change released its lock; ignored and exhausted
+        # items give theirs up here.
+        done = [
+            item.item_id
+            for item, o in zip(items, outcomes, strict=True)
+            if o.status == "ignored"
+            or (o.status == "failed" and chunk.retry_counts[item.detail_id] >= chunk.max_retries)
+        ]
+        await locks.release(session, batch_id, done)
+    counts = Counter(o.status for o in outcomes)
+    row = (
+        await session.execute(
+            update(_batches)
+            .where(_batches.c.id == batch_id)
+            .values(
+                success=_batches.c.success + counts["success"],
+                failed=_batches.c.failed + counts["failed"],
+                ignored=_batches.c.ignored + counts["ignored"],
+                updated_at=now,
+                progress_seq=_batches.c.progress_seq + 1,
+            )
+            .returning(
+                _batches.c.status,
+                _batches.c.success,
+                _batches.c.failed,
+                _batches.c.ignored,
+                _batches.c.failure_threshold,
+            )
+        )
+    ).one()
+    return ChunkResult(counts, monitor.over_threshold(row))
+
+
+async def _record_crash(
+    ctx: JobContext, chunk: Chunk, item: WorkItem, exc: Exception
+) -> ChunkResult:
+    """An item whose own transaction raised: it fails alone, with a readable reason."""
+    log.warning("batch %s item %s failed: %r", chunk.run.batch_id, item.item_id, exc)
+    message = f"Could not be applied: {_short(exc)}"
+    async with transaction(ctx.sessionmaker) as session:
+        if not await _still_pending(session, chunk, item):
+            return ChunkResult(Counter())
+        return await _record(session, chunk, [item], [Outcome("failed", message, "error")])
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _short(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = text[0] if text else exc.__class__.__name__
+    return first[:300]

@@ -1,0 +1,358 @@
+"""Batch service: create, query and lifecycle (suspend, activate, cancel, purge, retry).
+
+Runs inside the caller's transaction (flush, never commit) and requests queue
+wake-ups that the boundary sends after its commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.batches import details, locks, targets
+from app.config import Settings
+from app.db.base import utcnow
+from app.db.pages import total_of
+from app.engine.logs import write_action_log
+from app.errors import Conflict, NotFound, TooLarge, ValidationFailed
+from app.models import Batch, BatchDetail, User
+from app.models.batch import FINAL_BATCH_STATUSES
+from app.operations import get_operation
+from app.queue.backend import Wakeup, request_wakeup
+from app.schemas.batch import BatchCreate, BatchOut, DetailOut
+
+ACTIVE_STATUSES = ("created", "seeding", "running")
+
+
+# --------------------------------------------------------------------------- create
+
+
+async def create_batch(
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    req: BatchCreate,
+    *,
+    idempotency_key: str | None = None,
+) -> tuple[Batch, bool]:
+    """Validate everything, then write the batch (and, for id lists, its details and
+    locks). Returns (batch, created); an existing batch for the same key is returned
+    with created=False."""
+    op = get_operation(req.type)
+    params = op.validate_params(req.params)
+    if (req.ids is None) == (req.filter is None):
+        raise ValidationFailed(
+            "Give exactly one of ids or filter.",
+            fields=[{"loc": ["ids"], "msg": "exactly one of ids / filter is required"}],
+        )
+    key = idempotency_key or req.idempotency_key
+    if key:
+        existing = await _by_idempotency_key(session, user.id, key)
+        if existing is not None:
+            return existing, False
+
+    flt: dict[str, Any] | None = None
+    ids: list[int] = []
+    total = seed_until = 0
+    if req.ids is not None:
+        ids = list(dict.fromkeys(req.ids))
+        total = len(ids)
+    else:
+        assert req.filter is not None
+        flt = targets.parse_filter(op.target, req.filter)
+        total, seed_until = await targets.count_matching(session, op.target, user, flt)
+    if total > settings.max_items:
+        raise TooLarge(f"This batch would hold {total} items; the limit is {settings.max_items}.")
+
+    cfg = settings.for_type(op.type)
+    batch = Batch(
+        type=op.type,
+        status="suspended" if req.start_suspended else "created",
+        priority=req.priority,
+        creator_id=user.id,
+        params=params,
+        filter=flt,
+        source="api",
+        idempotency_key=key,
+        total=total,
+        chunk_size=req.chunk_size or cfg.chunk_size,
+        max_retries=req.max_retries if req.max_retries is not None else cfg.max_retries,
+        failure_threshold=req.failure_threshold or cfg.failure_threshold,
+        history_ttl=cfg.history_ttl,
+        seed_until=seed_until,
+        seeding_done=req.ids is not None,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(batch)
+            await session.flush()
+    except IntegrityError:
+        # A concurrent request with the same idempotency key won the race.
+        existing = await _by_idempotency_key(session, user.id, key or "")
+        if existing is None:
+            raise
+        return existing, False
+
+    if ids:
+        batch.failed = await details.create_details(session, batch, op, ids)
+    if total == 0:
+        now = utcnow()
+        batch.status, batch.started_at, batch.finished_at = "completed", now, now
+    else:
+        request_wakeup(session, Wakeup("seed", batch.id, batch.priority))
+    await write_action_log(
+        session,
+        user.id,
+        "batch.created",
+        batch_id=batch.id,
+        detail={"type": op.type, "total": total, "start_suspended": req.start_suspended},
+    )
+    await session.flush()
+    return batch, True
+
+
+async def _by_idempotency_key(session: AsyncSession, user_id: int, key: str) -> Batch | None:
+    return await session.scalar(
+        select(Batch).where(Batch.creator_id == user_id, Batch.idempotency_key == key)
+    )
+
+
+# --------------------------------------------------------------------------- query
+
+
+async def get_batch(session: AsyncSession, user: User, batch_id: int) -> Batch:
+    """A user sees their own batches; an admin sees all. Others get 404."""
+    batch = await session.get(Batch, batch_id, populate_existing=True)
+    if batch is None or (not user.is_admin and batch.creator_id != user.id):
+        raise NotFound(f"Batch {batch_id} does not exist.")
+    return batch
+
+
+def to_out(batch: Batch) -> BatchOut:
+    return BatchOut.model_validate(batch)
+
+
+async def list_batches(
+    session: AsyncSession,
+    user: User,
+    *,
+    offset: int,
+    limit: int,
+    type: str | None = None,
+    status: str | None = None,
+    creator_id: int | None = None,
+) -> tuple[list[BatchOut], int]:
+    clauses = []
+    if not user.is_admin:
+        clauses.append(Batch.creator_id == user.id)
+    if creator_id is not None:
+        clauses.append(Batch.creator_id == creator_id)
+    if type:
+        clauses.append(Batch.type == type)
+    if status:
+        clauses.append(Batch.status == status)
+    stmt = select(Batch).where(*clauses)
+    rows = await session.scalars(
+        stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).offset(offset).limit(limit)
+    )
+    return [to_out(b) for b in rows], await total_of(session, stmt)
+
+
+async def list_details(
+    session: AsyncSession,
+    batch: Batch,
+    *,
+    offset: int,
+    limit: int,
+    status: str | None = None,
+) -> tuple[list[DetailOut], int]:
+    clauses = [BatchDetail.batch_id == batch.id]
+    if status:
+        clauses.append(BatchDetail.status == status)
+    stmt = select(BatchDetail).where(*clauses)
+    rows = await session.scalars(stmt.order_by(BatchDetail.id).offset(offset).limit(limit))
+    return [DetailOut.model_validate(r) for r in rows], await total_of(session, stmt)
+
+
+# --------------------------------------------------------------------------- lifecycle
+# Lock order everywhere: detail rows and items first, the batch row last (the executor
+# does the same), so lifecycle actions never deadlock with a running chunk.
+
+
+async def suspend(session: AsyncSession, user: User, batch_id: int) -> Batch:
+    batch = await lock_row(session, await get_batch(session, user, batch_id))
+    if batch.status not in ACTIVE_STATUSES:
+        raise Conflict(
+            f"Batch {batch_id} is {batch.status}; only an active batch can be suspended."
+        )
+    batch.status = "suspended"
+    _touch(batch)
+    await write_action_log(session, user.id, "batch.suspended", batch_id=batch.id)
+    await session.flush()
+    return batch
+
+
+async def activate(session: AsyncSession, user: User, batch_id: int) -> Batch:
+    batch = await lock_row(session, await get_batch(session, user, batch_id))
+    if batch.status != "suspended":
+        raise Conflict(
+            f"Batch {batch_id} is {batch.status}; only a suspended batch can be activated."
+        )
+    batch.status = "running"
+    _touch(batch)
+    request_wakeup(
+        session, Wakeup("seed" if not batch.seeding_done else "execute", batch.id, batch.priority)
+    )
+    await write_action_log(session, user.id, "batch.activated", batch_id=batch.id)
+    await session.flush()
+    return batch
+
+
+async def cancel(
+    session: AsyncSession, user: User, batch_id: int, *, cascade: bool
+) -> Batch | None:
+    """DELETE: cancel an active batch (pending items → cancelled), or give up the failed
+    items of a finished one; either way release every lock. ``cascade`` also purges the
+    batch and its details (returns None)."""
+    batch = await get_batch(session, user, batch_id)
+    op = get_operation(batch.type)
+    now = utcnow()
+    was_active = batch.status not in FINAL_BATCH_STATUSES
+    if was_active:
+        await session.execute(
+            update(BatchDetail)
+            .where(BatchDetail.batch_id == batch.id, BatchDetail.status == "pending")
+            .values(status="cancelled", finished_at=now, error="Cancelled by the user.")
+        )
+    else:
+        # Give up: failed items become exhausted, so no retry (manual or automatic) takes them.
+        await session.execute(
+            update(BatchDetail)
+            .where(BatchDetail.batch_id == batch.id, BatchDetail.status == "failed")
+            .values(retry_count=batch.max_retries)
+        )
+    if op.locks_items:
+        await locks.release_all(session, batch.id)
+    await write_action_log(
+        session, user.id, "batch.purged" if cascade else "batch.cancelled", batch_id=batch.id
+    )
+    if cascade:
+        await session.execute(delete(BatchDetail).where(BatchDetail.batch_id == batch.id))
+        await session.delete(batch)
+        await session.flush()
+        return None
+    await lock_row(session, batch)
+    if was_active and batch.status not in FINAL_BATCH_STATUSES:
+        batch.status, batch.finished_at = "cancelled", now
+    details.apply_counts(batch, await details.status_counts(session, batch.id))
+    _touch(batch)
+    await session.flush()
+    return batch
+
+
+@dataclass
+class RetryResult:
+    batch: Batch
+    requeued: int
+    exhausted: int
+
+
+async def retry(
+    session: AsyncSession,
+    user: User | None,
+    batch_id: int,
+    item_ids: list[int] | None = None,
+    *,
+    guard_finished: bool = False,
+) -> RetryResult:
+    """Failed, non-exhausted details go back to pending with retry_count + 1 and the batch
+    runs again; exhausted ones (retry_count ≥ max_retries) release their locks.
+    ``user=None`` is the auto-retry cron acting on the batch's behalf; with
+    ``guard_finished`` nothing happens unless the batch is still finished (so two cron
+    passes racing on one batch retry it once)."""
+    batch = (
+        await get_batch(session, user, batch_id)
+        if user is not None
+        else await session.get(Batch, batch_id, populate_existing=True)
+    )
+    if batch is None:
+        raise NotFound(f"Batch {batch_id} does not exist.")
+    if batch.status == "cancelled":
+        raise Conflict(f"Batch {batch_id} was cancelled; it cannot be retried.")
+    if guard_finished and batch.status not in FINAL_BATCH_STATUSES:
+        return RetryResult(batch, 0, 0)
+    op = get_operation(batch.type)
+    clauses = [BatchDetail.batch_id == batch.id, BatchDetail.status == "failed"]
+    if item_ids is not None:
+        known = set(
+            await session.scalars(
+                select(BatchDetail.item_id).where(
+                    BatchDetail.batch_id == batch.id, BatchDetail.item_id.in_(item_ids)
+                )
+            )
+        )
+        unknown = sorted(set(item_ids) - known)
+        if unknown:
+            raise NotFound(
+                f"Items {', '.join(map(str, unknown[:20]))} are not in batch {batch_id}."
+            )
+        clauses.append(BatchDetail.item_id.in_(item_ids))
+    failed = (
+        await session.execute(select(BatchDetail.item_id, BatchDetail.retry_count).where(*clauses))
+    ).all()
+    exhausted = [i for i, n in failed if n >= batch.max_retries]
+    if op.locks_items:
+        await locks.release(session, batch.id, exhausted)
+    # The conditional UPDATE is the source of truth for what was requeued.
+    requeued = list(
+        await session.scalars(
+            update(BatchDetail)
+            .where(*clauses, BatchDetail.retry_count < batch.max_retries)
+            .values(
+                status="pending",
+                retry_count=BatchDetail.retry_count + 1,
+                error=None,
+                finished_at=None,
+            )
+            .returning(BatchDetail.item_id)
+        )
+    )
+    if requeued and op.locks_items:
+        await locks.acquire(session, batch.id, requeued)
+    await lock_row(session, batch)
+    if requeued:
+        batch.failed -= len(requeued)
+        if batch.status in FINAL_BATCH_STATUSES:
+            batch.status, batch.finished_at = "running", None
+        request_wakeup(session, Wakeup("execute", batch.id, batch.priority))
+    _touch(batch)
+    await write_action_log(
+        session,
+        user.id if user else None,
+        "batch.retried" if user else "batch.auto_retried",
+        batch_id=batch.id,
+        detail={"requeued": len(requeued), "exhausted": len(exhausted)},
+    )
+    await session.flush()
+    return RetryResult(batch, len(requeued), len(exhausted))
+
+
+async def lock_row(session: AsyncSession, batch: Batch) -> Batch:
+    """Re-read the batch under a row lock before changing counters or status, so an
+    executor committing a chunk meanwhile cannot be overwritten. Take it last."""
+    await session.execute(
+        select(Batch)
+        .where(Batch.id == batch.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return batch
+
+
+def _touch(batch: Batch) -> None:
+    batch.updated_at = utcnow()
+    batch.progress_seq += 1

@@ -1,0 +1,77 @@
+"""Settings from the environment (prefix ``BATCH_``), DESIGN.md §5.
+
+One ``Settings`` object is built per process (``get_settings``) and passed explicitly
+to the app factory and the workers, so tests can build their own.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TypeOverrides(BaseModel):
+    """Per operation type overrides of the global batch defaults."""
+
+    chunk_size: int | None = Field(default=None, ge=1, le=10_000)
+    max_retries: int | None = Field(default=None, ge=0, le=100)
+    failure_threshold: float | None = Field(default=None, gt=0, le=1)
+    history_ttl: int | None = Field(default=None, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATCH_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./batchd.db"
+    redis_url: str | None = None
+
+    max_concurrency: int = Field(default=10, ge=1)
+    chunk_size: int = Field(default=500, ge=1, le=10_000)
+    jobs_per_seed: int = Field(default=10, ge=1)
+    poll_time: float = Field(default=2.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    failure_threshold: float | None = Field(default=None, gt=0, le=1)
+    stuck_after: float = Field(default=300, gt=0)
+    start_timeout: float = Field(default=120, gt=0)
+    auto_retry_window: float = Field(default=86_400, ge=0)
+    history_ttl: float = Field(default=30 * 86_400, ge=0)
+    type_config: dict[str, TypeOverrides] = Field(default_factory=dict)
+    max_items: int = Field(default=1_000_000, ge=1)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+
+    # Extensions (not in DESIGN.md §5, all optional).
+    recover_interval: float = Field(default=10, gt=0)
+    """Seconds between recovery / auto-retry passes of the in-process runner."""
+    max_page_size: int = Field(default=1000, ge=1)
+    db_pool_size: int = Field(default=10, ge=1)
+    worker_max_jobs: int = Field(default=10, ge=1)
+    """arq ``max_jobs`` per priority queue of one ``batchd worker``."""
+    jobs_per_batch: int = Field(default=4, ge=1)
+    """Execute jobs started per batch (parallel chunks of one batch; 1 on SQLite)."""
+    slice_seconds: float = Field(default=15, gt=0)
+    """An execute job hands its batch back to the queue after this long (fairness)."""
+    auto_retry_delay: float = Field(default=60, ge=0)
+    """A finished batch is auto-retried no sooner than this after it finished."""
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def for_type(self, op_type: str) -> TypeOverrides:
+        """The effective defaults for one operation type."""
+        o = self.type_config.get(op_type, TypeOverrides())
+        return TypeOverrides(
+            chunk_size=o.chunk_size or self.chunk_size,
+            max_retries=self.max_retries if o.max_retries is None else o.max_retries,
+            failure_threshold=(
+                o.failure_threshold if o.failure_threshold is not None else self.failure_threshold
+            ),
+            history_ttl=int(self.history_ttl if o.history_ttl is None else o.history_ttl),
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,108 @@
+"""One statement for many rows, with one bind parameter however many rows.
+
+``UPDATE … WHERE id = :id`` through ``executemany`` costs a statement execution per row,
+and a multi-row INSERT or an ``IN (…)`` list makes SQLAlchemy render and bind one
+parameter per value. On PostgreSQL we send the rows as one JSON array
+(``… FROM jsonb_to_recordset(:rows) AS v(…)``) and id lists as one array
+(``id = ANY(:ids)``): one statement, one cached plan, whatever the chunk size. SQLite
+runs in-process, where ``executemany`` and ``IN`` are already cheap, so it keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ColumnElement, Table, any_, bindparam, insert, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def id_in(session: AsyncSession, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
+    """``column IN (ids)`` — as ``column = ANY(:array)`` on PostgreSQL."""
+    if _is_postgres(session):
+        array = bindparam(None, value=list(ids), type_=ARRAY(BigInteger()))
+        clause: ColumnElement[bool] = column == any_(array)
+        return clause
+    in_clause: ColumnElement[bool] = column.in_(list(ids))
+    return in_clause
+
+
+async def insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows (all with the same keys) in one statement."""
+    if not rows:
+        return
+    if not _is_postgres(session):
+        await session.execute(insert(table), rows)
+        return
+    dialect = session.get_bind().dialect
+    columns = list(rows[0])
+    record = ", ".join(f"{c} {_pg_type(table, c, dialect)}" for c in columns)
+    names = ", ".join(columns)
+    await session.execute(
+        text(
+            f"INSERT INTO {table.name} ({names}) SELECT {names} "
+            f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v({record})"
+        ),
+        {"rows": json.dumps(rows, default=_json_default)},
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+async def update_rows(
+    session: AsyncSession,
+    table: Table,
+    rows: list[dict[str, Any]],
+    *,
+    key: str = "id",
+    constants: dict[str, Any] | None = None,
+) -> None:
+    """Set per-row values (every row has the same keys: ``key`` plus the columns to set)
+    and the same ``constants`` on all of them, in one statement on PostgreSQL."""
+    if not rows:
+        return
+    constants = constants or {}
+    columns = [c for c in rows[0] if c != key]
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql":
+        values: dict[str, Any] = {c: bindparam(f"b_{c}", type_=table.c[c].type) for c in columns}
+        values.update(constants)
+        await session.execute(
+            update(table).where(table.c[key] == bindparam("b_key")).values(**values),
+            [{"b_key": r[key], **{f"b_{c}": r[c] for c in columns}} for r in rows],
+        )
+        return
+    record = ", ".join(f"{name} {_pg_type(table, name, dialect)}" for name in [key, *columns])
+    sets = [f"{c} = v.{c}" for c in columns] + [f"{c} = :c_{c}" for c in constants]
+    # ``id = ANY(:ids)`` lets the planner find the rows by primary key; joined against
+    # the JSON alone it cannot estimate the row count and may scan the whole table.
+    stmt = text(
+        f"UPDATE {table.name} SET {', '.join(sets)} "
+        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v({record}) "
+        f"WHERE {table.name}.{key} = v.{key} "
+        f"AND {table.name}.{key} = ANY(CAST(:ids AS BIGINT[]))"
+    ).bindparams(*(bindparam(f"c_{c}", type_=table.c[c].type) for c in constants))
+    await session.execute(
+        stmt,
+        {
+            "rows": json.dumps(rows, default=_json_default),
+            "ids": [r[key] for r in rows],
+            **{f"c_{c}": v for c, v in constants.items()},
+        },
+    )
+
+
+def _pg_type(table: Table, name: str, dialect: Any) -> str:
+    compiled: str = table.c[name].type.compile(dialect=dialect)
+    return "jsonb" if "JSON" in compiled else compiled

@@ -1,0 +1,1 @@
+"""The local approval engine: users, definitions, instances, tasks, approval rules, logs."""

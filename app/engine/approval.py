@@ -1,0 +1,305 @@
+"""Approving and rejecting tasks — one implementation for the single-approval endpoint
+and for ``task.approve`` batches.
+
+It is set-based: a whole chunk is loaded with one query (rows locked on PostgreSQL),
+every item is validated in Python, and the results are written with a handful of bulk
+statements (tasks, instances, next tasks, process logs) whatever the chunk size.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import Table, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.base import utcnow
+from app.db.bulk import id_in, insert_rows, update_rows
+from app.engine.forms import NodeRules, find_node
+from app.engine.logs import write_process_logs
+from app.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
+from app.models import ProcessDefinition, ProcessInstance, Task, User
+
+DECISIONS = ("approve", "reject")
+
+_tasks = cast(Table, Task.__table__)
+_instances = cast(Table, ProcessInstance.__table__)
+
+
+@dataclass
+class ApprovalInput:
+    task_id: int
+    decision: str
+    comment: str | None = None
+    form_data: dict[str, Any] = field(default_factory=dict)
+    next_assignee_id: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to one item: ``success``, ``ignored`` or ``failed`` (+ why)."""
+
+    status: str
+    error: str | None = None
+    kind: str | None = None
+    """For failures: not_found | forbidden | conflict | locked | invalid."""
+    fields: list[dict[str, Any]] | None = None
+
+    def raise_for_single(self) -> None:
+        """Turn a failed/ignored single approval into the matching HTTP error."""
+        if self.status == "success":
+            return
+        message = self.error or "The task could not be approved."
+        errors: dict[str | None, type[AppError]] = {
+            "not_found": NotFound,
+            "forbidden": Forbidden,
+            "invalid": ValidationFailed,
+        }
+        raise errors.get(self.kind, Conflict)(message, fields=self.fields)
+
+
+def _fail(kind: str, message: str, fields: list[dict[str, Any]] | None = None) -> Outcome:
+    return Outcome("failed", message, kind, fields)
+
+
+class _DefinitionCache:
+    """Definitions never change (a new version is a new row), so rules are cached."""
+
+    def __init__(self, limit: int = 512) -> None:
+        self.limit = limit
+        self.defs: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        self.rules: dict[tuple[int, str], NodeRules] = {}
+
+    async def load(self, session: AsyncSession, ids: set[int]) -> None:
+        missing = ids - self.defs.keys()
+        if not missing:
+            return
+        if len(self.defs) > self.limit:
+            self.defs.clear()
+            self.rules.clear()
+        rows = await session.execute(
+            select(ProcessDefinition.id, ProcessDefinition.form, ProcessDefinition.nodes).where(
+                ProcessDefinition.id.in_(missing)
+            )
+        )
+        for def_id, form, nodes in rows:
+            self.defs[def_id] = (form or [], nodes or [])
+
+    def node(self, def_id: int, node_id: str) -> tuple[int, dict[str, Any], NodeRules] | None:
+        form, nodes = self.defs[def_id]
+        found = find_node(nodes, node_id)
+        if found is None:
+            return None
+        key = (def_id, node_id)
+        if key not in self.rules:
+            self.rules[key] = NodeRules.build(form, found[1])
+        return found[0], found[1], self.rules[key]
+
+    def nodes(self, def_id: int) -> list[dict[str, Any]]:
+        return self.defs[def_id][1]
+
+
+_CACHES: weakref.WeakKeyDictionary[Engine, _DefinitionCache] = weakref.WeakKeyDictionary()
+
+
+def definitions_for(session: AsyncSession) -> _DefinitionCache:
+    """One cache per database engine: ids are only unique within one database."""
+    engine = session.sync_session.get_bind()
+    assert isinstance(engine, Engine)
+    cache = _CACHES.get(engine)
+    if cache is None:
+        cache = _CACHES[engine] = _DefinitionCache()
+    return cache
+
+
+async def approve_tasks(
+    session: AsyncSession,
+    actor_id: int,
+    items: list[ApprovalInput],
+    *,
+    batch_id: int | None = None,
+) -> list[Outcome]:
+    """Apply approvals/rejections for a set of tasks; returns one outcome per item, in
+    order (a task listed twice is done once; the repeat is ``ignored``).
+
+    Rules (DESIGN.md §2): only the assignee, only a pending task of an active instance,
+    never while another batch holds the task's lock; on approve, only ``write`` fields
+    merge into the instance, types and options are checked and required fields must be
+    present afterwards; the next node's task is created (assignee = next_assignee_id or
+    the node's) or the instance completes at the last node. Reject completes the task
+    and sets the instance ``rejected``.
+    """
+    if not items:
+        return []
+    ids = sorted({i.task_id for i in items})
+    rows = {
+        r.task_id: r
+        for r in await session.execute(
+            select(
+                Task.id.label("task_id"),
+                Task.instance_id,
+                Task.node_id,
+                Task.assignee_id,
+                Task.status.label("task_status"),
+                Task.locked_by_batch_id,
+                ProcessInstance.status.label("instance_status"),
+                ProcessInstance.definition_id,
+                ProcessInstance.form_data,
+            )
+            .join(ProcessInstance, ProcessInstance.id == Task.instance_id)
+            .where(id_in(session, Task.id, ids))
+            .order_by(Task.id)
+            .with_for_update(of=[Task.__table__, ProcessInstance.__table__])
+        )
+    }
+    definitions = definitions_for(session)
+    await definitions.load(session, {r.definition_id for r in rows.values()})
+    wanted_assignees = {i.next_assignee_id for i in items if i.next_assignee_id is not None}
+    known_users: set[int] = set()
+    if wanted_assignees:
+        known_users = set(
+            await session.scalars(select(User.id).where(User.id.in_(wanted_assignees)))
+        )
+
+    plan = _Plan(
+        definitions=definitions,
+        now=utcnow(),
+        actor_id=actor_id,
+        batch_id=batch_id,
+        known_users=known_users,
+    )
+    results = [plan.decide(item, rows.get(item.task_id)) for item in items]
+    await plan.write(session)
+    return results
+
+
+@dataclass
+class _Plan:
+    """Collects the bulk writes for one chunk while deciding each item."""
+
+    definitions: _DefinitionCache
+    now: Any
+    actor_id: int
+    batch_id: int | None
+    known_users: set[int]
+    seen: set[int] = field(default_factory=set)
+    touched_instances: set[int] = field(default_factory=set)
+    task_updates: list[dict[str, Any]] = field(default_factory=list)
+    instance_updates: list[dict[str, Any]] = field(default_factory=list)
+    new_tasks: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+    def decide(self, item: ApprovalInput, row: Any) -> Outcome:
+        tid = item.task_id
+        if tid in self.seen:
+            return Outcome("ignored", f"Task {tid} appears twice; it was decided once.")
+        self.seen.add(tid)
+        if row is None:
+            return _fail("not_found", f"Task {tid} does not exist.")
+        if row.task_status != "pending":
+            return Outcome("ignored", f"Task {tid} is already {row.task_status}.")
+        if row.locked_by_batch_id is not None and row.locked_by_batch_id != self.batch_id:
+            return _fail("locked", f"Task {tid} is locked by batch {row.locked_by_batch_id}.")
+        if row.assignee_id != self.actor_id:
+            return _fail("forbidden", f"Only the assignee may decide task {tid}.")
+        if row.instance_status != "active":
+            return _fail(
+                "conflict", f"The process of task {tid} is {row.instance_status}, not active."
+            )
+        if item.decision not in DECISIONS:
+            return _fail("invalid", "Decision must be approve or reject.")
+        if row.instance_id in self.touched_instances:
+            return _fail("conflict", f"Task {tid}'s process changed meanwhile; retry it.")
+        found = self.definitions.node(row.definition_id, row.node_id)
+        if found is None:
+            return _fail("conflict", f"Step {row.node_id} of task {tid} no longer exists.")
+        index, _node, rules = found
+        form_data = row.form_data or {}
+        status, current_node = "rejected", row.node_id
+        if item.decision == "approve":
+            form_data, errors = rules.merge(form_data, item.form_data or {})
+            if errors:
+                return _fail(
+                    "invalid", "; ".join(e.message for e in errors), [e.as_dict() for e in errors]
+                )
+            if item.next_assignee_id is not None and item.next_assignee_id not in self.known_users:
+                return _fail("invalid", f"User {item.next_assignee_id} does not exist.")
+            nodes = self.definitions.nodes(row.definition_id)
+            if index + 1 < len(nodes):
+                nxt = nodes[index + 1]
+                status, current_node = "active", nxt["id"]
+                self.new_tasks.append(
+                    {
+                        "instance_id": row.instance_id,
+                        "node_id": nxt["id"],
+                        "assignee_id": item.next_assignee_id or nxt["assignee_id"],
+                        "status": "pending",
+                        "created_at": self.now,
+                    }
+                )
+            else:
+                status, current_node = "completed", None
+        self.touched_instances.add(row.instance_id)
+        self.task_updates.append({"id": tid, "decision": item.decision, "comment": item.comment})
+        self.instance_updates.append(
+            {
+                "id": row.instance_id,
+                "form_data": form_data,
+                "status": status,
+                "current_node_id": current_node,
+            }
+        )
+        self.logs.append(
+            {
+                "instance_id": row.instance_id,
+                "task_id": tid,
+                "actor_id": self.actor_id,
+                "batch_id": self.batch_id,
+                "action": "task.approved" if item.decision == "approve" else "task.rejected",
+                "message": item.comment,
+            }
+        )
+        return Outcome("success")
+
+    async def write(self, session: AsyncSession) -> None:
+        """A handful of statements for the whole chunk, however many items it holds."""
+        if not self.task_updates:
+            return
+        await update_rows(
+            session,
+            _tasks,
+            self.task_updates,
+            constants={"status": "completed", "completed_at": self.now, "locked_by_batch_id": None},
+        )
+        await update_rows(
+            session, _instances, self.instance_updates, constants={"updated_at": self.now}
+        )
+        await insert_rows(session, _tasks, self.new_tasks)
+        await write_process_logs(session, self.logs)
+
+
+async def approve_one(
+    session: AsyncSession,
+    user: User,
+    task_id: int,
+    *,
+    decision: str,
+    comment: str | None = None,
+    form_data: dict[str, Any] | None = None,
+    next_assignee_id: int | None = None,
+) -> Task:
+    """The single-approval endpoint: the same rules, errors raised as HTTP errors."""
+    [outcome] = await approve_tasks(
+        session,
+        user.id,
+        [ApprovalInput(task_id, decision, comment, form_data or {}, next_assignee_id)],
+    )
+    if outcome.status == "ignored":
+        raise Conflict(outcome.error or f"Task {task_id} is not pending.")
+    outcome.raise_for_single()
+    task = await session.get(Task, task_id, populate_existing=True)
+    assert task is not None
+    return task

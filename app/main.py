@@ -1,0 +1,112 @@
+"""create_app(): lifespan (engine, migrations on the embedded default, queue backend,
+progress bus), routers and the one error handler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.config import Settings, get_settings
+from app.db.migrate import upgrade_to_head
+from app.db.session import create_engine, create_sessionmaker
+from app.errors import AppError
+from app.queue.factory import build_runtime
+
+log = logging.getLogger("batchd")
+
+HTTP_CODES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    422: "ValidationError",
+}
+
+
+def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> FastAPI:
+    """Build the API. ``run_jobs=False`` keeps an in-process runner from executing jobs
+    (only used by tests that drive jobs by hand)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(
+            settings.database_url, pool_size=settings.db_pool_size, name="batchd-api"
+        )
+        if settings.is_sqlite:
+            await upgrade_to_head(engine)
+        sessionmaker = create_sessionmaker(engine)
+        runtime = build_runtime(settings, sessionmaker, run_jobs=run_jobs)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = sessionmaker
+        app.state.queue = runtime.queue
+        app.state.progress = runtime.progress
+        app.state.jobs = runtime.ctx  # what jobs and crons of this process receive
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="batchd",
+        version="0.1.0",
+        description="Batch operations for an approval workflow.",
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app)
+    _include_routers(app)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
+    from app.api import routers
+
+    for router in routers.ALL:
+        app.include_router(router)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(_request: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [_field_error(e) for e in exc.errors()]
+        malformed = any(e["type"] == "json_invalid" for e in exc.errors())
+        detail = (
+            "The request body is not valid JSON."
+            if malformed
+            else "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['msg']}" for f in fields)
+        )
+        return JSONResponse(
+            {"error": "ValidationError", "detail": detail, "fields": fields}, status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "Error")
+        return JSONResponse(
+            {"error": code, "detail": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+
+def _field_error(err: Any) -> dict[str, Any]:
+    loc = [p for p in err.get("loc", ()) if p != "body"] or list(err.get("loc", ()))
+    return {"loc": loc, "msg": err.get("msg", ""), "type": err.get("type", "")}

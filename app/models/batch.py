@@ -1,0 +1,72 @@
+"""Batches and their per-item details (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, BigId, JsonType, UTCDateTime, utcnow
+
+FINAL_BATCH_STATUSES = ("completed", "cancelled", "aborted")
+FINISHED_DETAIL_STATUSES = ("success", "failed", "ignored", "cancelled")
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("creator_id", "idempotency_key"),
+        Index("ix_batches_creator_created", "creator_id", "created_at"),
+        Index("ix_batches_status_updated", "status", "updated_at"),
+        Index("ix_batches_finished_at", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    type: Mapped[str] = mapped_column(String(50), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="created")
+    priority: Mapped[str] = mapped_column(String(8), default="normal")
+    creator_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    params: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    filter: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    source: Mapped[str] = mapped_column(String(8), default="api")
+    is_single: Mapped[bool] = mapped_column(default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    total: Mapped[int] = mapped_column(default=0)
+    success: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    ignored: Mapped[int] = mapped_column(default=0)
+    cancelled: Mapped[int] = mapped_column(default=0)
+    chunk_size: Mapped[int] = mapped_column(default=100)
+    max_retries: Mapped[int] = mapped_column(default=3)
+    failure_threshold: Mapped[float | None] = mapped_column(Float)
+    history_ttl: Mapped[int | None]
+    error_file: Mapped[str | None] = mapped_column(String(500))
+    # Seeding (filter batches): details are created page by page in item-id order, up to
+    # the highest id that matched when the batch was created (items created later, e.g.
+    # the next task of an approved one, are not part of the batch).
+    seed_cursor: Mapped[int] = mapped_column(default=0)
+    seed_until: Mapped[int] = mapped_column(default=0)
+    seeding_done: Mapped[bool] = mapped_column(default=False)
+    # Monotonic progress sequence: the SSE event id.
+    progress_seq: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BatchDetail(Base):
+    __tablename__ = "batch_details"
+    __table_args__ = (Index("ix_batch_details_batch_status", "batch_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    item_id: Mapped[int]
+    row: Mapped[int | None]
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    retry_count: Mapped[int] = mapped_column(default=0)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

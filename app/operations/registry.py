@@ -1,0 +1,81 @@
+"""The operation-type registry: a new type is one module with one ``Operation`` subclass."""
+
+from __future__ import annotations
+
+import abc
+import builtins
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.engine.approval import Outcome
+from app.errors import ValidationFailed
+from app.schemas.common import StrictModel, validate_part
+
+
+class NoParams(StrictModel):
+    """Operations without parameters still reject unknown keys."""
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One claimed detail: which item, and its per-row payload (Excel) if any."""
+
+    detail_id: int
+    item_id: int
+    payload: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """What an operation needs to know about the batch it runs for."""
+
+    batch_id: int
+    creator_id: int
+    params: dict[str, Any]
+
+
+class Operation(abc.ABC):
+    type: ClassVar[str]
+    target: ClassVar[str]
+    """``task`` or ``instance``: which table item ids point into (and which filter applies)."""
+    Params: ClassVar[builtins.type[BaseModel]] = NoParams
+    locks_items: ClassVar[bool] = False
+    """Whether details lock their items (``tasks.locked_by_batch_id``) while the batch runs.
+    Such an operation clears the lock of every item it applies successfully (in the same
+    statement that changes the item); the executor releases the others."""
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """422 with field errors before anything is written."""
+        model = validate_part(
+            self.Params, params, part="params", what=f"Invalid params for {self.type}"
+        )
+        return model.model_dump(mode="json", exclude_none=True)
+
+    @abc.abstractmethod
+    async def apply(
+        self, session: AsyncSession, run: BatchRun, items: list[WorkItem]
+    ) -> list[Outcome]:
+        """Apply the operation to a chunk with a handful of bulk statements; one outcome per
+        item, in order. Must be idempotent: an item already in the target state is
+        ``ignored``. May raise on a database error: the executor then isolates items."""
+
+
+OPERATIONS: dict[str, Operation] = {}
+
+
+def register(op: Operation) -> Operation:
+    OPERATIONS[op.type] = op
+    return op
+
+
+def get_operation(op_type: str) -> Operation:
+    try:
+        return OPERATIONS[op_type]
+    except KeyError:
+        raise ValidationFailed(
+            f"Unknown batch type {op_type!r}; known types: {', '.join(sorted(OPERATIONS))}.",
+            fields=[{"loc": ["type"], "msg": "unknown batch type"}],
+        ) from None

@@ -1,0 +1,52 @@
+"""``task.approve``: approve or reject tasks with the engine's own approval rules."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.engine.approval import ApprovalInput, Outcome, approve_tasks
+from app.operations.registry import BatchRun, Operation, WorkItem, register
+from app.schemas.common import Id, StrictModel
+
+
+class ApproveParams(StrictModel):
+    decision: Literal["approve", "reject"] = "approve"
+    comment: str | None = Field(default=None, max_length=2000)
+    form_data: dict[str, Any] = Field(default_factory=dict)
+    next_assignee_id: Id | None = None
+
+
+class ApproveTasks(Operation):
+    type = "task.approve"
+    target = "task"
+    Params = ApproveParams
+    locks_items = True
+
+    async def apply(
+        self, session: AsyncSession, run: BatchRun, items: list[WorkItem]
+    ) -> list[Outcome]:
+        return await approve_tasks(
+            session,
+            run.creator_id,
+            [self._input(run.params, item) for item in items],
+            batch_id=run.batch_id,
+        )
+
+    @staticmethod
+    def _input(params: dict[str, Any], item: WorkItem) -> ApprovalInput:
+        """Batch params, overridden field by field by the row's own payload (Excel)."""
+        row = item.payload or {}
+        form_data = {**params.get("form_data", {}), **row.get("form_data", {})}
+        return ApprovalInput(
+            task_id=item.item_id,
+            decision=row.get("decision") or params.get("decision", "approve"),
+            comment=row.get("comment", params.get("comment")),
+            form_data=form_data,
+            next_assignee_id=row.get("next_assignee_id", params.get("next_assignee_id")),
+        )
+
+
+register(ApproveTasks())

@@ -1,0 +1,24 @@
+"""What every job receives: resources shared by all jobs of one process."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.queue.backend import QueueBackend
+from app.queue.progress import LocalProgressBus
+
+
+@dataclass
+class JobContext:
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    queue: QueueBackend
+    progress: LocalProgressBus
+    semaphore: asyncio.Semaphore
+    """The coroutine cap: at most ``BATCH_MAX_CONCURRENCY`` chunks in flight per process."""
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set on shutdown: executors finish their chunk and stop claiming."""

@@ -1,0 +1,25 @@
+"""Pydantic request/response models (the HTTP contract of DESIGN.md §4)."""
+
+from app.schemas.common import (
+    ID_MAX,
+    NO_NUL,
+    DbInt,
+    ErrorBody,
+    Id,
+    Page,
+    StrictModel,
+    error_responses,
+    unstorable,
+)
+
+__all__ = [
+    "ID_MAX",
+    "NO_NUL",
+    "DbInt",
+    "ErrorBody",
+    "Id",
+    "Page",
+    "StrictModel",
+    "error_responses",
+    "unstorable",
+]

@@ -1,0 +1,210 @@
+"""Request and response models of the local approval engine: users, definitions,
+instances, tasks and node views (DESIGN.md §2, §4).
+
+Request models forbid unknown keys, so a typo is a 422 and never silently ignored.
+Cross-field rules of a definition (unique names, references between nodes and form
+fields, existing assignees) are checked in ``app.engine.definitions`` so that every
+problem is reported at once with its exact location.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.common import DbInt, Id, StrictModel
+
+Role = Literal["admin", "user"]
+FieldType = Literal["text", "number", "date", "select", "multiselect", "bool"]
+FieldMode = Literal["hidden", "read", "write"]
+InstanceStatus = Literal["active", "suspended", "completed", "rejected", "terminated"]
+TaskStatus = Literal["pending", "completed", "cancelled"]
+Decision = Literal["approve", "reject"]
+
+# Keys and node ids appear in URL paths (/nodes/{key}/{node_id}/view), so keep them plain.
+SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class OrmModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- users -----------------------------------------------------------------------------
+
+
+class UserCreate(StrictModel):
+    name: str = Field(min_length=1, max_length=200)
+    role: Role = "user"
+    department_id: DbInt | None = None
+
+
+class UserOut(OrmModel):
+    id: int
+    name: str
+    role: str
+    department_id: int | None
+
+
+class Me(UserOut):
+    monitor_keys: list[str] = Field(
+        default_factory=list, description="Definition keys this user holds a monitor grant for."
+    )
+
+
+class UserCreated(UserOut):
+    token: str = Field(description="The bearer token; shown only in this response.")
+
+
+class GrantCreate(StrictModel):
+    definition_key: str = Field(min_length=1, max_length=100, pattern=SLUG)
+
+
+class GrantOut(OrmModel):
+    id: int
+    user_id: int
+    definition_key: str
+    created_at: datetime
+
+
+# --- definitions -----------------------------------------------------------------------
+
+
+class FormFieldIn(StrictModel):
+    name: str = Field(min_length=1, max_length=100, pattern=FIELD_NAME)
+    label: str = Field(min_length=1, max_length=200)
+    type: FieldType
+    options: list[str] | None = Field(default=None, max_length=1000)
+    required: bool = False
+
+
+class NodeIn(StrictModel):
+    id: str = Field(min_length=1, max_length=100, pattern=SLUG)
+    name: str = Field(min_length=1, max_length=200)
+    assignee_id: Id
+    fields: dict[str, FieldMode] = Field(default_factory=dict)
+    required: list[str] = Field(default_factory=list)
+    searchable: list[str] = Field(default_factory=list)
+
+
+class DefinitionCreate(StrictModel):
+    key: str = Field(min_length=1, max_length=100, pattern=SLUG)
+    name: str = Field(min_length=1, max_length=200)
+    form: list[FormFieldIn] = Field(default_factory=list, max_length=500)
+    nodes: list[NodeIn] = Field(min_length=1, max_length=200)
+
+
+class DefinitionOut(OrmModel):
+    id: int
+    key: str
+    version: int
+    name: str
+    form: list[dict[str, Any]]
+    nodes: list[dict[str, Any]]
+    created_at: datetime
+
+
+# --- tasks, instances, logs ------------------------------------------------------------
+
+
+class TaskOut(OrmModel):
+    id: int
+    instance_id: int
+    node_id: str
+    assignee_id: int
+    status: str
+    decision: str | None
+    comment: str | None
+    locked_by_batch_id: int | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class TaskListItem(TaskOut):
+    """A task with the instance columns a task list shows (one joined query)."""
+
+    title: str
+    business_key: str | None
+    definition_key: str
+    department_id: int | None
+    instance_status: str
+
+
+class ProcessLogOut(OrmModel):
+    id: int
+    instance_id: int
+    task_id: int | None
+    actor_id: int | None
+    batch_id: int | None
+    action: str
+    message: str | None
+    created_at: datetime
+
+
+class InstanceCreate(StrictModel):
+    definition_key: str = Field(min_length=1, max_length=100)
+    title: str = Field(min_length=1, max_length=500)
+    department_id: DbInt | None = Field(
+        default=None, description="Defaults to the caller's department."
+    )
+    business_key: str | None = Field(default=None, max_length=200)
+    form_data: dict[str, Any] = Field(default_factory=dict)
+
+
+class InstanceOut(OrmModel):
+    id: int
+    definition_id: int
+    definition_key: str
+    title: str
+    business_key: str | None
+    department_id: int | None
+    initiator_id: int
+    status: str
+    current_node_id: str | None
+    form_data: dict[str, Any]
+    variables: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class InstanceDetail(InstanceOut):
+    tasks: list[TaskOut]
+    logs: list[ProcessLogOut]
+
+
+class ApproveRequest(StrictModel):
+    decision: Decision
+    comment: str | None = Field(default=None, max_length=10_000)
+    form_data: dict[str, Any] | None = None
+    next_assignee_id: Id | None = None
+
+
+class ApproveResult(BaseModel):
+    """The approved task and the instance after the step (new status / current node)."""
+
+    task: TaskOut
+    instance: InstanceOut
+
+
+# --- node view -------------------------------------------------------------------------
+
+
+class NodeFieldView(BaseModel):
+    name: str
+    label: str
+    type: str
+    options: list[str]
+    visible: bool
+    searchable: bool
+    writable: bool
+    required: bool
+
+
+class NodeView(BaseModel):
+    definition_key: str
+    version: int
+    node_id: str
+    node_name: str
+    fields: list[NodeFieldView]

@@ -1,0 +1,1 @@
+"""batchd benchmark harness (``make bench`` / ``python -m bench.run``); see bench/README.md."""

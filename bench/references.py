@@ -1,0 +1,174 @@
+"""The two references batchd is measured against, on the same rows:
+
+- **baseline**: one transaction per item through the engine's own code
+  (``approve_tasks`` with one ``ApprovalInput``; ``SuspendInstances().apply`` with one
+  ``WorkItem``), sequential — the Camunda 7 / PHP per-job model. No batch bookkeeping
+  at all, so it is a generous baseline.
+- **ceiling**: the minimal set-based SQL for the same state changes on plain asyncpg,
+  no framework, in chunks of batchd's chunk size, one transaction per chunk, either on
+  one connection or on ``parallel`` connections taking chunks from a shared queue.
+  Also without any batch bookkeeping: it is what the database can do at best.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.session import transaction
+from app.engine.approval import ApprovalInput, approve_tasks
+from app.operations.instances import SuspendInstances
+from app.operations.registry import BatchRun, WorkItem
+from bench.data import APPROVE_PARAMS
+
+# --------------------------------------------------------------------------- baseline
+
+
+async def baseline_approve(
+    sm: async_sessionmaker[AsyncSession], actor_id: int, task_ids: Sequence[int]
+) -> float:
+    """Seconds to approve ``task_ids`` one transaction each; raises if any fails."""
+    form = APPROVE_PARAMS["form_data"]
+    t0 = time.perf_counter()
+    for task_id in task_ids:
+        async with transaction(sm) as session:
+            [outcome] = await approve_tasks(
+                session, actor_id, [ApprovalInput(task_id, "approve", None, dict(form))]
+            )
+        if outcome.status != "success":
+            raise RuntimeError(f"baseline approve of task {task_id}: {outcome}")
+    return time.perf_counter() - t0
+
+
+async def baseline_suspend(
+    sm: async_sessionmaker[AsyncSession], admin_id: int, instance_ids: Sequence[int]
+) -> float:
+    op = SuspendInstances()
+    run = BatchRun(batch_id=0, creator_id=admin_id, params={})
+    t0 = time.perf_counter()
+    for instance_id in instance_ids:
+        async with transaction(sm) as session:
+            [outcome] = await op.apply(session, run, [WorkItem(0, instance_id)])
+        if outcome.status != "success":
+            raise RuntimeError(f"baseline suspend of instance {instance_id}: {outcome}")
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- ceiling
+
+CEILING_SUSPEND = """
+WITH moved AS (
+    UPDATE process_instances SET status = 'suspended', updated_at = now()
+    WHERE id = ANY($1::bigint[]) AND status = 'active'
+    RETURNING id
+)
+INSERT INTO process_logs (instance_id, actor_id, action, created_at)
+SELECT id, $2, 'instance.suspend', now() FROM moved
+"""
+
+CEILING_APPROVE = """
+WITH done AS (
+    UPDATE tasks SET status = 'completed', decision = 'approve', comment = NULL,
+                     completed_at = now(), locked_by_batch_id = NULL
+    WHERE id = ANY($1::bigint[]) AND status = 'pending'
+    RETURNING id, instance_id
+), merged AS (
+    UPDATE process_instances p
+    SET form_data = p.form_data || $2::jsonb, current_node_id = 'finance', updated_at = now()
+    FROM done WHERE p.id = done.instance_id AND p.status = 'active'
+    RETURNING p.id
+), next_tasks AS (
+    INSERT INTO tasks (instance_id, node_id, assignee_id, status, created_at)
+    SELECT id, 'finance', $3, 'pending', now() FROM merged
+)
+INSERT INTO process_logs (instance_id, task_id, actor_id, action, created_at)
+SELECT instance_id, id, $4, 'task.approved', now() FROM done
+"""
+
+ChunkFn = Callable[[asyncpg.Connection, list[int]], Awaitable[None]]
+
+
+async def _chunked(
+    dsn: str,
+    select_ids: str,
+    chunk: int,
+    parallel: int,
+    fn: ChunkFn,
+    before_close: Callable[[], None] | None = None,
+) -> float:
+    """Seconds to select the ids and run ``fn`` on every chunk (one transaction each).
+    ``before_close`` runs while the connections still exist (their backends' CPU time
+    is gone once they close)."""
+    conns = [await asyncpg.connect(dsn) for _ in range(max(parallel, 1))]
+    try:
+        t0 = time.perf_counter()
+        ids = [r[0] for r in await conns[0].fetch(select_ids)]
+        queue: asyncio.Queue[list[int]] = asyncio.Queue()
+        for start in range(0, len(ids), chunk):
+            queue.put_nowait(ids[start : start + chunk])
+
+        async def drain(conn: asyncpg.Connection) -> None:
+            while not queue.empty():
+                part = queue.get_nowait()
+                async with conn.transaction():
+                    await fn(conn, part)
+
+        await asyncio.gather(*(drain(c) for c in conns))
+        elapsed = time.perf_counter() - t0
+        if before_close is not None:
+            before_close()
+        return elapsed
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def ceiling_suspend(
+    dsn: str,
+    admin_id: int,
+    chunk: int,
+    parallel: int,
+    before_close: Callable[[], None] | None = None,
+) -> float:
+    async def apply(conn: asyncpg.Connection, ids: list[int]) -> None:
+        await conn.execute(CEILING_SUSPEND, ids, admin_id)
+
+    return await _chunked(
+        dsn,
+        "SELECT id FROM process_instances WHERE definition_key = 'expense' "
+        "AND status = 'active' ORDER BY id",
+        chunk,
+        parallel,
+        apply,
+        before_close,
+    )
+
+
+async def ceiling_approve(
+    dsn: str,
+    manager_id: int,
+    finance_id: int,
+    chunk: int,
+    parallel: int,
+    before_close: Callable[[], None] | None = None,
+) -> float:
+    form = json.dumps(APPROVE_PARAMS["form_data"])
+
+    async def apply(conn: asyncpg.Connection, ids: list[int]) -> None:
+        await conn.execute(CEILING_APPROVE, ids, form, finance_id, manager_id)
+
+    return await _chunked(
+        dsn,
+        "SELECT t.id FROM tasks t JOIN process_instances p ON p.id = t.instance_id "
+        f"WHERE t.assignee_id = {int(manager_id)} AND t.status = 'pending' "
+        "AND t.node_id = 'manager' AND p.definition_key = 'expense' ORDER BY t.id",
+        chunk,
+        parallel,
+        apply,
+        before_close,
+    )

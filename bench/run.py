@@ -1,0 +1,785 @@
+"""``make bench`` / ``python -m bench.run [--sweep] [--profile] [--trace-sql]``.
+
+Main run (PostgreSQL + Redis + one ``python -m workers``, the API in this process):
+
+1. batchd ``task.approve`` (filter batch, form data) and ``instance.suspend`` (filter
+   batch) on ``BENCH_ITEMS`` fresh rows each: POST → final status, POST latency,
+   worker peak RSS, CPU use of worker / PostgreSQL / this process;
+2. baseline: the same operations one item per transaction through the engine code;
+3. ceiling: minimal set-based raw SQL (asyncpg) for the same state changes;
+4. embedded default: SQLite + the in-process runner, ``task.approve``.
+
+It prints a table, the targets, and as its last line one JSON object. ``--sweep``
+instead tries chunk sizes × jobs per batch for ``task.approve`` and prints that table.
+Everything it creates (database, Redis db contents, temp files) is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.db.migrate import upgrade_to_head
+from app.db.session import create_engine, create_sessionmaker
+from bench import data, infra, references
+from bench.api import BatchRun, run_batch, running_api
+from bench.config import ROOT, BenchConfig
+from bench.procs import (
+    CpuMark,
+    CpuUse,
+    PySpy,
+    RssSampler,
+    Worker,
+    count_postgres_database,
+    cpu_mark,
+    cpu_since,
+    find_py_spy,
+)
+from bench.profile import read_raw
+
+APPROVE = "task.approve"
+SUSPEND = "instance.suspend"
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    name: str
+    items: int
+    seconds: float
+    check: str = "ok"
+    notes: str = ""
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Results:
+    rows: dict[str, Row] = field(default_factory=dict)
+    metrics: dict[str, float | int | None] = field(default_factory=dict)
+    profiles: list[str] = field(default_factory=list)
+    disturbed: list[str] = field(default_factory=list)
+
+    def add(self, key: str, row: Row) -> Row:
+        self.rows[key] = row
+        log(
+            f"{row.name}: {row.items} items in {row.seconds:.2f}s = {row.items_per_s:,.0f}/s "
+            f"[{row.check}] {row.notes}"
+        )
+        return row
+
+    def rate(self, key: str) -> float | None:
+        row = self.rows.get(key)
+        return round(row.items_per_s, 1) if row else None
+
+
+def cpu_note(cpu: CpuUse) -> str:
+    parts = []
+    if cpu.worker is not None:
+        parts.append(
+            f"worker {cpu.share(cpu.worker)} (sys {cpu.share(cpu.worker_sys)}, "
+            f"preempted {cpu.worker_preempted}×)"
+        )
+    parts += [f"postgres {cpu.share(cpu.postgres)}", f"bench process {cpu.share(cpu.bench)}"]
+    parts.append(f"other processes {cpu.share(cpu.others)}")
+    return "CPU (cores busy): " + ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclass
+class Pg:
+    """What every PostgreSQL measurement needs."""
+
+    cfg: BenchConfig
+    settings: Settings
+    engine: AsyncEngine
+    sm: async_sessionmaker[AsyncSession]
+    client: Any
+    worker: Worker
+
+    async def fresh(self, n: int) -> data.World:
+        await data.reset(self.engine)
+        world = await data.make_world(self.sm, self.client)
+        t0 = time.perf_counter()
+        await data.seed(self.engine, world, n)
+        log(f"seeded {n} tasks+instances in {time.perf_counter() - t0:.1f}s")
+        return world
+
+
+def approve_body(chunk_size: int | None = None, ids: list[int] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": APPROVE, "params": data.APPROVE_PARAMS}
+    if ids is not None:
+        body["ids"] = ids
+    else:
+        body["filter"] = {"definition_key": data.DEFINITION_KEY, "node_id": "manager"}
+    if chunk_size:
+        body["chunk_size"] = chunk_size
+    return body
+
+
+def suspend_body(chunk_size: int | None = None, ids: list[int] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": SUSPEND}
+    if ids is not None:
+        body["ids"] = ids
+    else:
+        body["filter"] = {"definition_key": data.DEFINITION_KEY, "status": "active"}
+    if chunk_size:
+        body["chunk_size"] = chunk_size
+    return body
+
+
+@dataclass
+class Measured:
+    run: BatchRun
+    rss_mb: float
+    cpu: CpuUse
+    check: str
+    profile: Path | None = None
+    disturbed: list[str] = field(default_factory=list)
+
+
+async def measure_batch(
+    pg: Pg,
+    op: str,
+    n: int,
+    *,
+    chunk_size: int | None = None,
+    profile: Path | None = None,
+    by_ids: bool = False,
+) -> Measured:
+    world = await pg.fresh(n)
+    ids: list[int] | None = None
+    if by_ids:
+        pick = data.pending_task_ids if op == APPROVE else data.active_instance_ids
+        ids = await pick(pg.engine)
+    worker = pg.worker
+    spy = PySpy(worker.pid, profile) if profile else None
+    if spy is not None and not await spy.start():
+        log("py-spy not available or could not attach; no profile")
+        spy = None
+    sampler = RssSampler(worker.pid)
+    sampler.start()
+    log_at = worker.log_size()
+    mark = cpu_mark(worker.pid)
+    body = approve_body(chunk_size, ids) if op == APPROVE else suspend_body(chunk_size, ids)
+    who = "manager" if op == APPROVE else "admin"
+    try:
+        run = await _watch(
+            worker,
+            run_batch(
+                pg.client,
+                body,
+                world.headers(who),
+                limit_s=pg.cfg.timeout,
+                poll=pg.cfg.poll,
+                progress=log,
+            ),
+        )
+    finally:
+        cpu = cpu_since(mark, worker.pid)
+        rss = await sampler.stop()
+        recorded = await spy.stop() if spy is not None else None
+    if op == APPROVE:
+        check = await data.check_approved(pg.engine, n)
+    else:
+        check = await data.check_suspended(pg.engine, n)
+    problem = run.problem()
+    if problem is not None:
+        check = problem if run.timed_out else f"{problem}; {check}"
+    return Measured(run, rss, cpu, check, recorded, worker.disturbances(log_at))
+
+
+async def _watch(worker: Worker, work: Awaitable[BatchRun]) -> BatchRun:
+    """Fail fast if the worker dies while we wait for a batch."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=1)
+            if not worker.alive() and not task.done():
+                raise RuntimeError(f"the worker died:\n{worker.log_tail()}")
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+# --------------------------------------------------------------------------- phases
+
+
+async def phase_batchd(
+    pg: Pg,
+    res: Results,
+    op: str,
+    restart: Callable[[str], Awaitable[None]],
+    *,
+    by_ids: bool = False,
+) -> None:
+    key = ("approve" if op == APPROVE else "suspend") + ("_ids" if by_ids else "")
+    await restart(key)
+    profile = pg.cfg.profile_dir / f"{key}.raw.txt" if pg.cfg.profile_dir else None
+    m = await measure_batch(pg, op, pg.cfg.items, profile=profile, by_ids=by_ids)
+    notes = (
+        f"POST {m.run.post_latency_s * 1000:.0f} ms; worker peak RSS {m.rss_mb:.0f} MB; "
+        f"{cpu_note(m.cpu)}"
+    )
+    if m.disturbed:
+        notes += "\n    DISTURBED (worker log): " + ", ".join(m.disturbed)
+        res.disturbed.append(key)
+    kind = "id-list batch" if by_ids else "filter batch"
+    res.add(key, Row(f"batchd {op} ({kind}, PG)", m.run.items, m.run.end_to_end_s, m.check, notes))
+    res.metrics[f"{key}_create_latency_s"] = m.run.post_latency_s
+    res.metrics[f"{key}_worker_peak_rss_mb"] = m.rss_mb
+    if m.profile is not None:
+        res.profiles.append(read_raw(m.profile).format(f"py-spy {op} ({m.profile})", "worker"))
+
+
+async def phase_baseline(pg: Pg, res: Results) -> None:
+    n, sample = pg.cfg.items, min(pg.cfg.baseline_items, pg.cfg.items)
+    world = await pg.fresh(n)
+    ids = await data.pending_task_ids(pg.engine, sample)
+    mark = cpu_mark(None)
+    seconds = await references.baseline_approve(pg.sm, world.manager_id, ids)
+    check = await data.check_approved(pg.engine, len(ids))
+    res.add(
+        "baseline_approve",
+        Row(
+            f"baseline {APPROVE} (1 item/tx, engine code)",
+            len(ids),
+            seconds,
+            check,
+            cpu_note(cpu_since(mark, None)),
+        ),
+    )
+    world = await pg.fresh(n)
+    ids = await data.active_instance_ids(pg.engine, sample)
+    mark = cpu_mark(None)
+    seconds = await references.baseline_suspend(pg.sm, world.admin_id, ids)
+    check = await data.check_suspended(pg.engine, len(ids))
+    res.add(
+        "baseline_suspend",
+        Row(
+            f"baseline {SUSPEND} (1 item/tx, engine code)",
+            len(ids),
+            seconds,
+            check,
+            cpu_note(cpu_since(mark, None)),
+        ),
+    )
+
+
+async def phase_ceiling(pg: Pg, res: Results) -> None:
+    n = pg.cfg.items
+    dsn = pg.cfg.asyncpg_dsn()
+    parallel = max(1, min(pg.settings.jobs_per_batch, pg.settings.max_concurrency))
+    for op in (APPROVE, SUSPEND):
+        chunk = pg.settings.for_type(op).chunk_size or 100
+        for conns in sorted({1, parallel}):
+            world = await pg.fresh(n)
+            mark = cpu_mark(None)
+            used: list[CpuUse] = []
+
+            def measured(mark: CpuMark = mark, used: list[CpuUse] = used) -> None:
+                used.append(cpu_since(mark, None))
+
+            if op == APPROVE:
+                seconds = await references.ceiling_approve(
+                    dsn, world.manager_id, world.finance_id, chunk, conns, measured
+                )
+                check = await data.check_approved(pg.engine, n)
+            else:
+                seconds = await references.ceiling_suspend(
+                    dsn, world.admin_id, chunk, conns, measured
+                )
+                check = await data.check_suspended(pg.engine, n)
+            key = "approve" if op == APPROVE else "suspend"
+            res.add(
+                f"ceiling_{key}_{conns}",
+                Row(
+                    f"ceiling {op} (raw SQL, chunk {chunk}, {conns} conn)",
+                    n,
+                    seconds,
+                    check,
+                    cpu_note(used[0]) if used else "",
+                ),
+            )
+
+
+async def phase_sqlite(cfg: BenchConfig, res: Results) -> None:
+    n = cfg.sqlite_items
+    with tempfile.TemporaryDirectory(prefix="batchd-bench-") as tmp:
+        settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp}/bench.db", redis_url=None)
+        async with running_api(settings) as api:
+            engine: AsyncEngine = api.app.state.engine
+            world = await data.make_world(api.app.state.sessionmaker, api.client)
+            await data.seed(engine, world, n)
+            spy = None
+            if cfg.profile_dir is not None:
+                spy = PySpy(os.getpid(), cfg.profile_dir / "sqlite.raw.txt")
+            if spy is not None and not await spy.start():
+                spy = None
+            sampler = RssSampler(os.getpid())
+            sampler.start()
+            mark = cpu_mark(None)
+            run = await run_batch(
+                api.client,
+                approve_body(),
+                world.headers("manager"),
+                limit_s=cfg.timeout,
+                poll=cfg.poll,
+                progress=log,
+            )
+            cpu = cpu_since(mark, None)
+            rss = await sampler.stop()
+            recorded = await spy.stop() if spy is not None else None
+            if recorded is not None:
+                res.profiles.append(
+                    read_raw(recorded).format(f"py-spy embedded {APPROVE} ({recorded})", "process")
+                )
+            check = await data.check_approved(engine, n)
+            problem = run.problem()
+            if problem is not None:
+                check = problem if run.timed_out else f"{problem}; {check}"
+    res.add(
+        "sqlite",
+        Row(
+            f"embedded {APPROVE} (SQLite + in-process runner)",
+            run.items,
+            run.end_to_end_s,
+            check,
+            f"POST {run.post_latency_s * 1000:.0f} ms; process peak RSS {rss:.0f} MB; "
+            f"CPU (cores busy): process {cpu.share(cpu.bench)}, "
+            f"other processes {cpu.share(cpu.others)}",
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- harness
+
+
+@dataclass
+class Harness:
+    cfg: BenchConfig
+    settings: Settings
+    engine: AsyncEngine | None = None
+    worker: Worker | None = None
+    trace_files: list[tuple[str, Path]] = field(default_factory=list)
+
+    async def __aenter__(self) -> Harness:
+        count_postgres_database(self.cfg.database_name)
+        await infra.create_database(self.cfg)
+        await infra.flush_redis(self.cfg.redis_url)
+        self.engine = create_engine(self.cfg.database_url, pool_size=4)
+        await upgrade_to_head(self.engine)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self.worker is not None:
+                await self.worker.stop()
+        finally:
+            if self.engine is not None:
+                await self.engine.dispose()
+            await infra.flush_redis(self.cfg.redis_url)
+            await infra.drop_database(self.cfg)
+            log("bench database dropped, Redis db flushed")
+
+    async def start_worker(self, name: str, overrides: dict[str, str] | None = None) -> Worker:
+        if self.worker is not None:
+            await self.worker.stop()
+        trace = self.cfg.out_dir / f"sqltrace-{name}.json" if self.cfg.trace_sql else None
+        self.worker = Worker(
+            self.cfg.database_url,
+            self.cfg.redis_url,
+            self.cfg.out_dir / f"worker-{name}.log",
+            overrides,
+            trace_sql=trace,
+        )
+        await self.worker.start()
+        if trace is not None:
+            self.trace_files.append((name, trace))
+        log(f"worker {name} started (pid {self.worker.pid})")
+        return self.worker
+
+
+async def main_run(cfg: BenchConfig) -> Results:
+    settings = Settings(database_url=cfg.database_url, redis_url=cfg.redis_url)
+    res = Results()
+    pg_phases = [p for p in cfg.phases if p != "sqlite"]
+    if pg_phases:
+        async with Harness(cfg, settings) as h, running_api(settings) as api:
+            assert h.engine is not None
+            worker = await h.start_worker("main")
+            pg = Pg(cfg, settings, h.engine, create_sessionmaker(h.engine), api.client, worker)
+
+            async def restart(name: str) -> None:
+                # With the SQL trace, one worker per measurement (one trace file each).
+                if cfg.trace_sql:
+                    pg.worker = await h.start_worker(name)
+
+            if "approve" in cfg.phases:
+                await phase_batchd(pg, res, APPROVE, restart)
+            if "suspend" in cfg.phases:
+                await phase_batchd(pg, res, SUSPEND, restart)
+            if "approve_ids" in cfg.phases:
+                await phase_batchd(pg, res, APPROVE, restart, by_ids=True)
+            if "suspend_ids" in cfg.phases:
+                await phase_batchd(pg, res, SUSPEND, restart, by_ids=True)
+            if pg.worker is not None:
+                await pg.worker.stop()  # references run without a busy neighbour
+            if "baseline" in cfg.phases:
+                await phase_baseline(pg, res)
+            if "ceiling" in cfg.phases:
+                await phase_ceiling(pg, res)
+            trace_files = list(h.trace_files)
+        for name, path in trace_files:
+            if path.exists() and name != "main":
+                res.profiles.append(format_trace(name, path))
+    if "sqlite" in cfg.phases:
+        await phase_sqlite(cfg, res)
+    return res
+
+
+def format_trace(name: str, path: Path, n: int = 16) -> str:
+    rows: list[dict[str, Any]] = json.loads(path.read_text())
+    steps = [r for r in rows if str(r["statement"]).startswith("[fn]")]
+    rows = [r for r in rows if not str(r["statement"]).startswith("[fn]")]
+    total = sum(float(r["seconds"]) for r in rows) or 1.0
+    lines = [
+        f"worker during {name} ({path}): wall time incl. event-loop waits; % of all SQL time",
+        "  steps:",
+    ]
+    for r in steps:
+        calls = int(r["calls"])
+        lines.append(
+            f"    {float(r['seconds']):7.2f}s  {calls:6d} calls  "
+            f"{1000 * float(r['seconds']) / max(calls, 1):7.2f} ms/call  "
+            f"{str(r['statement'])[5:]}"
+        )
+    lines.append("  SQL:")
+    for r in rows[:n]:
+        calls = int(r["calls"])
+        lines.append(
+            f"  {100 * float(r['seconds']) / total:5.1f}%  {float(r['seconds']):7.2f}s  "
+            f"{calls:6d} calls  {1000 * float(r['seconds']) / max(calls, 1):7.2f} ms/call  "
+            f"{int(r['params']):8d} param sets  {str(r['statement'])[:150]}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- report
+
+TARGETS = [
+    # (label, metric, comparison, bound, relative-to)
+    ("instance.suspend ≥ 30 000 items/s", "suspend_items_per_s", ">=", 30_000.0, None),
+    (
+        "instance.suspend ≥ 0.5 × ceiling",
+        "suspend_items_per_s",
+        ">=",
+        0.5,
+        "ceiling_suspend_items_per_s",
+    ),
+    ("task.approve ≥ 10 000 items/s", "approve_items_per_s", ">=", 10_000.0, None),
+    (
+        "task.approve ≥ 10 × baseline",
+        "approve_items_per_s",
+        ">=",
+        10.0,
+        "baseline_approve_items_per_s",
+    ),
+    ("POST latency (filter batch) < 0.5 s", "create_latency_s", "<", 0.5, None),
+    ("worker peak RSS < 300 MB", "worker_peak_rss_mb", "<", 300.0, None),
+    (
+        "embedded SQLite task.approve ≥ 5 000 items/s",
+        "sqlite_approve_items_per_s",
+        ">=",
+        5_000.0,
+        None,
+    ),
+]
+
+
+def summary(cfg: BenchConfig, settings: Settings, res: Results) -> dict[str, Any]:
+    def best(*keys: str) -> float | None:
+        rates = [r for k in keys if (r := res.rate(k)) is not None]
+        return max(rates) if rates else None
+
+    ceiling_keys = [k for k in res.rows if k.startswith("ceiling_suspend_")]
+    ceiling_approve_keys = [k for k in res.rows if k.startswith("ceiling_approve_")]
+    latencies = [
+        v
+        for k in ("approve_create_latency_s", "suspend_create_latency_s")
+        if (v := res.metrics.get(k)) is not None
+    ]
+    rss = [
+        v
+        for k in ("approve_worker_peak_rss_mb", "suspend_worker_peak_rss_mb")
+        if (v := res.metrics.get(k)) is not None
+    ]
+    return {
+        "bench": "batchd",
+        "items": cfg.items,
+        "approve_items_per_s": res.rate("approve"),
+        "suspend_items_per_s": res.rate("suspend"),
+        "baseline_approve_items_per_s": res.rate("baseline_approve"),
+        "ceiling_suspend_items_per_s": best(*ceiling_keys),
+        "create_latency_s": round(max(latencies), 4) if latencies else None,
+        "worker_peak_rss_mb": round(max(rss), 1) if rss else None,
+        "sqlite_approve_items_per_s": res.rate("sqlite"),
+        # Extras (not part of the issue's contract, handy for tuning):
+        "baseline_suspend_items_per_s": res.rate("baseline_suspend"),
+        "ceiling_approve_items_per_s": best(*ceiling_approve_keys),
+        "sqlite_items": cfg.sqlite_items if "sqlite" in res.rows else None,
+        "chunk_size": settings.chunk_size,
+        "jobs_per_batch": settings.jobs_per_batch,
+        "max_concurrency": settings.max_concurrency,
+        "timed_out": [k for k, r in res.rows.items() if r.check.startswith("TIMEOUT")],
+        "disturbed": res.disturbed,
+        "code": code_version(),
+        "all_checks_ok": all(
+            r.check == "ok" or r.check.startswith("TIMEOUT") for r in res.rows.values()
+        ),
+    }
+
+
+def code_version() -> str:
+    """The commit measured, and whether app code differed from it (read-only git)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "app", "workers", "migrations"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return head + (" + uncommitted app changes" if dirty else "") if head else "unknown"
+
+
+def render(cfg: BenchConfig, settings: Settings, res: Results, out: dict[str, Any]) -> str:
+    lines = [
+        "",
+        f"batchd bench @ {out.get('code', 'unknown')} — {cfg.items} items, "
+        f"chunk_size {settings.chunk_size}, "
+        f"jobs_per_batch {settings.jobs_per_batch}, max_concurrency {settings.max_concurrency}, "
+        f"{os.cpu_count()} CPUs",
+        "",
+        f"{'measurement':<58} {'items':>8} {'seconds':>8} {'items/s':>10}  check",
+        "-" * 100,
+    ]
+    for row in res.rows.values():
+        lines.append(
+            f"{row.name:<58} {row.items:>8} {row.seconds:>8.2f} {row.items_per_s:>10,.0f}  "
+            f"{row.check}"
+        )
+        if row.notes:
+            lines.append(f"{'':<4}{row.notes}")
+    lines += ["", "targets:"]
+    for label, metric, cmp, bound, rel in TARGETS:
+        value = out.get(metric)
+        ref = out.get(rel) if rel else 1.0
+        if value is None or ref is None:
+            lines.append(f"  {'n/a':<5} {label}")
+            continue
+        limit = bound * float(ref)
+        ok = value >= limit if cmp == ">=" else value < limit
+        number = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
+        shown = number + (f" vs {limit:,.0f} ({value / float(ref):.2f}×)" if rel else "")
+        lines.append(f"  {'PASS' if ok else 'FAIL':<5} {label}: {shown}")
+    for text in res.profiles:
+        lines += ["", text]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+async def sweep(cfg: BenchConfig) -> list[dict[str, Any]]:
+    settings = Settings(database_url=cfg.database_url, redis_url=cfg.redis_url)
+    results: list[dict[str, Any]] = []
+    async with Harness(cfg, settings) as h, running_api(settings) as api:
+        assert h.engine is not None
+        for jobs in cfg.sweep_jobs:
+            worker = await h.start_worker(f"sweep-jobs{jobs}", {"BATCH_JOBS_PER_BATCH": str(jobs)})
+            pg = Pg(cfg, settings, h.engine, create_sessionmaker(h.engine), api.client, worker)
+            for op in cfg.sweep_types:
+                for chunk in cfg.sweep_chunks:
+                    m = await measure_batch(
+                        pg, op, cfg.sweep_items, chunk_size=chunk, by_ids=cfg.sweep_mode == "ids"
+                    )
+                    entry = {
+                        "type": op,
+                        "mode": cfg.sweep_mode,
+                        "chunk_size": chunk,
+                        "jobs_per_batch": jobs,
+                        "items": m.run.items,
+                        "seconds": round(m.run.end_to_end_s, 3),
+                        "items_per_s": round(m.run.items_per_s, 1),
+                        "post_latency_s": round(m.run.post_latency_s, 4),
+                        "worker_peak_rss_mb": round(m.rss_mb, 1),
+                        "worker_cpu": m.cpu.share(m.cpu.worker),
+                        "postgres_cpu": m.cpu.share(m.cpu.postgres),
+                        "other_cpu": m.cpu.share(m.cpu.others),
+                        "check": m.check,
+                        "disturbed": m.disturbed,
+                    }
+                    log(f"sweep {entry}")
+                    results.append(entry)
+    return results
+
+
+def render_sweep(cfg: BenchConfig, results: list[dict[str, Any]]) -> str:
+    lines = [""]
+    for op in cfg.sweep_types:
+        lines.append(
+            f"sweep {op} ({cfg.sweep_mode} batches), {cfg.sweep_items} items: items/s "
+            "(worker peak RSS MB; worker/postgres cores busy; ! = timeout, bad check or "
+            "disturbed)"
+        )
+        head = f"{'chunk_size':>10} | " + " | ".join(
+            f"{'jobs_per_batch=' + str(j):^30}" for j in cfg.sweep_jobs
+        )
+        lines += [head, "-" * len(head)]
+        for chunk in cfg.sweep_chunks:
+            cells = []
+            for jobs in cfg.sweep_jobs:
+                e = next(
+                    (
+                        r
+                        for r in results
+                        if r["type"] == op
+                        and r["chunk_size"] == chunk
+                        and r["jobs_per_batch"] == jobs
+                    ),
+                    None,
+                )
+                cells.append(
+                    f"{e['items_per_s']:>8,.0f} ({e['worker_peak_rss_mb']:.0f}; "
+                    f"{e['worker_cpu']}/{e['postgres_cpu']})" + ("" if e["check"] == "ok" else " !")
+                    if e
+                    else "-"
+                )
+            lines.append(f"{chunk:>10} | " + " | ".join(f"{c:^30}" for c in cells))
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="chunk size × jobs per batch sweep instead of the main run (also BENCH_SWEEP=1)",
+    )
+    p.add_argument("--items", type=int, help="overrides BENCH_ITEMS")
+    p.add_argument("--phases", help="comma list of approve,suspend,baseline,ceiling,sqlite")
+    p.add_argument(
+        "--profile",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="record the worker with py-spy during approve/suspend (BENCH_PROFILE)",
+    )
+    p.add_argument(
+        "--trace-sql",
+        action="store_true",
+        help="time every SQL statement in the worker (BENCH_TRACE_SQL=1)",
+    )
+    return p.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> BenchConfig:
+    cfg = BenchConfig.from_env()
+    changes: dict[str, Any] = {}
+    if args.items:
+        changes.update(
+            items=args.items,
+            sqlite_items=int(os.environ.get("BENCH_SQLITE_ITEMS") or min(args.items, 20_000)),
+            baseline_items=int(os.environ.get("BENCH_BASELINE_ITEMS") or min(args.items, 5_000)),
+            sweep_items=int(os.environ.get("BENCH_SWEEP_ITEMS") or min(args.items, 20_000)),
+        )
+    if args.phases:
+        changes["phases"] = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    if args.profile is not None:
+        changes["profile_dir"] = Path(args.profile) if args.profile else cfg.out_dir / "profile"
+    if args.trace_sql:
+        changes["trace_sql"] = True
+    return dataclasses.replace(cfg, **changes)
+
+
+async def amain(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = configure(args)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.profile_dir is not None and find_py_spy() is None:
+        log("BENCH_PROFILE set but py-spy is not installed (pip install py-spy); no profile")
+    settings = Settings(database_url=cfg.database_url, redis_url=cfg.redis_url)
+    if args.sweep or os.environ.get("BENCH_SWEEP", "").strip() not in ("", "0"):
+        results = await sweep(cfg)
+        print(render_sweep(cfg, results))
+        print(json.dumps({"bench": "batchd-sweep", "items": cfg.sweep_items, "runs": results}))
+        return 0
+    t0 = time.perf_counter()
+    res = await main_run(cfg)
+    out = summary(cfg, settings, res)
+    print(render(cfg, settings, res, out))
+    print(f"\n(total bench time {time.perf_counter() - t0:.0f}s; logs in {cfg.out_dir})")
+    print(json.dumps(out))
+    return 0 if out["all_checks_ok"] else 1
+
+
+async def _main_with_signals() -> int:
+    """SIGTERM (e.g. from ``timeout``) cancels the run like Ctrl-C does, so the worker
+    is stopped and the database dropped on the way out."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await amain()
+    except asyncio.CancelledError:
+        log("interrupted; cleaned up")
+        return 130
+
+
+def main() -> None:
+    sys.exit(asyncio.run(_main_with_signals()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Nothing lost, nothing applied twice — whatever dies (DESIGN.md §1, §3).
+
+On PostgreSQL + Redis these run real ``batchd worker`` processes and kill them, flush
+Redis, and cut their database connections; on the embedded default the API process
+itself is stopped mid-batch and started again. Recovery settings are shortened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.main import create_app
+from app.models import BatchDetail, ProcessLog, Task
+from tests.batch_helpers import create, expense_setup, wait_for
+from tests.conftest import ON_POSTGRES, TEST_REDIS, Actor
+from tests.workers_proc import WorkerProcess
+
+APPROVE = {"decision": "approve", "form_data": {"category": "travel"}}
+FILTER = {"definition_key": "expense", "node_id": "manager"}
+FAST_RECOVERY: dict[str, Any] = {
+    "stuck_after": 2,
+    "start_timeout": 2,
+    "recover_interval": 1,
+    "slice_seconds": 1,
+    "auto_retry_window": 0,
+}
+N = 3000
+
+postgres_only = pytest.mark.skipif(not ON_POSTGRES, reason="needs PostgreSQL + Redis workers")
+
+
+@pytest.fixture
+async def workers(settings: Settings) -> AsyncIterator[Callable[[], WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        started.append(WorkerProcess(settings))
+        return started[-1]
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+async def wait_until_success(actor: Actor, batch_id: int, at_least: int) -> dict[str, Any]:
+    for _ in range(1200):
+        batch = (await actor.get(f"/api/v1/batches/{batch_id}")).json()
+        if batch["success"] >= at_least or batch["status"] in ("completed", "aborted"):
+            return batch
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} made no progress: {batch}")
+
+
+async def assert_applied_exactly_once(
+    sm: async_sessionmaker[AsyncSession], task_ids: list[int], batch_id: int
+) -> None:
+    """Every manager task completed once: one finance task per instance, one log row per
+    task, every detail success — none missing, none doubled."""
+    async with sm() as s:
+        completed = await s.scalar(
+            select(func.count()).where(Task.id.in_(task_ids), Task.status == "completed")
+        )
+        per_instance = (
+            await s.execute(
+                select(Task.instance_id, func.count())
+                .where(Task.node_id == "finance")
+                .group_by(Task.instance_id)
+            )
+        ).all()
+        logs = (
+            await s.execute(
+                select(ProcessLog.task_id, func.count())
+                .where(ProcessLog.batch_id == batch_id, ProcessLog.action == "task.approved")
+                .group_by(ProcessLog.task_id)
+            )
+        ).all()
+        statuses = dict(
+            (
+                await s.execute(
+                    select(BatchDetail.status, func.count())
+                    .where(BatchDetail.batch_id == batch_id)
+                    .group_by(BatchDetail.status)
+                )
+            ).all()
+        )
+    assert completed == len(task_ids)
+    assert len(per_instance) == len(task_ids) and {n for _, n in per_instance} == {1}
+    assert len(logs) == len(task_ids) and {n for _, n in logs} == {1}
+    assert statuses == {"success": len(task_ids)}
+
+
+async def start_batch(alice: Actor, chunk_size: int = 20) -> dict[str, Any]:
+    return await create(
+        alice,
+        {"type": "task.approve", "filter": FILTER, "params": APPROVE, "chunk_size": chunk_size},
+    )
+
+
+async def finish(alice: Actor, batch_id: int) -> None:
+    done = await wait_for(alice, batch_id, limit_s=120)
+    assert (done["status"], done["success"], done["failed"]) == ("completed", N, 0), done
+
+
+@dataclass
+class Scene:
+    sm: async_sessionmaker[AsyncSession]
+    start_worker: Callable[[], WorkerProcess]
+    alice: Actor
+    task_ids: list[int]
+
+
+@pytest.fixture
+async def scene(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    workers: Callable[[], WorkerProcess],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> Scene:
+    setup = await expense_setup(sessionmaker, admin, alice, bob, N)
+    return Scene(sessionmaker, workers, alice, setup.task_ids)
+
+
+async def survive(
+    scene: Scene, failure: Callable[[WorkerProcess], Awaitable[None]], at: tuple[int, ...] = (300,)
+) -> WorkerProcess:
+    """Run a batch on a real worker, inflict ``failure`` once ``at`` items succeeded,
+    and check the batch still completes with every item applied exactly once."""
+    worker = scene.start_worker()
+    batch = await start_batch(scene.alice)
+    for threshold in at:
+        await wait_until_success(scene.alice, batch["id"], threshold)
+        await failure(worker)
+    await finish(scene.alice, batch["id"])
+    await assert_applied_exactly_once(scene.sm, scene.task_ids, batch["id"])
+    return worker
+
+
+@postgres_only
+@pytest.mark.external_workers
+@pytest.mark.parametrize("settings_overrides", [FAST_RECOVERY])
+async def test_sigkill_worker_mid_batch(scene: Scene) -> None:
+    async def kill_and_replace(worker: WorkerProcess) -> None:
+        worker.kill()
+        scene.start_worker()
+
+    await survive(scene, kill_and_replace)
+
+
+@postgres_only
+@pytest.mark.external_workers
+@pytest.mark.parametrize("settings_overrides", [FAST_RECOVERY])
+async def test_redis_flushall_mid_batch(scene: Scene) -> None:
+    from redis.asyncio import Redis
+
+    async def flushall(_worker: WorkerProcess) -> None:
+        redis = Redis.from_url(TEST_REDIS or "")
+        await redis.flushall()
+        await redis.aclose()
+
+    assert (await survive(scene, flushall)).alive
+
+
+@postgres_only
+@pytest.mark.external_workers
+@pytest.mark.parametrize("settings_overrides", [FAST_RECOVERY])
+async def test_worker_survives_terminated_database_connections(scene: Scene) -> None:
+    terminated: list[int] = []
+
+    async def cut_connections(_worker: WorkerProcess) -> None:
+        async with scene.sm() as s:
+            rows = await s.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'batchd-worker' AND datname = current_database()"
+                )
+            )
+            terminated.extend(1 for _ in rows)
+
+    worker = await survive(scene, cut_connections, at=(300, 1200))
+    assert terminated, "the worker had open connections to cut"
+    assert worker.alive, worker.output()
+
+
+@postgres_only
+@pytest.mark.external_workers
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{**FAST_RECOVERY, "stuck_after": 0.2, "slice_seconds": 0.2}],
+)
+async def test_two_workers_racing_recovery_never_double_apply(scene: Scene) -> None:
+    """Both workers run a recovery pass every second that finds the batch "stuck"
+    (heartbeat older than 0.2 s) and wakes yet more executors, each handing its batch
+    back every 0.2 s: many executors on two processes race for the same chunks."""
+    scene.start_worker(), scene.start_worker()
+    batch = await start_batch(scene.alice, chunk_size=50)
+    await finish(scene.alice, batch["id"])
+    await assert_applied_exactly_once(scene.sm, scene.task_ids, batch["id"])
+
+
+@postgres_only
+@pytest.mark.external_workers
+@pytest.mark.parametrize("settings_overrides", [FAST_RECOVERY])
+async def test_sigterm_finishes_the_chunk_and_exits(scene: Scene) -> None:
+    """SIGTERM: the worker finishes what it holds and exits 0; nothing of it goes on
+    afterwards (the counts stay still until a new worker starts)."""
+
+    async def success_count() -> int | None:
+        async with scene.sm() as s:
+            return await s.scalar(select(func.count()).where(BatchDetail.status == "success"))
+
+    async def stop_gracefully(worker: WorkerProcess) -> None:
+        assert await worker.terminate() == 0, worker.output()
+        assert "shutting down" in worker.output()
+        at_exit = await success_count()
+        await asyncio.sleep(1.0)
+        assert at_exit == await success_count()
+        assert at_exit is not None and at_exit < N
+        scene.start_worker()
+
+    await survive(scene, stop_gracefully)
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="the embedded default is SQLite + in-process runner")
+@pytest.mark.external_workers  # the fixture's own app runs no jobs: only the two lives do
+@pytest.mark.parametrize("settings_overrides", [FAST_RECOVERY])
+async def test_embedded_server_restart_mid_batch(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """Stop the API (and its runner) mid-batch, start a new one on the same file."""
+    import httpx
+
+    setup = await expense_setup(sessionmaker, admin, alice, bob, N)
+    second_life = create_app(settings)
+    first_life = create_app(settings)
+    async with first_life.router.lifespan_context(first_life):
+        transport = httpx.ASGITransport(app=first_life)
+        async with httpx.AsyncClient(transport=transport, base_url="http://a") as c:
+            alice_a = Actor(alice.id, alice.token, c)
+            batch = await start_batch(alice_a, chunk_size=10)
+            await wait_until_success(alice_a, batch["id"], 200)
+    async with sessionmaker() as s:
+        stopped = await s.scalar(
+            select(func.count()).where(
+                BatchDetail.batch_id == batch["id"], BatchDetail.status == "success"
+            )
+        )
+    assert stopped is not None and 0 < stopped < N
+    async with second_life.router.lifespan_context(second_life):
+        transport = httpx.ASGITransport(app=second_life)
+        async with httpx.AsyncClient(transport=transport, base_url="http://b") as c:
+            await finish(Actor(alice.id, alice.token, c), batch["id"])
+    await assert_applied_exactly_once(sessionmaker, setup.task_ids, batch["id"])

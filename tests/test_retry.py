@@ -1,0 +1,157 @@
+"""Retry semantics (DESIGN.md §3): retry_count, exhausted items, lock release, the
+auto-retry cron, and the errors for retries that cannot happen."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.models import ActionLog, ProcessInstance, Task
+from tests.batch_helpers import create, details, expense_setup, wait_for
+from tests.conftest import Actor
+
+BAD = {"decision": "approve", "form_data": {"category": "yachts"}}
+APPROVE = {"decision": "approve", "form_data": {"category": "travel"}}
+
+
+async def locked(sm: async_sessionmaker[AsyncSession]) -> int:
+    async with sm() as s:
+        return int(
+            await s.scalar(select(func.count()).where(Task.locked_by_batch_id.is_not(None))) or 0
+        )
+
+
+async def retry(actor: Actor, batch_id: int, **body: Any) -> dict[str, Any]:
+    r = await actor.post(f"/api/v1/batches/{batch_id}/retry", json=body or None)
+    assert r.status_code == 202, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
+async def test_retries_until_exhausted_then_unlock(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 5)
+    batch = await create(
+        alice, {"type": "task.approve", "ids": setup.task_ids, "params": BAD, "max_retries": 2}
+    )
+    assert (await wait_for(alice, batch["id"]))["failed"] == 5
+    assert await locked(sessionmaker) == 5  # failed, still retryable: locks kept
+
+    for attempt in (1, 2):
+        out = await retry(alice, batch["id"])
+        assert (out["requeued"], out["exhausted"]) == (5, 0)
+        assert out["batch"]["status"] == "running" and out["batch"]["failed"] == 0
+        done = await wait_for(alice, batch["id"])
+        assert (done["status"], done["failed"]) == ("completed", 5)
+        assert {d["retry_count"] for d in await details(alice, batch["id"])} == {attempt}
+    assert await locked(sessionmaker) == 0  # exhausted at the last failure: released
+
+    out = await retry(alice, batch["id"])
+    assert (out["requeued"], out["exhausted"], out["batch"]["status"]) == (0, 5, "completed")
+    async with sessionmaker() as s:
+        retried = await s.scalar(
+            select(func.count()).where(
+                ActionLog.batch_id == batch["id"], ActionLog.action == "batch.retried"
+            )
+        )
+    assert retried == 3
+
+
+async def test_retry_selected_items_and_refusals(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 4)
+    batch = await create(alice, {"type": "task.approve", "ids": setup.task_ids, "params": BAD})
+    await wait_for(alice, batch["id"])
+    out = await retry(alice, batch["id"], item_ids=setup.task_ids[:1])
+    assert (out["requeued"], out["exhausted"]) == (1, 0)
+    await wait_for(alice, batch["id"])
+    counts = {d["item_id"]: d["retry_count"] for d in await details(alice, batch["id"])}
+    assert counts == {setup.task_ids[0]: 1, **{t: 0 for t in setup.task_ids[1:]}}
+
+    r = await alice.post(f"/api/v1/batches/{batch['id']}/retry", json={"item_ids": [987654]})
+    assert r.status_code == 404 and "987654" in r.json()["detail"]
+    r = await bob.post(f"/api/v1/batches/{batch['id']}/retry")
+    assert r.status_code == 404
+    r = await alice.post(f"/api/v1/batches/{batch['id']}/retry", json={"item_ids": ["x"]})
+    assert r.status_code == 422
+
+    cancelled = await create(alice, {"type": "task.approve", "ids": [424242], "params": APPROVE})
+    await wait_for(alice, cancelled["id"])
+    r = await alice.delete(f"/api/v1/batches/{cancelled['id']}", params={"cascade": "true"})
+    assert r.status_code == 204
+    assert (await alice.post(f"/api/v1/batches/{cancelled['id']}/retry")).status_code == 404
+
+
+async def test_retry_of_a_cancelled_batch_is_409(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 1500)
+    batch = await create(
+        alice,
+        {"type": "task.approve", "ids": setup.task_ids, "params": APPROVE, "chunk_size": 5},
+    )
+    assert (await alice.delete(f"/api/v1/batches/{batch['id']}")).status_code == 200
+    r = await alice.post(f"/api/v1/batches/{batch['id']}/retry")
+    assert r.status_code == 409 and r.json()["error"] == "Conflict"
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"auto_retry_delay": 0, "recover_interval": 0.3, "max_retries": 3}]
+)
+async def test_auto_retry_cron_finishes_items_once_their_cause_is_gone(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """Items fail because their processes are suspended; once resumed, the cron retries
+    them (like the PHP fallback cron) and the batch completes with nothing failed."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 6)
+    async with sessionmaker() as s:
+        await s.execute(update(ProcessInstance).values(status="suspended"))
+        await s.commit()
+    batch = await create(alice, {"type": "task.approve", "ids": setup.task_ids, "params": APPROVE})
+    first = await wait_for(alice, batch["id"])
+    assert first["failed"] == 6
+    async with sessionmaker() as s:
+        await s.execute(update(ProcessInstance).values(status="active"))
+        await s.commit()
+    for _ in range(400):
+        now = (await alice.get(f"/api/v1/batches/{batch['id']}")).json()
+        if now["status"] == "completed" and now["success"] == 6:
+            break
+        await asyncio.sleep(0.05)
+    assert (now["success"], now["failed"]) == (6, 0), now
+    assert {d["retry_count"] for d in await details(alice, batch["id"])} >= {1}
+    assert await locked(sessionmaker) == 0
+    async with sessionmaker() as s:
+        auto = await s.scalar(
+            select(func.count()).where(
+                ActionLog.batch_id == batch["id"], ActionLog.action == "batch.auto_retried"
+            )
+        )
+    assert auto and auto >= 1
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"auto_retry_delay": 0, "recover_interval": 0.3, "max_retries": 2}]
+)
+async def test_auto_retry_stops_at_max_retries(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 3)
+    batch = await create(alice, {"type": "task.approve", "ids": setup.task_ids, "params": BAD})
+    for _ in range(400):
+        items = await details(alice, batch["id"])
+        if {d["retry_count"] for d in items} == {2} and {d["status"] for d in items} == {"failed"}:
+            break
+        await asyncio.sleep(0.05)
+    assert {(d["status"], d["retry_count"]) for d in items} == {("failed", 2)}
+    await asyncio.sleep(1.0)  # further passes change nothing
+    final = (await alice.get(f"/api/v1/batches/{batch['id']}")).json()
+    assert (final["status"], final["failed"]) == ("completed", 3)
+    assert {d["retry_count"] for d in await details(alice, batch["id"])} == {2}
+    assert await locked(sessionmaker) == 0

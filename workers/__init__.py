@@ -1,0 +1,1 @@
+"""Process wiring for ``batchd worker`` (no business logic here)."""
