@@ -14,9 +14,16 @@ from app.batches.recovery import purge
 from app.config import Settings
 from app.engine.approval import Outcome
 from app.models import Batch, BatchDetail, ProcessLog
-from app.operations.registry import OPERATIONS, BatchRun, Operation, WorkItem, register
+from app.operations.registry import (
+    OPERATIONS,
+    BatchRun,
+    BulkSql,
+    Operation,
+    WorkItem,
+    register,
+)
 from tests.batch_helpers import create, details, expense_setup, wait_for
-from tests.conftest import Actor
+from tests.conftest import ON_POSTGRES, Actor
 
 POISON = 13
 
@@ -75,6 +82,51 @@ async def test_a_failing_bulk_statement_fails_only_the_bad_item(
             )
         )
     assert touched == set(range(1, 31)) - {POISON}  # each applied once, the bad one never
+
+
+class FastPoisonableOperation(PoisonableOperation):
+    """The same, with a PostgreSQL fast path (fused with the claim) that fails the same
+    way: a chunk holding the poison item must fall back to the plain path, then isolate."""
+
+    type = "test.fast_poisonable"
+
+    async def bulk_sql(self, session: AsyncSession, run: BatchRun) -> BulkSql | None:
+        return BulkSql(
+            "applied AS (INSERT INTO process_logs (instance_id, action, created_at) "
+            "SELECT item_id, CASE WHEN item_id = :poison THEN NULL ELSE 'test.fast' END, "
+            "CURRENT_TIMESTAMP FROM claimed RETURNING instance_id AS id)",
+            {"poison": POISON},
+        )
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="the fused fast path runs on PostgreSQL only")
+async def test_a_failing_fast_path_falls_back_then_isolates(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    register(FastPoisonableOperation())
+    try:
+        await expense_setup(sessionmaker, admin, alice, bob, 30)
+        batch = await create(
+            admin, {"type": "test.fast_poisonable", "ids": list(range(1, 31)), "chunk_size": 10}
+        )
+        done = await wait_for(admin, batch["id"])
+    finally:
+        OPERATIONS.pop("test.fast_poisonable", None)
+    assert (done["status"], done["success"], done["failed"]) == ("completed", 29, 1)
+    [failed] = await details(admin, batch["id"], status="failed")
+    assert failed["item_id"] == POISON
+    async with sessionmaker() as s:
+        logs = (await s.execute(select(ProcessLog.instance_id, ProcessLog.action))).all()
+    by_action: dict[str, list[int]] = {}
+    for instance_id, action in logs:
+        by_action.setdefault(action, []).append(instance_id)
+    # Chunks without the poison went the fast way; the poisoned chunk (items 11–20) fell
+    # back to the plain path. Every item applied exactly once, the bad one never.
+    assert sorted(by_action["test.fast"]) == [*range(1, 11), *range(21, 31)]
+    assert sorted(by_action["test.touched"]) == [i for i in range(11, 21) if i != POISON]
 
 
 @pytest.mark.parametrize(

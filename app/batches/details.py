@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches import locks
 from app.db.base import utcnow
-from app.db.bulk import insert_rows
+from app.db.bulk import insert_rows, update_rows
 from app.models import Batch, BatchDetail
 from app.operations import Operation
 
@@ -45,7 +45,7 @@ async def create_details(
                     "row": rows[i] if rows else None,
                     "payload": payloads[i] if payloads else None,
                     "status": "failed" if holder else "pending",
-                    "error": f"Task {item_id} is locked by batch {holder}." if holder else None,
+                    "error": _held_error(item_id, holder) if holder else None,
                     "retry_count": 0,
                     "finished_at": now if holder else None,
                 }
@@ -53,6 +53,53 @@ async def create_details(
             failed += 1 if holder else 0
         await insert_rows(session, _details, values)
     return failed
+
+
+async def create_details_from(
+    session: AsyncSession, batch: Batch, op: Operation, page: Select[Any]
+) -> tuple[list[int], int]:
+    """Seed the items ``page`` selects (one id column): one pending detail each, locks as
+    in ``create_details``. Returns (item ids seeded, how many failed).
+
+    On PostgreSQL the ids never travel through Python on the way in: one
+    ``INSERT … SELECT … RETURNING``, then the lock ``UPDATE`` on the returned ids. (SQLite
+    runs in-process, so it keeps the portable path.)"""
+    if session.get_bind().dialect.name != "postgresql":
+        ids = list(await session.scalars(page))
+        return ids, await create_details(session, batch, op, ids)
+    sub = page.subquery()
+    inserted = (
+        await session.execute(
+            insert(_details)
+            .from_select(
+                ["batch_id", "item_id", "status", "retry_count"],
+                select(
+                    literal(batch.id, BigInteger),
+                    sub.c.id,
+                    literal("pending"),
+                    literal(0, BigInteger),
+                ).order_by(sub.c.id),
+            )
+            .returning(_details.c.id, _details.c.item_id)
+        )
+    ).all()
+    detail_of = {item_id: detail_id for detail_id, item_id in inserted}
+    held = await locks.acquire(session, batch.id, list(detail_of)) if op.locks_items else {}
+    now = utcnow()
+    await update_rows(
+        session,
+        _details,
+        [
+            {"id": detail_of[item_id], "status": "failed", "error": _held_error(item_id, holder)}
+            for item_id, holder in held.items()
+        ],
+        constants={"finished_at": now},
+    )
+    return sorted(detail_of), len(held)
+
+
+def _held_error(item_id: int, holder: int) -> str:
+    return f"Task {item_id} is locked by batch {holder}."
 
 
 async def status_counts(session: AsyncSession, batch_id: int) -> dict[str, int]:

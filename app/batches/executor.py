@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Boolean, Table, column, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,6 +37,7 @@ from app.db.session import transaction
 from app.engine.approval import Outcome
 from app.models import Batch, BatchDetail
 from app.operations import BatchRun, Operation, WorkItem, get_operation
+from app.operations.registry import BulkSql
 from app.queue.backend import Wakeup
 from app.queue.context import JobContext
 
@@ -45,6 +46,8 @@ log = logging.getLogger("batchd.executor")
 _details = cast(Table, BatchDetail.__table__)
 _batches = cast(Table, Batch.__table__)
 RUNNABLE = ("seeding", "running")
+SEEDING_POLL_S = 0.02
+"""How soon an executor that caught up with seeding looks again (an empty claim is cheap)."""
 
 
 @dataclass
@@ -86,7 +89,7 @@ async def execute(ctx: JobContext, batch_id: int) -> None:
             if loop.time() > deadline:  # details still coming: hand back, come again
                 await ctx.queue.enqueue(Wakeup("execute", batch_id, turn.priority))
                 return
-            await asyncio.sleep(min(ctx.settings.poll_time, 0.1))
+            await asyncio.sleep(min(ctx.settings.poll_time, SEEDING_POLL_S))
             continue
         await ctx.progress.publish(batch_id)
         if turn.result.over_threshold:
@@ -99,7 +102,7 @@ async def execute(ctx: JobContext, batch_id: int) -> None:
         await monitor.finalize_if_done(ctx, batch_id)
 
 
-async def run_next_chunk(ctx: JobContext, batch_id: int) -> Turn:
+async def run_next_chunk(ctx: JobContext, batch_id: int, *, fused: bool = True) -> Turn:
     chunk: Chunk | None = None
     priority = "normal"
     try:
@@ -122,27 +125,78 @@ async def run_next_chunk(ctx: JobContext, batch_id: int) -> Turn:
             priority = batch.priority
             if batch.status not in RUNNABLE:
                 return Turn(None, batch.status, batch.priority)
-            rows = (await session.execute(_pending(batch_id, batch.chunk_size))).all()
-            if not rows:
+            run = BatchRun(batch_id, batch.creator_id, batch.params or {})
+            op = get_operation(batch.type)
+            on_postgres = session.get_bind().dialect.name == "postgresql"
+            bulk = await op.bulk_sql(session, run) if fused and on_postgres else None
+            applied = 0
+            if bulk is not None:
+                claim = _claim_and_apply(batch_id, batch.chunk_size, bulk)
+                rows = list((await session.execute(claim)).all())
+                applied = sum(1 for r in rows if r.applied)
+                rows = [r for r in rows if not r.applied]
+            else:
+                rows = list((await session.execute(_pending(batch_id, batch.chunk_size))).all())
+            if not rows and not applied:
                 return Turn(None, batch.status, batch.priority)
             chunk = Chunk(
-                run=BatchRun(batch_id, batch.creator_id, batch.params or {}),
-                op=get_operation(batch.type),
+                run=run,
+                op=op,
                 items=[WorkItem(r.id, r.item_id, r.payload) for r in rows],
                 retry_counts={r.id: r.retry_count for r in rows},
                 max_retries=batch.max_retries,
             )
-            result = await _apply(session, chunk, chunk.items)
+            result = await _apply(session, chunk, chunk.items, applied=applied)
             return Turn(result, batch.status, batch.priority)
     except Exception as exc:
-        if chunk is None:
-            raise
         if _lost_connection(exc):
             # Not the items' fault: the rollback handed them back untouched.
             log.warning("batch %s: database connection lost; chunk left pending", batch_id)
             return Turn(ChunkResult(Counter()), "running", priority)
+        if chunk is None:
+            if fused:  # the fast path itself failed: claim and apply the ordinary way
+                log.warning("batch %s: fused chunk failed (%s); claiming plainly", batch_id, exc)
+                return await run_next_chunk(ctx, batch_id, fused=False)
+            raise
         log.warning("batch %s: bulk chunk failed (%s); isolating items", batch_id, exc)
         return Turn(await _isolate(ctx, chunk), "running", priority)
+
+
+_FUSED = """
+WITH claimed AS (
+    SELECT id, item_id, payload, retry_count FROM batch_details
+    WHERE batch_id = CAST(:batch_id AS BIGINT) AND status = 'pending'
+    ORDER BY id LIMIT CAST(:limit AS INTEGER)
+    FOR UPDATE SKIP LOCKED
+), {ctes}, recorded AS (
+    UPDATE batch_details
+    SET status = 'success', error = NULL, finished_at = CAST(:finished AS TIMESTAMPTZ)
+    WHERE id = ANY(ARRAY(SELECT c.id FROM claimed AS c JOIN applied AS a ON a.id = c.item_id))
+)
+SELECT c.id, c.item_id, c.payload, c.retry_count, a.id IS NOT NULL AS applied
+FROM claimed AS c LEFT JOIN applied AS a ON a.id = c.item_id
+ORDER BY c.id
+"""
+
+
+def _claim_and_apply(batch_id: int, limit: int, bulk: BulkSql) -> Any:
+    """One statement: claim up to ``limit`` pending details (``SKIP LOCKED``), apply the
+    operation's fast path to their items and mark the applied ones ``success``; returns
+    every claimed detail with whether it was applied. (Item ids are unique per batch, so
+    joining on them is exact.) Rows are matched with ``id = ANY(ARRAY(subquery))`` so the
+    generic plan of this prepared statement always looks them up by primary key: a join
+    would let the planner pick a sequential scan of every detail."""
+    return (
+        text(_FUSED.format(ctes=bulk.ctes))
+        .bindparams(**bulk.params, batch_id=batch_id, limit=limit, finished=utcnow())
+        .columns(
+            _details.c.id,
+            _details.c.item_id,
+            _details.c.payload,
+            _details.c.retry_count,
+            column("applied", Boolean),
+        )
+    )
 
 
 def _pending(batch_id: int, limit: int, detail_id: int | None = None) -> Any:
@@ -179,14 +233,22 @@ async def _still_pending(session: AsyncSession, chunk: Chunk, item: WorkItem) ->
     return rows.first() is not None
 
 
-async def _apply(session: AsyncSession, chunk: Chunk, items: list[WorkItem]) -> ChunkResult:
-    """Apply the operation to claimed items and record the results, same transaction."""
-    outcomes = await chunk.op.apply(session, chunk.run, items)
-    return await _record(session, chunk, items, outcomes)
+async def _apply(
+    session: AsyncSession, chunk: Chunk, items: list[WorkItem], *, applied: int = 0
+) -> ChunkResult:
+    """Apply the operation to claimed items and record the results, same transaction.
+    ``applied``: items the fused fast path already applied and recorded."""
+    outcomes = await chunk.op.apply(session, chunk.run, items) if items else []
+    return await _record(session, chunk, items, outcomes, applied=applied)
 
 
 async def _record(
-    session: AsyncSession, chunk: Chunk, items: list[WorkItem], outcomes: list[Outcome]
+    session: AsyncSession,
+    chunk: Chunk,
+    items: list[WorkItem],
+    outcomes: list[Outcome],
+    *,
+    applied: int = 0,
 ) -> ChunkResult:
     now = utcnow()
     batch_id = chunk.run.batch_id
@@ -219,6 +281,7 @@ async def _record(
         ]
         await locks.release(session, batch_id, done)
     counts = Counter(o.status for o in outcomes)
+    counts["success"] += applied
     row = (
         await session.execute(
             update(_batches)

@@ -1,13 +1,16 @@
 """seed(batch_id): turn a filter into details page by page, then start execution.
 
-One invocation seeds one page of ``jobs_per_seed × chunk_size`` items in one short
-transaction: it inserts the details, takes the item locks and advances ``seed_cursor``
-— conditionally on the cursor it started from, so two copies of this job never seed
-the same page twice — then re-enqueues itself. Memory stays flat and no transaction
-grows with the batch. Execution starts after the first page, alongside seeding.
+A page of ``jobs_per_seed × chunk_size`` items is one short transaction: it inserts the
+details, takes the item locks and advances ``seed_cursor`` — conditionally on the
+cursor it started from, so two copies of this job never seed the same page twice. One
+invocation seeds pages for up to ``SEED_SLICE_S``, then re-enqueues itself. Memory stays
+flat and no transaction grows with the batch. Execution starts after the first page,
+alongside seeding.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import DBAPIError
@@ -26,22 +29,32 @@ MAX_PAGE = 20_000
 SEED_RETRY_DELAY_S = 1.0
 
 
+SEED_SLICE_S = 1.0
+"""One invocation seeds page after page (each its own short transaction) for up to this
+long, then hands the rest back to the queue: no queue hop between pages, and no seed job
+holds a worker slot for long."""
+
+
 async def seed(ctx: JobContext, batch_id: int) -> None:
-    if ctx.stopping.is_set():
-        return
-    try:
-        state = await _seed_page(ctx, batch_id)
-    except DBAPIError:
-        # The database blinked: come back soon rather than after BATCH_START_TIMEOUT.
-        await ctx.queue.enqueue(Wakeup("seed", batch_id, defer=SEED_RETRY_DELAY_S))
-        raise
-    if state is None:
-        return
-    priority, first, done = state
-    if first or done:
-        await start_execution(ctx, batch_id, priority)
-    if not done:
-        await ctx.queue.enqueue(Wakeup("seed", batch_id, priority))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SEED_SLICE_S
+    while not ctx.stopping.is_set():
+        try:
+            state = await _seed_page(ctx, batch_id)
+        except DBAPIError:
+            # The database blinked: come back soon rather than after BATCH_START_TIMEOUT.
+            await ctx.queue.enqueue(Wakeup("seed", batch_id, defer=SEED_RETRY_DELAY_S))
+            raise
+        if state is None:
+            return
+        priority, first, done = state
+        if first or done:
+            await start_execution(ctx, batch_id, priority)
+        if done:
+            return
+        if loop.time() > deadline:
+            await ctx.queue.enqueue(Wakeup("seed", batch_id, priority))
+            return
 
 
 async def _seed_page(ctx: JobContext, batch_id: int) -> tuple[str, bool, bool] | None:
@@ -72,8 +85,7 @@ async def _seed_page(ctx: JobContext, batch_id: int) -> tuple[str, bool, bool] |
         assert creator is not None
         cursor = batch.seed_cursor
         page_size = min(batch.chunk_size * ctx.settings.jobs_per_seed, MAX_PAGE)
-        ids = await targets.page_after(
-            session,
+        page = targets.page_after(
             op.target,
             creator,
             batch.filter or {},
@@ -81,7 +93,7 @@ async def _seed_page(ctx: JobContext, batch_id: int) -> tuple[str, bool, bool] |
             until=batch.seed_until,
             limit=page_size,
         )
-        failed = await details.create_details(session, batch, op, ids)
+        ids, failed = await details.create_details_from(session, batch, op, page)
         done = len(ids) < page_size
         values: dict[str, object] = {
             "seed_cursor": ids[-1] if ids else cursor,

@@ -51,8 +51,7 @@ async def count_matching(
     return int(row[0]), int(row[1] or 0)
 
 
-async def page_after(
-    session: AsyncSession,
+def page_after(
     target: str,
     creator: User,
     flt: dict[str, Any],
@@ -60,10 +59,9 @@ async def page_after(
     after: int,
     until: int,
     limit: int,
-) -> list[int]:
-    """The next page of matching ids in (after, until], ascending."""
+) -> Select[Any]:
+    """``SELECT`` the next page of matching ids in (after, until], ascending."""
     col = _id_column(target)
-    stmt = (
+    return (
         _matching(target, creator, flt).where(col > after, col <= until).order_by(col).limit(limit)
     )
-    return list(await session.scalars(stmt))

@@ -34,23 +34,36 @@ def id_in(session: AsyncSession, column: Any, ids: Sequence[int]) -> ColumnEleme
     return in_clause
 
 
-async def insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Insert rows (all with the same keys) in one statement."""
+async def insert_rows(
+    session: AsyncSession,
+    table: Table,
+    rows: list[dict[str, Any]],
+    *,
+    constants: dict[str, Any] | None = None,
+) -> None:
+    """Insert rows (all with the same keys) in one statement; ``constants`` are columns
+    with the same value in every row (bound once, not repeated per row)."""
     if not rows:
         return
+    constants = constants or {}
     if not _is_postgres(session):
-        await session.execute(insert(table), rows)
+        await session.execute(insert(table), [{**r, **constants} for r in rows])
         return
     dialect = session.get_bind().dialect
     columns = list(rows[0])
     record = ", ".join(f"{c} {_pg_type(table, c, dialect)}" for c in columns)
-    names = ", ".join(columns)
+    names = ", ".join([*columns, *constants])
+    values = ", ".join([*columns, *(f":c_{c}" for c in constants)])
+    stmt = text(
+        f"INSERT INTO {table.name} ({names}) SELECT {values} "
+        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v({record})"
+    ).bindparams(*(bindparam(f"c_{c}", type_=table.c[c].type) for c in constants))
     await session.execute(
-        text(
-            f"INSERT INTO {table.name} ({names}) SELECT {names} "
-            f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v({record})"
-        ),
-        {"rows": json.dumps(rows, default=_json_default)},
+        stmt,
+        {
+            "rows": json.dumps(rows, default=_json_default),
+            **{f"c_{c}": v for c, v in constants.items()},
+        },
     )
 
 

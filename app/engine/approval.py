@@ -236,8 +236,6 @@ class _Plan:
                         "instance_id": row.instance_id,
                         "node_id": nxt["id"],
                         "assignee_id": item.next_assignee_id or nxt["assignee_id"],
-                        "status": "pending",
-                        "created_at": self.now,
                     }
                 )
             else:
@@ -277,7 +275,9 @@ class _Plan:
         await update_rows(
             session, _instances, self.instance_updates, constants={"updated_at": self.now}
         )
-        await insert_rows(session, _tasks, self.new_tasks)
+        await insert_rows(
+            session, _tasks, self.new_tasks, constants={"status": "pending", "created_at": self.now}
+        )
         await write_process_logs(session, self.logs)
 
 

@@ -16,7 +16,6 @@ from app.models import ActionLog, ProcessLog
 async def write_process_logs(session: AsyncSession, rows: Iterable[dict[str, Any]]) -> None:
     """Bulk insert; each row has instance_id, action and optionally task_id, actor_id,
     batch_id, message."""
-    now = utcnow()
     values = [
         {
             "instance_id": r["instance_id"],
@@ -25,11 +24,12 @@ async def write_process_logs(session: AsyncSession, rows: Iterable[dict[str, Any
             "batch_id": r.get("batch_id"),
             "action": r["action"],
             "message": r.get("message"),
-            "created_at": now,
         }
         for r in rows
     ]
-    await insert_rows(session, cast(Table, ProcessLog.__table__), values)
+    await insert_rows(
+        session, cast(Table, ProcessLog.__table__), values, constants={"created_at": utcnow()}
+    )
 
 
 async def write_action_log(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, BigId, JsonType, UTCDateTime, utcnow
@@ -81,7 +81,14 @@ class Task(Base):
         Index("ix_tasks_assignee_status_node", "assignee_id", "status", "node_id", "id"),
         Index("ix_tasks_status_node", "status", "node_id"),
         Index("ix_tasks_instance_id", "instance_id"),
-        Index("ix_tasks_locked_by_batch_id", "locked_by_batch_id"),
+        # Partial: almost every task is unlocked, and an index of NULLs would cost an
+        # entry on every task insert and every approval that clears a lock.
+        Index(
+            "ix_tasks_locked_by_batch_id",
+            "locked_by_batch_id",
+            postgresql_where=text("locked_by_batch_id IS NOT NULL"),
+            sqlite_where=text("locked_by_batch_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -1,9 +1,10 @@
 """Instance state transitions (``instance.suspend``, ``instance.resume``), set-based.
 
-On PostgreSQL the whole chunk moves in one statement — ``UPDATE … WHERE id = ANY(:ids)
+On PostgreSQL the whole chunk moves in one statement — ``UPDATE … WHERE id = ANY(…)
 AND status = ANY(:sources) [AND definition_key = ANY(:granted)] RETURNING id`` with the
-process-log INSERT in the same CTE — and only the items that did not move are read back
-to say why (missing, not permitted, already there, wrong state). On SQLite the chunk is
+process-log INSERT in the same CTE, fused by the executor with its claim and the detail
+results (``bulk_sql``) — and only the items that did not move are read back to say why
+(missing, not permitted, already there, wrong state). On SQLite the chunk is
 loaded, decided in Python, and applied with one UPDATE and one INSERT.
 """
 
@@ -20,23 +21,21 @@ from app.engine.approval import Outcome
 from app.engine.logs import write_process_logs
 from app.engine.permissions import Operator, load_operator
 from app.models import ProcessInstance
-from app.operations.registry import BatchRun, Operation, WorkItem, register
+from app.operations.registry import BatchRun, BulkSql, Operation, WorkItem, register
 
 _MOVE = """
-WITH moved AS (
+applied AS (
     UPDATE process_instances
     SET status = CAST(:to_state AS VARCHAR), updated_at = CAST(:now AS TIMESTAMPTZ)
-    WHERE id = ANY(CAST(:ids AS BIGINT[])) AND status = ANY(CAST(:sources AS VARCHAR[]))
+    WHERE id = ANY({targets}) AND status = ANY(CAST(:sources AS VARCHAR[]))
     {permission}
     RETURNING id
 ), logged AS (
     INSERT INTO process_logs (instance_id, actor_id, batch_id, action, created_at)
     SELECT id, CAST(:actor AS BIGINT), CAST(:batch AS BIGINT), CAST(:action AS VARCHAR),
            CAST(:now AS TIMESTAMPTZ)
-    FROM moved
-)
-SELECT id FROM moved
-"""
+    FROM applied
+)"""
 
 
 class InstanceTransition(Operation):
@@ -106,11 +105,18 @@ class InstanceTransition(Operation):
             )
         return Outcome("success")
 
-    async def _move_in_one_statement(
-        self, session: AsyncSession, run: BatchRun, operator: Operator, ids: list[int]
-    ) -> set[int]:
+    async def bulk_sql(self, session: AsyncSession, run: BatchRun) -> BulkSql | None:
+        """Fused with the executor's claim: claim, move, log and record in one statement."""
+        operator = await load_operator(session, run.creator_id)
+        if operator is None:
+            return None
+        ctes, params = self._move_sql(run, operator, "ARRAY(SELECT item_id FROM claimed)")
+        return BulkSql(ctes, params)
+
+    def _move_sql(
+        self, run: BatchRun, operator: Operator, targets: str
+    ) -> tuple[str, dict[str, Any]]:
         params: dict[str, Any] = {
-            "ids": ids,
             "sources": list(self.sources),
             "to_state": self.to_state,
             "now": utcnow(),
@@ -122,7 +128,14 @@ class InstanceTransition(Operation):
         if not operator.is_admin:
             permission = "AND definition_key = ANY(CAST(:granted AS VARCHAR[]))"
             params["granted"] = sorted(operator.keys)
-        return set(await session.scalars(text(_MOVE.format(permission=permission)), params))
+        return _MOVE.format(targets=targets, permission=permission), params
+
+    async def _move_in_one_statement(
+        self, session: AsyncSession, run: BatchRun, operator: Operator, ids: list[int]
+    ) -> set[int]:
+        ctes, params = self._move_sql(run, operator, "CAST(:ids AS BIGINT[])")
+        stmt = text(f"WITH {ctes} SELECT id FROM applied")
+        return set(await session.scalars(stmt, {**params, "ids": ids}))
 
     async def _move_loaded(self, session: AsyncSession, run: BatchRun, ids: list[int]) -> None:
         """Move rows already loaded and locked (SQLite, or PostgreSQL stragglers)."""

@@ -37,6 +37,21 @@ class BatchRun:
     params: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class BulkSql:
+    """An operation's PostgreSQL fast path, for the executor to fuse with its claim.
+
+    ``ctes`` are common table expressions that apply the operation to the items of the
+    executor's ``claimed`` CTE (columns ``id``, ``item_id``) — every item that can be
+    applied without a decision in Python — and include one named ``applied`` returning
+    the ``id`` of each item applied. Items not applied are handed to ``apply`` in the
+    same transaction, which says why (ignored, failed) or applies them after all.
+    """
+
+    ctes: str
+    params: dict[str, Any]
+
+
 class Operation(abc.ABC):
     type: ClassVar[str]
     target: ClassVar[str]
@@ -61,6 +76,10 @@ class Operation(abc.ABC):
         """Apply the operation to a chunk with a handful of bulk statements; one outcome per
         item, in order. Must be idempotent: an item already in the target state is
         ``ignored``. May raise on a database error: the executor then isolates items."""
+
+    async def bulk_sql(self, session: AsyncSession, run: BatchRun) -> BulkSql | None:
+        """The PostgreSQL fast path (see ``BulkSql``), or None to claim and ``apply``."""
+        return None
 
 
 OPERATIONS: dict[str, Operation] = {}

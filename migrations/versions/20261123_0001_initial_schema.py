@@ -334,7 +334,13 @@ def upgrade() -> None:
             unique=False,
         )
         batch_op.create_index("ix_tasks_instance_id", ["instance_id"], unique=False)
-        batch_op.create_index("ix_tasks_locked_by_batch_id", ["locked_by_batch_id"], unique=False)
+        batch_op.create_index(
+            "ix_tasks_locked_by_batch_id",
+            ["locked_by_batch_id"],
+            unique=False,
+            postgresql_where=sa.text("locked_by_batch_id IS NOT NULL"),
+            sqlite_where=sa.text("locked_by_batch_id IS NOT NULL"),
+        )
         batch_op.create_index("ix_tasks_status_node", ["status", "node_id"], unique=False)
 
     # ### end Alembic commands ###
