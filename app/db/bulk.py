@@ -11,11 +11,22 @@ runs in-process, where ``executemany`` and ``IN`` are already cheap, so it keeps
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Table, any_, bindparam, insert, text, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Table,
+    any_,
+    bindparam,
+    insert,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -47,7 +58,22 @@ async def insert_rows(
         return
     constants = constants or {}
     if not _is_postgres(session):
-        await session.execute(insert(table), [{**r, **constants} for r in rows])
+        if not _SQLITE_JSON_ROWS:
+            await session.execute(insert(table), [{**r, **constants} for r in rows])
+            return
+        dialect = session.get_bind().dialect
+        columns = list(rows[0])
+        names = ", ".join([*columns, *constants])
+        values = ", ".join([*(_sqlite_value(c) for c in columns), *(f":c_{c}" for c in constants)])
+        await session.execute(
+            text(
+                f"INSERT INTO {table.name} ({names}) SELECT {values} FROM json_each(:rows)"
+            ).bindparams(*(bindparam(f"c_{c}", type_=table.c[c].type) for c in constants)),
+            {
+                "rows": _sqlite_rows(table, rows, dialect),
+                **{f"c_{c}": v for c, v in constants.items()},
+            },
+        )
         return
     dialect = session.get_bind().dialect
     columns = list(rows[0])
@@ -88,6 +114,20 @@ async def update_rows(
     constants = constants or {}
     columns = [c for c in rows[0] if c != key]
     dialect = session.get_bind().dialect
+    if dialect.name != "postgresql" and _SQLITE_JSON_ROWS:
+        sets = [f"{c} = {_sqlite_value(c)}" for c in columns]
+        sets += [f"{c} = :c_{c}" for c in constants]
+        await session.execute(
+            text(
+                f"UPDATE {table.name} SET {', '.join(sets)} FROM json_each(:rows) "
+                f"WHERE {table.name}.{key} = {_sqlite_value(key)}"
+            ).bindparams(*(bindparam(f"c_{c}", type_=table.c[c].type) for c in constants)),
+            {
+                "rows": _sqlite_rows(table, rows, dialect),
+                **{f"c_{c}": v for c, v in constants.items()},
+            },
+        )
+        return
     if dialect.name != "postgresql":
         values: dict[str, Any] = {c: bindparam(f"b_{c}", type_=table.c[c].type) for c in columns}
         values.update(constants)
@@ -114,6 +154,35 @@ async def update_rows(
             **{f"c_{c}": v for c, v in constants.items()},
         },
     )
+
+
+# SQLite: rows as one JSON document read back with json_each (UPDATE … FROM needs 3.33),
+# instead of an executemany whose per-row parameter processing costs more than the SQL.
+_SQLITE_JSON_ROWS = sqlite3.sqlite_version_info >= (3, 33, 0)
+
+
+def _sqlite_value(column: str) -> str:
+    return f"json_extract(json_each.value, '$.{column}')"
+
+
+def _sqlite_rows(table: Table, rows: list[dict[str, Any]], dialect: Any) -> str:
+    """One JSON array of the rows. Values go through their column type's bind processing
+    (datetimes become SQLite's text form), except JSON columns, embedded as they are:
+    ``json_extract`` hands an object or array back as JSON text, which is what the column
+    stores (so a JSON column here must hold an object, an array or None)."""
+    processors = {
+        c: None
+        if isinstance(table.c[c].type, JSON)
+        else table.c[c].type.dialect_impl(dialect).bind_processor(dialect)
+        for c in rows[0]
+    }
+    active = {c: p for c, p in processors.items() if p is not None}
+    if active:
+        rows = [
+            {c: (active[c](v) if c in active and v is not None else v) for c, v in r.items()}
+            for r in rows
+        ]
+    return json.dumps(rows)
 
 
 def _pg_type(table: Table, name: str, dialect: Any) -> str:

@@ -8,11 +8,12 @@ statements (tasks, instances, next tasks, process logs) whatever the chunk size.
 
 from __future__ import annotations
 
+import json
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -218,13 +219,16 @@ class _Plan:
             return _fail("conflict", f"Step {row.node_id} of task {tid} no longer exists.")
         index, _node, rules = found
         form_data = row.form_data or {}
+        patch: dict[str, Any] = {}
         status, current_node = "rejected", row.node_id
         if item.decision == "approve":
-            form_data, errors = rules.merge(form_data, item.form_data or {})
+            update = item.form_data or {}
+            form_data, errors = rules.merge(form_data, update)
             if errors:
                 return _fail(
                     "invalid", "; ".join(e.message for e in errors), [e.as_dict() for e in errors]
                 )
+            patch = {name: form_data[name] for name in update}
             if item.next_assignee_id is not None and item.next_assignee_id not in self.known_users:
                 return _fail("invalid", f"User {item.next_assignee_id} does not exist.")
             nodes = self.definitions.nodes(row.definition_id)
@@ -246,6 +250,7 @@ class _Plan:
             {
                 "id": row.instance_id,
                 "form_data": form_data,
+                "patch": patch,
                 "status": status,
                 "current_node_id": current_node,
             }
@@ -263,8 +268,12 @@ class _Plan:
         return Outcome("success")
 
     async def write(self, session: AsyncSession) -> None:
-        """A handful of statements for the whole chunk, however many items it holds."""
+        """A handful of statements for the whole chunk, however many items it holds (on
+        PostgreSQL one: every write in one CTE, rows passed as typed arrays)."""
         if not self.task_updates:
+            return
+        if session.get_bind().dialect.name == "postgresql":
+            await self._write_in_one_statement(session)
             return
         await update_rows(
             session,
@@ -273,12 +282,71 @@ class _Plan:
             constants={"status": "completed", "completed_at": self.now, "locked_by_batch_id": None},
         )
         await update_rows(
-            session, _instances, self.instance_updates, constants={"updated_at": self.now}
+            session,
+            _instances,
+            [{k: v for k, v in u.items() if k != "patch"} for u in self.instance_updates],
+            constants={"updated_at": self.now},
         )
         await insert_rows(
             session, _tasks, self.new_tasks, constants={"status": "pending", "created_at": self.now}
         )
         await write_process_logs(session, self.logs)
+
+    async def _write_in_one_statement(self, session: AsyncSession) -> None:
+        """Tasks completed, instances moved (only the changed fields merged into
+        ``form_data``: ``form_data || patch``), next tasks and process logs — one round
+        trip, one plan, no per-row JSON documents."""
+        tasks, instances, new = self.task_updates, self.instance_updates, self.new_tasks
+        await session.execute(
+            text(_WRITE_PG),
+            {
+                "now": self.now,
+                "actor": self.actor_id,
+                "batch": self.batch_id,
+                "task_ids": [t["id"] for t in tasks],
+                "decisions": [t["decision"] for t in tasks],
+                "comments": [t["comment"] for t in tasks],
+                "instance_ids": [i["id"] for i in instances],
+                "patches": [json.dumps(i["patch"]) for i in instances],
+                "statuses": [i["status"] for i in instances],
+                "nodes": [i["current_node_id"] for i in instances],
+                "new_instances": [t["instance_id"] for t in new],
+                "new_nodes": [t["node_id"] for t in new],
+                "new_assignees": [t["assignee_id"] for t in new],
+            },
+        )
+
+
+_WRITE_PG = """
+WITH done AS (
+    UPDATE tasks
+    SET status = 'completed', decision = v.decision, comment = v.comment,
+        completed_at = CAST(:now AS TIMESTAMPTZ), locked_by_batch_id = NULL
+    FROM unnest(CAST(:task_ids AS BIGINT[]), CAST(:decisions AS VARCHAR[]),
+                CAST(:comments AS TEXT[])) AS v(id, decision, comment)
+    WHERE tasks.id = v.id AND tasks.id = ANY(CAST(:task_ids AS BIGINT[]))
+    RETURNING tasks.id, tasks.instance_id, v.decision, v.comment
+), moved AS (
+    UPDATE process_instances
+    SET form_data = process_instances.form_data || v.patch, status = v.status,
+        current_node_id = v.node, updated_at = CAST(:now AS TIMESTAMPTZ)
+    FROM unnest(CAST(:instance_ids AS BIGINT[]), CAST(:patches AS JSONB[]),
+                CAST(:statuses AS VARCHAR[]), CAST(:nodes AS VARCHAR[]))
+         AS v(id, patch, status, node)
+    WHERE process_instances.id = v.id
+      AND process_instances.id = ANY(CAST(:instance_ids AS BIGINT[]))
+), created AS (
+    INSERT INTO tasks (instance_id, node_id, assignee_id, status, created_at)
+    SELECT v.instance_id, v.node_id, v.assignee_id, 'pending', CAST(:now AS TIMESTAMPTZ)
+    FROM unnest(CAST(:new_instances AS BIGINT[]), CAST(:new_nodes AS VARCHAR[]),
+                CAST(:new_assignees AS BIGINT[])) AS v(instance_id, node_id, assignee_id)
+)
+INSERT INTO process_logs (instance_id, task_id, actor_id, batch_id, action, message, created_at)
+SELECT instance_id, id, CAST(:actor AS BIGINT), CAST(:batch AS BIGINT),
+       CASE decision WHEN 'approve' THEN 'task.approved' ELSE 'task.rejected' END,
+       comment, CAST(:now AS TIMESTAMPTZ)
+FROM done
+"""
 
 
 async def approve_one(
