@@ -118,6 +118,7 @@ async def _serve(settings: Settings, host: str, port: int, demo: bool) -> None:
     import uvicorn
 
     from app.main import create_app
+    from app.queue.gc_tuning import tune_for_batches
 
     users = await _seed(settings, migrate=True) if demo else []
     server = uvicorn.Server(
@@ -131,6 +132,7 @@ async def _serve(settings: Settings, host: str, port: int, demo: bool) -> None:
             if server.should_exit:
                 return
             await asyncio.sleep(0.05)
+        tune_for_batches()
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         shown = f"[{shown}]" if ":" in shown else shown  # IPv6 literal in a URL
         print(demo_banner(f"http://{shown}:{port}", users), flush=True)

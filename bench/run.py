@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
+from app.queue.gc_tuning import tune_for_batches
 from bench import data, infra, references
 from bench.api import BatchRun, run_batch, running_api
 from bench.config import ROOT, BenchConfig
@@ -339,6 +340,7 @@ async def phase_sqlite(cfg: BenchConfig, res: Results) -> None:
             engine: AsyncEngine = api.app.state.engine
             world = await data.make_world(api.app.state.sessionmaker, api.client)
             await data.seed(engine, world, n)
+            tune_for_batches()  # as `batchd serve` does once it has started
             spy = None
             if cfg.profile_dir is not None:
                 spy = PySpy(os.getpid(), cfg.profile_dir / "sqlite.raw.txt")

@@ -123,10 +123,12 @@ async def test_a_failing_fast_path_falls_back_then_isolates(
     by_action: dict[str, list[int]] = {}
     for instance_id, action in logs:
         by_action.setdefault(action, []).append(instance_id)
-    # Chunks without the poison went the fast way; the poisoned chunk (items 11–20) fell
-    # back to the plain path. Every item applied exactly once, the bad one never.
-    assert sorted(by_action["test.fast"]) == [*range(1, 11), *range(21, 31)]
-    assert sorted(by_action["test.touched"]) == [i for i in range(11, 21) if i != POISON]
+    # Chunks without the poison went the fast way; a chunk holding it fell back to the
+    # plain path (which chunks those are depends on the parallel executors). Every item
+    # applied exactly once, by one path or the other; the bad one never.
+    fast, plain = by_action["test.fast"], by_action["test.touched"]
+    assert fast and plain
+    assert sorted(fast + plain) == [i for i in range(1, 31) if i != POISON]
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from app.db.session import create_engine, create_sessionmaker
 from app.queue.arq_backend import ArqQueue, redis_settings
 from app.queue.backend import PRIORITIES, queue_name
 from app.queue.context import JobContext
+from app.queue.gc_tuning import tune_for_batches
 from app.queue.progress import RedisProgressBus
 
 log = logging.getLogger("batchd.worker")
@@ -146,6 +147,7 @@ async def run_forever(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
     group = WorkerGroup(settings)
     await group.start()
+    tune_for_batches()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

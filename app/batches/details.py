@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select
@@ -55,37 +56,45 @@ async def create_details(
     return failed
 
 
+@dataclass(frozen=True)
+class Seeded:
+    """One seeded page: how many details, the highest item id, how many failed at once."""
+
+    count: int
+    last_item_id: int | None
+    failed: int
+
+
 async def create_details_from(
     session: AsyncSession, batch: Batch, op: Operation, page: Select[Any]
-) -> tuple[list[int], int]:
+) -> Seeded:
     """Seed the items ``page`` selects (one id column): one pending detail each, locks as
-    in ``create_details``. Returns (item ids seeded, how many failed).
+    in ``create_details``.
 
-    On PostgreSQL the ids never travel through Python on the way in: one
-    ``INSERT … SELECT … RETURNING``, then the lock ``UPDATE`` on the returned ids. (SQLite
-    runs in-process, so it keeps the portable path.)"""
+    On PostgreSQL the ids never travel through Python for an operation without locks:
+    one ``INSERT … SELECT`` answers only the count and the highest id; a locking one
+    gets the ids back (``RETURNING``) for the lock ``UPDATE``. (SQLite runs in-process,
+    so it keeps the portable path.)"""
     if session.get_bind().dialect.name != "postgresql":
         ids = list(await session.scalars(page))
-        return ids, await create_details(session, batch, op, ids)
+        failed = await create_details(session, batch, op, ids)
+        return Seeded(len(ids), ids[-1] if ids else None, failed)
     sub = page.subquery()
+    insert_page = insert(_details).from_select(
+        ["batch_id", "item_id", "status", "retry_count"],
+        select(
+            literal(batch.id, BigInteger), sub.c.id, literal("pending"), literal(0, BigInteger)
+        ).order_by(sub.c.id),
+    )
+    if not op.locks_items:
+        ins = insert_page.returning(_details.c.item_id).cte("ins")
+        count, last = (await session.execute(select(func.count(), func.max(ins.c.item_id)))).one()
+        return Seeded(int(count), last, 0)
     inserted = (
-        await session.execute(
-            insert(_details)
-            .from_select(
-                ["batch_id", "item_id", "status", "retry_count"],
-                select(
-                    literal(batch.id, BigInteger),
-                    sub.c.id,
-                    literal("pending"),
-                    literal(0, BigInteger),
-                ).order_by(sub.c.id),
-            )
-            .returning(_details.c.id, _details.c.item_id)
-        )
+        await session.execute(insert_page.returning(_details.c.id, _details.c.item_id))
     ).all()
     detail_of = {item_id: detail_id for detail_id, item_id in inserted}
-    held = await locks.acquire(session, batch.id, list(detail_of)) if op.locks_items else {}
-    now = utcnow()
+    held = await locks.acquire(session, batch.id, list(detail_of))
     await update_rows(
         session,
         _details,
@@ -93,9 +102,9 @@ async def create_details_from(
             {"id": detail_of[item_id], "status": "failed", "error": _held_error(item_id, holder)}
             for item_id, holder in held.items()
         ],
-        constants={"finished_at": now},
+        constants={"finished_at": utcnow()},
     )
-    return sorted(detail_of), len(held)
+    return Seeded(len(detail_of), max(detail_of, default=None), len(held))
 
 
 def _held_error(item_id: int, holder: int) -> str:

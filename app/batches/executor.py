@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Boolean, Table, column, select, text, update
+from sqlalchemy import Integer, Table, column, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -133,8 +133,8 @@ async def run_next_chunk(ctx: JobContext, batch_id: int, *, fused: bool = True) 
             if bulk is not None:
                 claim = _claim_and_apply(batch_id, batch.chunk_size, bulk)
                 rows = list((await session.execute(claim)).all())
-                applied = sum(1 for r in rows if r.applied)
-                rows = [r for r in rows if not r.applied]
+                applied = rows[0].applied
+                rows = [r for r in rows if r.id is not None]
             else:
                 rows = list((await session.execute(_pending(batch_id, batch.chunk_size))).all())
             if not rows and not applied:
@@ -173,19 +173,23 @@ WITH claimed AS (
     SET status = 'success', error = NULL, finished_at = CAST(:finished AS TIMESTAMPTZ)
     WHERE id = ANY(ARRAY(SELECT c.id FROM claimed AS c JOIN applied AS a ON a.id = c.item_id))
 )
-SELECT c.id, c.item_id, c.payload, c.retry_count, a.id IS NOT NULL AS applied
-FROM claimed AS c LEFT JOIN applied AS a ON a.id = c.item_id
+SELECT c.id, c.item_id, c.payload, c.retry_count, n.applied
+FROM (SELECT count(*) AS applied FROM applied) AS n
+LEFT JOIN claimed AS c ON NOT EXISTS (SELECT FROM applied AS a WHERE a.id = c.item_id)
 ORDER BY c.id
 """
 
 
 def _claim_and_apply(batch_id: int, limit: int, bulk: BulkSql) -> Any:
     """One statement: claim up to ``limit`` pending details (``SKIP LOCKED``), apply the
-    operation's fast path to their items and mark the applied ones ``success``; returns
-    every claimed detail with whether it was applied. (Item ids are unique per batch, so
-    joining on them is exact.) Rows are matched with ``id = ANY(ARRAY(subquery))`` so the
-    generic plan of this prepared statement always looks them up by primary key: a join
-    would let the planner pick a sequential scan of every detail."""
+    operation's fast path to their items and mark the applied ones ``success``. Returns
+    the claimed details that were *not* applied (for ``apply`` to decide), each row
+    carrying the number applied (one row with a NULL id when all or none were).
+
+    Item ids are unique per batch, so joining on them is exact. Rows are matched with
+    ``id = ANY(ARRAY(subquery))`` so the generic plan of this prepared statement always
+    looks them up by primary key: a join would let the planner pick a sequential scan of
+    every detail."""
     return (
         text(_FUSED.format(ctes=bulk.ctes))
         .bindparams(**bulk.params, batch_id=batch_id, limit=limit, finished=utcnow())
@@ -194,7 +198,7 @@ def _claim_and_apply(batch_id: int, limit: int, bulk: BulkSql) -> Any:
             _details.c.item_id,
             _details.c.payload,
             _details.c.retry_count,
-            column("applied", Boolean),
+            column("applied", Integer),
         )
     )
 

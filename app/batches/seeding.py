@@ -93,10 +93,11 @@ async def _seed_page(ctx: JobContext, batch_id: int) -> tuple[str, bool, bool] |
             until=batch.seed_until,
             limit=page_size,
         )
-        ids, failed = await details.create_details_from(session, batch, op, page)
-        done = len(ids) < page_size
+        seeded = await details.create_details_from(session, batch, op, page)
+        failed = seeded.failed
+        done = seeded.count < page_size
         values: dict[str, object] = {
-            "seed_cursor": ids[-1] if ids else cursor,
+            "seed_cursor": seeded.last_item_id or cursor,
             "seeding_done": done,
             "failed": Batch.failed + failed,
             "started_at": func.coalesce(Batch.started_at, now),

@@ -62,7 +62,11 @@ class BatchDetail(Base):
     __table_args__ = (Index("ix_batch_details_batch_status", "batch_id", "status", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    # No foreign key, on purpose: its check runs once per inserted detail and cost half
+    # of seeding's time (measured: 92 → 50 ms per 5 000 rows). Details are only written
+    # for a batch row of the same transaction, and every delete path (DELETE ?cascade,
+    # the purge cron) removes a batch's details before the batch.
+    batch_id: Mapped[int]
     item_id: Mapped[int]
     row: Mapped[int | None]
     status: Mapped[str] = mapped_column(String(16), default="pending")

@@ -257,12 +257,6 @@ def upgrade() -> None:
             nullable=True,
         ),
         sa.Column("finished_at", app.db.base.UTCDateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["batch_id"],
-            ["batches.id"],
-            name=op.f("fk_batch_details_batch_id_batches"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_batch_details")),
     )
     with op.batch_alter_table("batch_details", schema=None) as batch_op:
