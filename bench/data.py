@@ -17,50 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.db.base import Base
 from app.db.session import transaction
 from app.engine.users import create_user
+from tests.factories import expense_definition  # the same definition the suite uses
 
 CATEGORY = "travel"
 APPROVE_PARAMS: dict[str, Any] = {"decision": "approve", "form_data": {"category": CATEGORY}}
 DEFINITION_KEY = "expense"
-
-
-def expense_definition(manager_id: int, finance_id: int) -> dict[str, Any]:
-    """manager → finance. At ``manager`` the select field ``category`` is ``write`` and
-    required, so approving with ``{"category": "travel"}`` merges form data into the
-    instance and creates the ``finance`` task (same shape as the test suite's)."""
-    return {
-        "key": DEFINITION_KEY,
-        "name": "Expense claim",
-        "form": [
-            {"name": "amount", "label": "Amount", "type": "number", "required": True},
-            {
-                "name": "category",
-                "label": "Category",
-                "type": "select",
-                "options": ["travel", "meals", "other"],
-            },
-            {"name": "city", "label": "City", "type": "text"},
-            {"name": "date", "label": "Date", "type": "date"},
-            {"name": "paid", "label": "Paid", "type": "bool"},
-        ],
-        "nodes": [
-            {
-                "id": "manager",
-                "name": "Manager approval",
-                "assignee_id": manager_id,
-                "fields": {"category": "write", "date": "hidden"},
-                "required": ["category"],
-                "searchable": ["city", "category"],
-            },
-            {
-                "id": "finance",
-                "name": "Finance check",
-                "assignee_id": finance_id,
-                "fields": {"amount": "write", "paid": "write", "category": "read"},
-                "required": [],
-                "searchable": ["amount"],
-            },
-        ],
-    }
 
 
 @dataclass(frozen=True)
