@@ -125,26 +125,26 @@ async def _serve(settings: Settings, host: str, port: int, demo: bool) -> None:
         uvicorn.Config(create_app(settings), host=host, port=port, log_level="info")
     )
 
-    async def announce() -> None:
-        # Printed after start-up so it is not lost above uvicorn's own start-up lines,
-        # and never printed when the port is taken.
+    async def started() -> None:
+        # The banner is printed after start-up so it is not lost above uvicorn's own
+        # start-up lines, and never printed when the port is taken.
         while not server.started:
             if server.should_exit:
                 return
             await asyncio.sleep(0.05)
         tune_for_batches()
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        shown = f"[{shown}]" if ":" in shown else shown  # IPv6 literal in a URL
-        print(demo_banner(f"http://{shown}:{port}", users), flush=True)
+        if demo:
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            shown = f"[{shown}]" if ":" in shown else shown  # IPv6 literal in a URL
+            print(demo_banner(f"http://{shown}:{port}", users), flush=True)
 
-    banner = asyncio.create_task(announce()) if demo else None
+    banner = asyncio.create_task(started())
     try:
         await server.serve()
     finally:
-        if banner is not None:
-            banner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await banner
+        banner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await banner
 
 
 @cli.command()

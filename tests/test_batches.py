@@ -195,6 +195,42 @@ async def test_suspend_stops_progress_and_activate_resumes(
     assert advanced == 2000
 
 
+async def test_cancel_while_seeding_leaves_nothing_behind(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """A DELETE that lands while seed pages are being written: no page may commit after
+    it, so no pending detail and no task lock outlives the cancel (or the purge)."""
+    await expense_setup(sessionmaker, admin, alice, bob, 3000)
+    body = {
+        "type": "task.approve",
+        "filter": FILTER,
+        "params": APPROVE,
+        "chunk_size": 5,  # 50-item pages: seeding takes many pages
+        "start_suspended": True,
+    }
+    kept = await create(alice, body)
+    purged = await create(alice, body)
+    await asyncio.sleep(0.05)  # seeding under way
+    r = await alice.delete(f"/api/v1/batches/{kept['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    r = await alice.delete(f"/api/v1/batches/{purged['id']}", params={"cascade": "true"})
+    assert r.status_code == 204, r.text
+    await asyncio.sleep(1.0)  # any seed job still queued runs and must stop
+    final = (await alice.get(f"/api/v1/batches/{kept['id']}")).json()
+    assert final["status"] == "cancelled"
+    assert_counters_consistent(final)
+    rows = await details(alice, kept["id"])
+    assert len(rows) == final["total"]
+    assert {d["status"] for d in rows} <= {"cancelled", "failed"}
+    async with sessionmaker() as s:
+        orphans = await s.scalar(select(func.count()).where(BatchDetail.batch_id == purged["id"]))
+        still_locked = await s.scalar(
+            select(func.count()).where(Task.locked_by_batch_id.is_not(None))
+        )
+    assert orphans == 0
+    assert still_locked == 0
+
+
 async def test_cancel_releases_locks_and_keeps_history_then_cascade_purges(
     sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
 ) -> None:

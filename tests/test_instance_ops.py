@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import ProcessInstance, ProcessLog, Task
+from app.models import Batch, BatchDetail, ProcessInstance, ProcessLog, Task
 from tests.batch_helpers import create, details, expense_setup, wait_for
 from tests.conftest import Actor
 
@@ -104,3 +104,41 @@ async def test_instance_params_are_validated(alice: Actor) -> None:
         "/api/v1/batches", json={"type": "instance.resume", "filter": {"node_id": "manager"}}
     )
     assert r.status_code == 422 and "node_id" in r.json()["detail"]
+
+
+async def test_an_item_listed_twice_is_applied_once_and_counted_once(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """Creation de-duplicates ids, but a detail table may still hold an item twice (a
+    repaired row, a future import): the item moves once, the repeat is ``ignored``, and
+    the counters still equal the detail counts (on PostgreSQL this is the fused path)."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 10)
+    instances = await _instance_ids(sessionmaker, setup.task_ids)
+    batch = await create(
+        admin, {"type": "instance.suspend", "ids": instances, "start_suspended": True}
+    )
+    async with sessionmaker() as s:
+        s.add(BatchDetail(batch_id=batch["id"], item_id=instances[4], status="pending"))
+        await s.execute(update(Batch).where(Batch.id == batch["id"]).values(total=11))
+        await s.commit()
+    assert (await admin.post(f"/api/v1/batches/{batch['id']}/activate")).status_code == 200
+    done = await wait_for(admin, batch["id"])
+    assert (done["status"], done["total"], done["success"], done["ignored"]) == (
+        "completed",
+        11,
+        10,
+        1,
+    )
+    rows = await details(admin, batch["id"])
+    assert sorted(d["status"] for d in rows if d["item_id"] == instances[4]) == [
+        "ignored",
+        "success",
+    ]
+    async with sessionmaker() as s:
+        logs = await s.scalar(
+            select(func.count()).where(
+                ProcessLog.batch_id == batch["id"], ProcessLog.instance_id == instances[4]
+            )
+        )
+    assert logs == 1
+    assert await _statuses(sessionmaker) == {"suspended": 10}

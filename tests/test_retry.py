@@ -102,7 +102,10 @@ async def test_retry_of_a_cancelled_batch_is_409(
 
 
 @pytest.mark.parametrize(
-    "settings_overrides", [{"auto_retry_delay": 0, "recover_interval": 0.3, "max_retries": 3}]
+    # max_retries is generous: the cron may retry (and fail) again before the test resumes
+    # the processes, and must not exhaust the items meanwhile.
+    "settings_overrides",
+    [{"auto_retry_delay": 0, "recover_interval": 0.3, "max_retries": 20}],
 )
 async def test_auto_retry_cron_finishes_items_once_their_cause_is_gone(
     sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
@@ -125,7 +128,7 @@ async def test_auto_retry_cron_finishes_items_once_their_cause_is_gone(
             break
         await asyncio.sleep(0.05)
     assert (now["success"], now["failed"]) == (6, 0), now
-    assert {d["retry_count"] for d in await details(alice, batch["id"])} >= {1}
+    assert min(d["retry_count"] for d in await details(alice, batch["id"])) >= 1
     assert await locked(sessionmaker) == 0
     async with sessionmaker() as s:
         auto = await s.scalar(

@@ -149,15 +149,16 @@ async def run_next_chunk(ctx: JobContext, batch_id: int, *, fused: bool = True) 
             result = await _apply(session, chunk, chunk.items, applied=applied)
             return Turn(result, batch.status, batch.priority)
     except Exception as exc:
+        if chunk is None:
+            if fused and not _lost_connection(exc):
+                # The fast path itself failed: claim and apply the ordinary way.
+                log.warning("batch %s: fused chunk failed (%s); claiming plainly", batch_id, exc)
+                return await run_next_chunk(ctx, batch_id, fused=False)
+            raise
         if _lost_connection(exc):
             # Not the items' fault: the rollback handed them back untouched.
             log.warning("batch %s: database connection lost; chunk left pending", batch_id)
             return Turn(ChunkResult(Counter()), "running", priority)
-        if chunk is None:
-            if fused:  # the fast path itself failed: claim and apply the ordinary way
-                log.warning("batch %s: fused chunk failed (%s); claiming plainly", batch_id, exc)
-                return await run_next_chunk(ctx, batch_id, fused=False)
-            raise
         log.warning("batch %s: bulk chunk failed (%s); isolating items", batch_id, exc)
         return Turn(await _isolate(ctx, chunk), "running", priority)
 
@@ -171,11 +172,16 @@ WITH claimed AS (
 ), {ctes}, recorded AS (
     UPDATE batch_details
     SET status = 'success', error = NULL, finished_at = CAST(:finished AS TIMESTAMPTZ)
-    WHERE id = ANY(ARRAY(SELECT c.id FROM claimed AS c JOIN applied AS a ON a.id = c.item_id))
+    WHERE id = ANY(ARRAY(
+        SELECT DISTINCT ON (c.item_id) c.id
+        FROM claimed AS c JOIN applied AS a ON a.id = c.item_id
+        ORDER BY c.item_id, c.id
+    ))
+    RETURNING id
 )
 SELECT c.id, c.item_id, c.payload, c.retry_count, n.applied
-FROM (SELECT count(*) AS applied FROM applied) AS n
-LEFT JOIN claimed AS c ON NOT EXISTS (SELECT FROM applied AS a WHERE a.id = c.item_id)
+FROM (SELECT count(*) AS applied FROM recorded) AS n
+LEFT JOIN claimed AS c ON NOT EXISTS (SELECT FROM recorded AS r WHERE r.id = c.id)
 ORDER BY c.id
 """
 
@@ -186,7 +192,8 @@ def _claim_and_apply(batch_id: int, limit: int, bulk: BulkSql) -> Any:
     the claimed details that were *not* applied (for ``apply`` to decide), each row
     carrying the number applied (one row with a NULL id when all or none were).
 
-    Item ids are unique per batch, so joining on them is exact. Rows are matched with
+    An item listed twice is recorded once (the other detail goes to ``apply``, which
+    finds it already done: ignored). Rows are matched with
     ``id = ANY(ARRAY(subquery))`` so the generic plan of this prepared statement always
     looks them up by primary key: a join would let the planner pick a sequential scan of
     every detail."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from sqlalchemy import Table, and_, exists, select, update
+from sqlalchemy import Table, and_, exists, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.bulk import id_in
@@ -70,3 +70,19 @@ async def release_all(
         )
         stmt = stmt.where(~retryable)
     await session.execute(stmt.values(locked_by_batch_id=None))
+
+
+_ADVISORY_NAMESPACE = 0x6264  # "bd": keeps batchd's advisory locks apart from others'
+
+
+async def exclude_seeding(session: AsyncSession, batch_id: int) -> None:
+    """Serialise a transaction that writes a batch's details (a seed page) with one that
+    cancels or purges the batch, until the end of the transaction: otherwise a seed page
+    committing meanwhile adds pending details (and task locks) that the cancel never saw.
+    PostgreSQL: a transaction-level advisory lock. SQLite needs nothing: its writers
+    (``BEGIN IMMEDIATE``) already run one at a time."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(CAST(:ns AS INTEGER), CAST(:key AS INTEGER))"),
+            {"ns": _ADVISORY_NAMESPACE, "key": batch_id % 2_147_483_647},
+        )

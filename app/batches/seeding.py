@@ -15,7 +15,7 @@ import asyncio
 from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from app.batches import details, targets
+from app.batches import details, locks, targets
 from app.db.base import utcnow
 from app.models import Batch, BatchDetail, User
 from app.models.batch import FINAL_BATCH_STATUSES
@@ -61,6 +61,7 @@ async def _seed_page(ctx: JobContext, batch_id: int) -> tuple[str, bool, bool] |
     """Seed one page. Returns (priority, first page, seeding done) or None when there is
     nothing to do (batch gone, final, or another seeder got there first)."""
     async with ctx.sessionmaker() as session:
+        await locks.exclude_seeding(session, batch_id)
         batch = await session.get(Batch, batch_id)
         if batch is None or batch.status in FINAL_BATCH_STATUSES:
             return None
@@ -119,7 +120,12 @@ async def _seed_page(ctx: JobContext, batch_id: int) -> tuple[str, bool, bool] |
             )
         moved = await session.execute(
             update(Batch)
-            .where(Batch.id == batch_id, Batch.seed_cursor == cursor, Batch.seeding_done.is_(False))
+            .where(
+                Batch.id == batch_id,
+                Batch.seed_cursor == cursor,
+                Batch.seeding_done.is_(False),
+                Batch.status.not_in(FINAL_BATCH_STATUSES),
+            )
             .values(**values)
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]

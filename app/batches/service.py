@@ -202,11 +202,12 @@ async def activate(session: AsyncSession, user: User, batch_id: int) -> Batch:
         raise Conflict(
             f"Batch {batch_id} is {batch.status}; only a suspended batch can be activated."
         )
-    batch.status = "running"
+    # Still seeding (e.g. created suspended): executors start now, alongside the seeder.
+    batch.status = "running" if batch.seeding_done else "seeding"
     _touch(batch)
-    request_wakeup(
-        session, Wakeup("seed" if not batch.seeding_done else "execute", batch.id, batch.priority)
-    )
+    if not batch.seeding_done:
+        request_wakeup(session, Wakeup("seed", batch.id, batch.priority))
+    request_wakeup(session, Wakeup("execute", batch.id, batch.priority))
     await write_action_log(session, user.id, "batch.activated", batch_id=batch.id)
     await session.flush()
     return batch
@@ -218,6 +219,7 @@ async def cancel(
     """DELETE: cancel an active batch (pending items → cancelled), or give up the failed
     items of a finished one; either way release every lock. ``cascade`` also purges the
     batch and its details (returns None)."""
+    await locks.exclude_seeding(session, batch_id)  # no seed page commits meanwhile
     batch = await get_batch(session, user, batch_id)
     op = get_operation(batch.type)
     now = utcnow()
