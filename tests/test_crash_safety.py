@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.main import create_app
-from app.models import BatchDetail, ProcessLog, Task
+from app.models import BatchDetail, ProcessInstance, ProcessLog, Task
 from tests.batch_helpers import create, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, TEST_REDIS, Actor
 from tests.workers_proc import WorkerProcess
@@ -227,6 +227,66 @@ async def test_sigterm_finishes_the_chunk_and_exits(scene: Scene) -> None:
         scene.start_worker()
 
     await survive(scene, stop_gracefully)
+
+
+@postgres_only
+@pytest.mark.external_workers
+@pytest.mark.parametrize("settings_overrides", [FAST_RECOVERY])
+async def test_fused_suspend_survives_sigkill_with_two_workers(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    workers: Callable[[], WorkerProcess],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """instance.suspend runs the fused one-statement chunk (claim + move + log + result):
+    two workers race for its chunks, one is killed mid-batch and replaced, and every
+    process is still suspended once, with one log row and one ``success`` detail each."""
+    await expense_setup(sessionmaker, admin, alice, bob, N)
+    victim, _other = workers(), workers()
+    batch = await create(
+        admin,
+        {
+            "type": "instance.suspend",
+            "filter": {"definition_key": "expense", "status": "active"},
+            "chunk_size": 20,
+        },
+    )
+    seen = await wait_until_success(admin, batch["id"], 600)
+    victim.kill()
+    assert seen["success"] < N, "killed after the end: not a mid-batch crash"
+    print(f"\n[crash] killed a worker at {seen['success']} of {N}")
+    workers()
+    done = await wait_for(admin, batch["id"], limit_s=120)
+    assert (done["status"], done["success"], done["failed"], done["ignored"]) == (
+        "completed",
+        N,
+        0,
+        0,
+    ), done
+    async with sessionmaker() as s:
+        suspended = await s.scalar(
+            select(func.count()).where(ProcessInstance.status == "suspended")
+        )
+        logs = (
+            await s.execute(
+                select(ProcessLog.instance_id, func.count())
+                .where(ProcessLog.batch_id == batch["id"])
+                .group_by(ProcessLog.instance_id)
+            )
+        ).all()
+        statuses = dict(
+            (
+                await s.execute(
+                    select(BatchDetail.status, func.count())
+                    .where(BatchDetail.batch_id == batch["id"])
+                    .group_by(BatchDetail.status)
+                )
+            ).all()
+        )
+    assert suspended == N
+    assert len(logs) == N and {n for _, n in logs} == {1}
+    assert statuses == {"success": N}
 
 
 @pytest.mark.skipif(ON_POSTGRES, reason="the embedded default is SQLite + in-process runner")
