@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import TextClause
 
 
 def _is_postgres(session: AsyncSession) -> bool:
@@ -65,32 +66,33 @@ async def insert_rows(
         columns = list(rows[0])
         names = ", ".join([*columns, *constants])
         values = ", ".join([*(_sqlite_value(c) for c in columns), *(f":c_{c}" for c in constants)])
-        await session.execute(
-            text(
-                f"INSERT INTO {table.name} ({names}) SELECT {values} FROM json_each(:rows)"
-            ).bindparams(*(bindparam(f"c_{c}", type_=table.c[c].type) for c in constants)),
-            {
-                "rows": _sqlite_rows(table, rows, dialect),
-                **{f"c_{c}": v for c, v in constants.items()},
-            },
+        stmt, params = _with_constants(
+            f"INSERT INTO {table.name} ({names}) SELECT {values} FROM json_each(:rows)",
+            table,
+            constants,
         )
+        await session.execute(stmt, {"rows": _sqlite_rows(table, rows, dialect), **params})
         return
     dialect = session.get_bind().dialect
     columns = list(rows[0])
     record = ", ".join(f"{c} {_pg_type(table, c, dialect)}" for c in columns)
     names = ", ".join([*columns, *constants])
     values = ", ".join([*columns, *(f":c_{c}" for c in constants)])
-    stmt = text(
+    stmt, params = _with_constants(
         f"INSERT INTO {table.name} ({names}) SELECT {values} "
-        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v({record})"
-    ).bindparams(*(bindparam(f"c_{c}", type_=table.c[c].type) for c in constants))
-    await session.execute(
-        stmt,
-        {
-            "rows": json.dumps(rows, default=_json_default),
-            **{f"c_{c}": v for c, v in constants.items()},
-        },
+        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v({record})",
+        table,
+        constants,
     )
+    await session.execute(stmt, {"rows": json.dumps(rows, default=_json_default), **params})
+
+
+def _with_constants(
+    sql: str, table: Table, constants: dict[str, Any]
+) -> tuple[TextClause, dict[str, Any]]:
+    """``sql`` with each constant bound once as ``:c_<column>``, typed by its column."""
+    stmt = text(sql).bindparams(*(bindparam(f"c_{c}", type_=table.c[c].type) for c in constants))
+    return stmt, {f"c_{c}": v for c, v in constants.items()}
 
 
 def _json_default(value: Any) -> Any:
@@ -117,16 +119,13 @@ async def update_rows(
     if dialect.name != "postgresql" and _SQLITE_JSON_ROWS:
         sets = [f"{c} = {_sqlite_value(c)}" for c in columns]
         sets += [f"{c} = :c_{c}" for c in constants]
-        await session.execute(
-            text(
-                f"UPDATE {table.name} SET {', '.join(sets)} FROM json_each(:rows) "
-                f"WHERE {table.name}.{key} = {_sqlite_value(key)}"
-            ).bindparams(*(bindparam(f"c_{c}", type_=table.c[c].type) for c in constants)),
-            {
-                "rows": _sqlite_rows(table, rows, dialect),
-                **{f"c_{c}": v for c, v in constants.items()},
-            },
+        stmt, params = _with_constants(
+            f"UPDATE {table.name} SET {', '.join(sets)} FROM json_each(:rows) "
+            f"WHERE {table.name}.{key} = {_sqlite_value(key)}",
+            table,
+            constants,
         )
+        await session.execute(stmt, {"rows": _sqlite_rows(table, rows, dialect), **params})
         return
     if dialect.name != "postgresql":
         values: dict[str, Any] = {c: bindparam(f"b_{c}", type_=table.c[c].type) for c in columns}
@@ -140,18 +139,20 @@ async def update_rows(
     sets = [f"{c} = v.{c}" for c in columns] + [f"{c} = :c_{c}" for c in constants]
     # ``id = ANY(:ids)`` lets the planner find the rows by primary key; joined against
     # the JSON alone it cannot estimate the row count and may scan the whole table.
-    stmt = text(
+    stmt, params = _with_constants(
         f"UPDATE {table.name} SET {', '.join(sets)} "
         f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v({record}) "
         f"WHERE {table.name}.{key} = v.{key} "
-        f"AND {table.name}.{key} = ANY(CAST(:ids AS BIGINT[]))"
-    ).bindparams(*(bindparam(f"c_{c}", type_=table.c[c].type) for c in constants))
+        f"AND {table.name}.{key} = ANY(CAST(:ids AS BIGINT[]))",
+        table,
+        constants,
+    )
     await session.execute(
         stmt,
         {
             "rows": json.dumps(rows, default=_json_default),
             "ids": [r[key] for r in rows],
-            **{f"c_{c}": v for c, v in constants.items()},
+            **params,
         },
     )
 

@@ -191,7 +191,6 @@ class _Plan:
     task_updates: list[dict[str, Any]] = field(default_factory=list)
     instance_updates: list[dict[str, Any]] = field(default_factory=list)
     new_tasks: list[dict[str, Any]] = field(default_factory=list)
-    logs: list[dict[str, Any]] = field(default_factory=list)
 
     def decide(self, item: ApprovalInput, row: Any) -> Outcome:
         tid = item.task_id
@@ -255,16 +254,6 @@ class _Plan:
                 "current_node_id": current_node,
             }
         )
-        self.logs.append(
-            {
-                "instance_id": row.instance_id,
-                "task_id": tid,
-                "actor_id": self.actor_id,
-                "batch_id": self.batch_id,
-                "action": "task.approved" if item.decision == "approve" else "task.rejected",
-                "message": item.comment,
-            }
-        )
         return Outcome("success")
 
     async def write(self, session: AsyncSession) -> None:
@@ -290,7 +279,21 @@ class _Plan:
         await insert_rows(
             session, _tasks, self.new_tasks, constants={"status": "pending", "created_at": self.now}
         )
-        await write_process_logs(session, self.logs)
+        # One log row per decided task (the PostgreSQL statement derives the same rows).
+        await write_process_logs(
+            session,
+            (
+                {
+                    "instance_id": instance["id"],
+                    "task_id": task["id"],
+                    "actor_id": self.actor_id,
+                    "batch_id": self.batch_id,
+                    "action": "task.approved" if task["decision"] == "approve" else "task.rejected",
+                    "message": task["comment"],
+                }
+                for task, instance in zip(self.task_updates, self.instance_updates, strict=True)
+            ),
+        )
 
     async def _write_in_one_statement(self, session: AsyncSession) -> None:
         """Tasks completed, instances moved (only the changed fields merged into
