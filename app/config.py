@@ -40,11 +40,16 @@ class Settings(BaseSettings):
     type_config: dict[str, TypeOverrides] = Field(default_factory=dict)
     max_items: int = Field(default=1_000_000, ge=1)
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    """multipart/form-data request bodies (uploads) over this are a 413."""
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    """Every other request body over this is a 413 before it is parsed; 16 MiB holds a
+    JSON list of 1 000 000 ids."""
 
     # Extensions (not in DESIGN.md §5, all optional).
     recover_interval: float = Field(default=10, gt=0)
     """Seconds between recovery / auto-retry passes of the in-process runner."""
-    max_page_size: int = Field(default=1000, ge=1)
+    max_page_size: int = Field(default=1000, ge=1, le=1000)
+    """May only lower the documented ``page_size`` maximum of 1000."""
     db_pool_size: int = Field(default=10, ge=1)
     worker_max_jobs: int = Field(default=10, ge=1)
     """arq ``max_jobs`` per priority queue of one ``batchd worker``."""

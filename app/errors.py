@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+MAX_LISTED_ERRORS = 20
+"""An error body lists at most this many field errors; a request with 100 000 bad keys
+still gets a short answer."""
+
+
+def join_messages(messages: list[str], limit: int = MAX_LISTED_ERRORS) -> str:
+    """``"a; b; c"``, or the first ``limit`` messages then ``"and N more"``."""
+    shown = "; ".join(messages[:limit])
+    hidden = len(messages) - limit
+    return f"{shown}; and {hidden} more" if hidden > 0 else shown
+
 
 class AppError(Exception):
     """Base error: subclasses carry their HTTP status and error code."""
@@ -19,7 +30,7 @@ class AppError(Exception):
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": self.code, "detail": self.detail}
         if self.fields:
-            body["fields"] = self.fields
+            body["fields"] = self.fields[:MAX_LISTED_ERRORS]
         return body
 
 
@@ -56,3 +67,9 @@ class TooLarge(AppError):
 class ValidationFailed(AppError):
     status_code = 422
     code = "ValidationError"
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    """The same Idempotency-Key sent with a different request (DESIGN.md §4)."""
+
+    code = "IdempotencyKeyReused"

@@ -13,10 +13,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.limits import BodyLimitMiddleware
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
-from app.errors import AppError
+from app.errors import MAX_LISTED_ERRORS, AppError, join_messages
+from app.openapi import install_openapi
 from app.queue.factory import build_runtime
 
 log = logging.getLogger("batchd")
@@ -67,6 +69,11 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         description="Batch operations for an approval workflow.",
         lifespan=lifespan,
     )
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     _install_error_handlers(app)
     _include_routers(app)
     return app
@@ -77,6 +84,7 @@ def _include_routers(app: FastAPI) -> None:
 
     for router in routers.ALL:
         app.include_router(router)
+    install_openapi(app, routers.ALL)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -86,13 +94,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [_field_error(e) for e in exc.errors()]
-        malformed = any(e["type"] == "json_invalid" for e in exc.errors())
-        detail = (
-            "The request body is not valid JSON."
-            if malformed
-            else "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['msg']}" for f in fields)
-        )
+        errors = exc.errors()
+        fields = [_field_error(e) for e in errors[:MAX_LISTED_ERRORS]]
+        malformed = any(e["type"] == "json_invalid" for e in errors)
+        messages = [f"{'.'.join(map(str, f['loc']))}: {f['msg']}" for f in fields]
+        messages += [""] * (len(errors) - len(fields))  # only counted: "and N more"
+        detail = "The request body is not valid JSON." if malformed else join_messages(messages)
         return JSONResponse(
             {"error": "ValidationError", "detail": detail, "fields": fields}, status_code=422
         )
@@ -100,8 +107,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "Error")
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "The request body could not be read: send UTF-8 encoded JSON."
         return JSONResponse(
-            {"error": code, "detail": str(exc.detail)},
+            {"error": code, "detail": detail},
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )

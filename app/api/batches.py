@@ -13,11 +13,12 @@ from app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
 from app.batches import service
 from app.errors import NotFound
 from app.schemas.batch import BatchCreate, BatchOut, DetailOut, RetryOut, RetryRequest
-from app.schemas.common import IdPath, IntQuery, Page, error_responses
+from app.schemas.common import NO_NUL, IdPath, IntQuery, Page, error_responses
 
 router = APIRouter(prefix="/api/v1", tags=["batches"])
 
 BatchId = IdPath
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 DETAIL_STATUSES = "^(pending|running|success|failed|ignored|cancelled)$"
 BATCH_STATUSES = "^(created|seeding|running|suspended|completed|cancelled|aborted)$"
 
@@ -51,7 +52,7 @@ async def list_batches(
     session: SessionDep,
     user: CurrentUser,
     page: PageDep,
-    type: str | None = None,
+    type: Annotated[str | None, Query(max_length=50, pattern=NO_NUL)] = None,
     status: Annotated[str | None, Query(pattern=BATCH_STATUSES)] = None,
     creator_id: IntQuery = None,
 ) -> Page[BatchOut]:
@@ -101,11 +102,12 @@ async def list_details(
 async def retry_batch(
     batch_id: BatchId,
     session: SessionDep,
+    settings: SettingsDep,
     user: CurrentUser,
     body: Annotated[RetryRequest | None, Body()] = None,
 ) -> RetryOut:
     """Failed, non-exhausted items go back to pending; exhausted ones release their lock."""
-    result = await service.retry(session, user, batch_id, body.item_ids if body else None)
+    result = await service.retry(session, settings, user, batch_id, body.item_ids if body else None)
     return RetryOut(
         batch=service.to_out(result.batch),
         requeued=result.requeued,
@@ -126,8 +128,10 @@ async def suspend_batch(batch_id: BatchId, session: SessionDep, user: CurrentUse
     response_model=BatchOut,
     responses=error_responses(401, 404, 409),
 )
-async def activate_batch(batch_id: BatchId, session: SessionDep, user: CurrentUser) -> BatchOut:
-    return service.to_out(await service.activate(session, user, batch_id))
+async def activate_batch(
+    batch_id: BatchId, session: SessionDep, settings: SettingsDep, user: CurrentUser
+) -> BatchOut:
+    return service.to_out(await service.activate(session, settings, user, batch_id))
 
 
 @router.delete(
@@ -149,7 +153,17 @@ async def delete_batch(
     return service.to_out(batch)
 
 
-@router.get("/batches/{batch_id}/error-file", responses=error_responses(401, 404))
+@router.get(
+    "/batches/{batch_id}/error-file",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The failed items as an Excel workbook.",
+            "content": {XLSX: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **error_responses(401, 404),
+    },
+)
 async def error_file(batch_id: BatchId, session: SessionDep, user: CurrentUser) -> Response:
     """The xlsx of failed items (404 while there is none)."""
     batch = await service.get_batch(session, user, batch_id)

@@ -10,20 +10,20 @@ from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.db.session import transaction
+from app.db.unit_of_work import unit_of_work
 from app.engine.users import user_by_token
 from app.errors import Forbidden, Unauthorized, ValidationFailed
 from app.models import User
 from app.queue.backend import QueueBackend
+from app.schemas.common import PAGE_SIZE_MAX
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request, committed before the response is sent (the dependency
     is function-scoped, so a failed commit becomes an error response, never a 2xx for
     unsaved work). Wake-ups requested during the request are sent after the commit."""
-    async with transaction(request.app.state.sessionmaker) as session:
+    async with unit_of_work(request.app.state.sessionmaker, request.app.state.queue) as session:
         yield session
-    await request.app.state.queue.send_wakeups(session)
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -65,13 +65,14 @@ AdminUser = Annotated[User, Depends(get_admin)]
 
 
 class Page:
-    """``?page=1&page_size=50``; page_size above the configured maximum is a 422."""
+    """``?page=1&page_size=50``; page_size above 1000 (documented in the schema) or
+    above ``BATCH_MAX_PAGE_SIZE`` (which may only lower it) is a 422."""
 
     def __init__(
         self,
         request: Request,
         page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
-        page_size: Annotated[int, Query(ge=1)] = 50,
+        page_size: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = 50,
     ) -> None:
         limit = request.app.state.settings.max_page_size
         if page_size > limit:

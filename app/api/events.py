@@ -21,15 +21,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import get_current_user
 from app.batches import service
+from app.batches.state import FINAL
 from app.errors import NotFound
 from app.models import User
-from app.models.batch import FINAL_BATCH_STATUSES
 from app.schemas.batch import BatchOut
 from app.schemas.common import IdPath, error_responses
 
 router = APIRouter(prefix="/api/v1", tags=["batches"])
 
 MIN_EVENT_GAP_S = 0.1
+
+
+def parse_event_id(raw: str | None) -> int | None:
+    """A ``Last-Event-ID`` we sent (ASCII digits of a progress sequence), or None.
+
+    Anything else is ignored, never an error: Starlette decodes header bytes as
+    latin-1, so a 0xB2 byte arrives as "²", which ``str.isdigit`` accepts and ``int``
+    refuses — that used to kill the stream."""
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not (0 < len(raw) <= 19 and raw.isascii() and raw.isdigit()):
+        return None
+    return int(raw)
 
 
 @dataclass
@@ -68,12 +82,12 @@ async def batch_events(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     user, current = start.user, start.batch
-    seen = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+    seen = parse_event_id(last_event_id)
     poll = request.app.state.settings.poll_time
     bus = request.app.state.progress
     async with bus.listen(batch_id) as nudged:
         while True:
-            final = current.status in FINAL_BATCH_STATUSES
+            final = current.status in FINAL
             data = current.model_dump(mode="json")
             event_id = str(current.progress_seq)
             if seen != current.progress_seq:

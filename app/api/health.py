@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    """``checks`` maps each dependency (``database``, ``redis``) to ``ok`` or the error."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]
+
+
+@router.get("/health", response_model=HealthOut)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "A dependency is not reachable."}},
+)
 async def ready(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     try:

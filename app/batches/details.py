@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -10,63 +11,69 @@ from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches import locks
+from app.batches.state import DetailStatus
 from app.db.base import utcnow
 from app.db.bulk import insert_rows, update_rows
-from app.models import Batch, BatchDetail
+from app.models import Batch, BatchDetail, User
 from app.operations import Operation
 
 _details = cast(Table, BatchDetail.__table__)
 INSERT_PAGE = 5_000
 
 
+@dataclass(frozen=True)
+class Seeded:
+    """Details written for one page of items: how many, the highest item id, and how
+    many were decided at once (failed or ignored, never locked)."""
+
+    count: int
+    last_item_id: int | None
+    failed: int = 0
+    ignored: int = 0
+
+
 async def create_details(
     session: AsyncSession,
     batch: Batch,
+    creator: User,
     op: Operation,
     item_ids: Sequence[int],
     *,
     rows: Sequence[int | None] | None = None,
     payloads: Sequence[dict[str, Any] | None] | None = None,
-) -> int:
-    """Insert one pending detail per item (locking items for locking operations); an item
-    held by another batch becomes a failed detail at once. Returns the number failed."""
-    failed = 0
+) -> Seeded:
+    """Insert one detail per item: pending, with its item locked for a locking
+    operation — or, for an item the creator may not lock (``locks.acquire``), already
+    decided (failed or ignored) with the reason."""
+    decided: Counter[str] = Counter()
     for start in range(0, len(item_ids), INSERT_PAGE):
         page = item_ids[start : start + INSERT_PAGE]
-        held = await locks.acquire(session, batch.id, page) if op.locks_items else {}
+        refused = await locks.acquire(session, batch.id, creator, page) if op.locks_items else {}
         now = utcnow()
         values = []
         for offset, item_id in enumerate(page):
             i = start + offset
-            holder = held.get(item_id)
+            outcome = refused.get(item_id)
             values.append(
                 {
                     "batch_id": batch.id,
                     "item_id": item_id,
                     "row": rows[i] if rows else None,
                     "payload": payloads[i] if payloads else None,
-                    "status": "failed" if holder else "pending",
-                    "error": _held_error(item_id, holder) if holder else None,
+                    "status": outcome.status if outcome else DetailStatus.PENDING,
+                    "error": outcome.error if outcome else None,
                     "retry_count": 0,
-                    "finished_at": now if holder else None,
+                    "finished_at": now if outcome else None,
                 }
             )
-            failed += 1 if holder else 0
+            if outcome:
+                decided[outcome.status] += 1
         await insert_rows(session, _details, values)
-    return failed
-
-
-@dataclass(frozen=True)
-class Seeded:
-    """One seeded page: how many details, the highest item id, how many failed at once."""
-
-    count: int
-    last_item_id: int | None
-    failed: int
+    return Seeded(len(item_ids), max(item_ids, default=None), decided["failed"], decided["ignored"])
 
 
 async def create_details_from(
-    session: AsyncSession, batch: Batch, op: Operation, page: Select[Any]
+    session: AsyncSession, batch: Batch, creator: User, op: Operation, page: Select[Any]
 ) -> Seeded:
     """Seed the items ``page`` selects (one id column): one pending detail each, locks as
     in ``create_details``.
@@ -77,8 +84,7 @@ async def create_details_from(
     so it keeps the portable path.)"""
     if session.get_bind().dialect.name != "postgresql":
         ids = list(await session.scalars(page))
-        failed = await create_details(session, batch, op, ids)
-        return Seeded(len(ids), ids[-1] if ids else None, failed)
+        return await create_details(session, batch, creator, op, ids)
     sub = page.subquery()
     insert_page = insert(_details).from_select(
         ["batch_id", "item_id", "status", "retry_count"],
@@ -89,26 +95,25 @@ async def create_details_from(
     if not op.locks_items:
         ins = insert_page.returning(_details.c.item_id).cte("ins")
         count, last = (await session.execute(select(func.count(), func.max(ins.c.item_id)))).one()
-        return Seeded(int(count), last, 0)
+        return Seeded(int(count), last)
     inserted = (
         await session.execute(insert_page.returning(_details.c.id, _details.c.item_id))
     ).all()
     detail_of = {item_id: detail_id for detail_id, item_id in inserted}
-    held = await locks.acquire(session, batch.id, list(detail_of))
+    refused = await locks.acquire(session, batch.id, creator, list(detail_of))
     await update_rows(
         session,
         _details,
         [
-            {"id": detail_of[item_id], "status": "failed", "error": _held_error(item_id, holder)}
-            for item_id, holder in held.items()
+            {"id": detail_of[item_id], "status": outcome.status, "error": outcome.error}
+            for item_id, outcome in refused.items()
         ],
         constants={"finished_at": utcnow()},
     )
-    return Seeded(len(detail_of), max(detail_of, default=None), len(held))
-
-
-def _held_error(item_id: int, holder: int) -> str:
-    return f"Task {item_id} is locked by batch {holder}."
+    decided = Counter(o.status for o in refused.values())
+    return Seeded(
+        len(detail_of), max(detail_of, default=None), decided["failed"], decided["ignored"]
+    )
 
 
 async def status_counts(session: AsyncSession, batch_id: int) -> dict[str, int]:

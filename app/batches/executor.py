@@ -30,10 +30,10 @@ from sqlalchemy import Integer, Table, column, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import locks, monitor
+from app.batches import locks, monitor, state
+from app.batches.state import RUNNABLE, DetailStatus
 from app.db.base import utcnow
 from app.db.bulk import id_in, update_rows
-from app.db.session import transaction
 from app.engine.approval import Outcome
 from app.models import Batch, BatchDetail
 from app.operations import BatchRun, Operation, WorkItem, get_operation
@@ -45,7 +45,6 @@ log = logging.getLogger("batchd.executor")
 
 _details = cast(Table, BatchDetail.__table__)
 _batches = cast(Table, Batch.__table__)
-RUNNABLE = ("seeding", "running")
 SEEDING_POLL_S = 0.02
 """How soon an executor that caught up with seeding looks again (an empty claim is cheap)."""
 
@@ -84,7 +83,7 @@ async def execute(ctx: JobContext, batch_id: int) -> None:
         async with ctx.semaphore:
             turn = await run_next_chunk(ctx, batch_id)
         if turn.result is None:
-            if turn.status != "seeding":
+            if turn.status != state.BatchStatus.SEEDING:
                 break
             if loop.time() > deadline:  # details still coming: hand back, come again
                 await ctx.queue.enqueue(Wakeup("execute", batch_id, turn.priority))
@@ -106,7 +105,7 @@ async def run_next_chunk(ctx: JobContext, batch_id: int, *, fused: bool = True) 
     chunk: Chunk | None = None
     priority = "normal"
     try:
-        async with transaction(ctx.sessionmaker) as session:
+        async with ctx.unit() as session:
             batch = (
                 await session.execute(
                     select(
@@ -158,9 +157,9 @@ async def run_next_chunk(ctx: JobContext, batch_id: int, *, fused: bool = True) 
         if _lost_connection(exc):
             # Not the items' fault: the rollback handed them back untouched.
             log.warning("batch %s: database connection lost; chunk left pending", batch_id)
-            return Turn(ChunkResult(Counter()), "running", priority)
+            return Turn(ChunkResult(Counter()), state.BatchStatus.RUNNING, priority)
         log.warning("batch %s: bulk chunk failed (%s); isolating items", batch_id, exc)
-        return Turn(await _isolate(ctx, chunk), "running", priority)
+        return Turn(await _isolate(ctx, chunk), state.BatchStatus.RUNNING, priority)
 
 
 _FUSED = """
@@ -226,7 +225,7 @@ async def _isolate(ctx: JobContext, chunk: Chunk) -> ChunkResult:
     over = False
     for item in chunk.items:
         try:
-            async with transaction(ctx.sessionmaker) as session:
+            async with ctx.unit() as session:
                 if not await _still_pending(session, chunk, item):
                     continue
                 result = await _apply(session, chunk, [item])
@@ -288,7 +287,10 @@ async def _record(
             item.item_id
             for item, o in zip(items, outcomes, strict=True)
             if o.status == "ignored"
-            or (o.status == "failed" and chunk.retry_counts[item.detail_id] >= chunk.max_retries)
+            or (
+                o.status == DetailStatus.FAILED
+                and state.is_exhausted(chunk.retry_counts[item.detail_id], chunk.max_retries)
+            )
         ]
         await locks.release(session, batch_id, done)
     counts = Counter(o.status for o in outcomes)
@@ -319,10 +321,15 @@ async def _record(
 async def _record_crash(
     ctx: JobContext, chunk: Chunk, item: WorkItem, exc: Exception
 ) -> ChunkResult:
-    """An item whose own transaction raised: it fails alone, with a readable reason."""
-    log.warning("batch %s item %s failed: %r", chunk.run.batch_id, item.item_id, exc)
-    message = f"Could not be applied: {_short(exc)}"
-    async with transaction(ctx.sessionmaker) as session:
+    """An item whose own transaction raised: it fails alone, with a sentence a user
+    understands. The database's own text goes to the log only: it may name tables,
+    values or other people's data."""
+    log.warning("batch %s item %s failed: %s", chunk.run.batch_id, item.item_id, _short(exc))
+    message = (
+        f"Item {item.item_id} could not be applied because of an unexpected error; "
+        "it can be retried."
+    )
+    async with ctx.unit() as session:
         if not await _still_pending(session, chunk, item):
             return ChunkResult(Counter())
         return await _record(session, chunk, [item], [Outcome("failed", message, "error")])

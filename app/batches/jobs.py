@@ -3,14 +3,16 @@ cron schedule. Jobs take ids only and are idempotent."""
 
 from __future__ import annotations
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
+from app.batches import state
 from app.batches.executor import execute
 from app.batches.monitor import monitor
-from app.batches.recovery import auto_retry, purge, recover, wake
+from app.batches.recovery import auto_retry, purge, recover
 from app.batches.seeding import seed
 from app.config import Settings
 from app.models import Batch
+from app.queue.backend import request_wakeup
 from app.queue.context import JobContext
 from app.queue.inprocess import Cron, Job
 
@@ -30,17 +32,16 @@ def cron_schedule(settings: Settings) -> list[tuple[Cron, float]]:
 
 async def resume_after_restart(ctx: JobContext) -> None:
     """Embedded default start-up: this process is the only worker, so wake every
-    unfinished batch at once instead of waiting for the recovery cron's timeouts."""
-    async with ctx.sessionmaker() as session:
+    unfinished batch at once (``state.wakeups`` for the state it is in) instead of
+    waiting for the recovery cron's timeouts."""
+    async with ctx.unit() as session:
         rows = (
             await session.execute(
-                select(Batch.id, Batch.priority, Batch.seeding_done).where(
-                    or_(
-                        Batch.status.in_(("created", "seeding", "running")),
-                        and_(Batch.status == "suspended", Batch.seeding_done.is_(False)),
-                    )
+                select(Batch.id, Batch.status, Batch.priority, Batch.seeding_done).where(
+                    Batch.status.not_in(state.statuses(state.FINAL))
                 )
             )
         ).all()
-    for batch_id, priority, seeding_done in rows:
-        await wake(ctx, batch_id, priority, seeding_done)
+        for row in rows:
+            for wakeup in state.wakeups_for(ctx.settings, row):
+                request_wakeup(session, wakeup)

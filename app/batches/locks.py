@@ -10,32 +10,63 @@ from typing import cast
 from sqlalchemy import Table, and_, exists, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.batches.state import DetailStatus, retryable
 from app.db.bulk import id_in
-from app.models import BatchDetail, Task
+from app.engine.approval import Outcome, task_gate
+from app.models import BatchDetail, Task, User
 
 _tasks = cast(Table, Task.__table__)
 
 
-async def acquire(session: AsyncSession, batch_id: int, item_ids: Sequence[int]) -> dict[int, int]:
-    """Lock the free pending tasks among ``item_ids``; return {task id: holder batch id}
-    for the ones another batch holds."""
+async def acquire(
+    session: AsyncSession, batch_id: int, creator: User, item_ids: Sequence[int]
+) -> dict[int, Outcome]:
+    """Lock the tasks among ``item_ids`` that ``creator`` may decide (their own pending
+    tasks, free of other batches), and return, for every other item, the outcome it
+    gets at once (``task_gate``: missing or hidden, already decided, not theirs, locked
+    by another batch). Such an item is never locked, so a batch cannot block another
+    user's work (DESIGN.md §2)."""
     if not item_ids:
         return {}
     ids = list(item_ids)
-    await session.execute(
-        update(_tasks)
-        .where(id_in(session, _tasks.c.id, ids), _tasks.c.locked_by_batch_id.is_(None))
-        .where(_tasks.c.status == "pending")
-        .values(locked_by_batch_id=batch_id)
-    )
-    held = await session.execute(
-        select(Task.id, Task.locked_by_batch_id).where(
-            id_in(session, Task.id, ids),
-            Task.locked_by_batch_id.is_not(None),
-            Task.locked_by_batch_id != batch_id,
+    locked = set(
+        await session.scalars(
+            update(_tasks)
+            .where(
+                id_in(session, _tasks.c.id, ids),
+                _tasks.c.locked_by_batch_id.is_(None),
+                _tasks.c.status == "pending",
+                _tasks.c.assignee_id == creator.id,
+            )
+            .values(locked_by_batch_id=batch_id)
+            .returning(_tasks.c.id)
         )
     )
-    return {task_id: int(holder or 0) for task_id, holder in held}
+    rest = [i for i in ids if i not in locked]
+    if not rest:
+        return {}
+    rows = {
+        r.id: r
+        for r in await session.execute(
+            select(
+                _tasks.c.id,
+                _tasks.c.status.label("task_status"),
+                _tasks.c.assignee_id,
+                _tasks.c.locked_by_batch_id,
+            ).where(id_in(session, _tasks.c.id, rest))
+        )
+    }
+    refused: dict[int, Outcome] = {}
+    for item_id in rest:
+        row = rows.get(item_id)
+        if row is not None and row.locked_by_batch_id == batch_id:
+            continue  # ours already (a retry re-locking its items)
+        outcome = task_gate(
+            item_id, row, actor_id=creator.id, actor_is_admin=creator.is_admin, batch_id=batch_id
+        )
+        if outcome is not None:
+            refused[item_id] = outcome
+    return refused
 
 
 async def release(session: AsyncSession, batch_id: int, item_ids: Sequence[int]) -> None:
@@ -60,15 +91,15 @@ async def release_all(
     between the batch finishing and its retry)."""
     stmt = update(_tasks).where(_tasks.c.locked_by_batch_id == batch_id)
     if keep_retryable_of is not None:
-        retryable = exists().where(
+        still_retryable = exists().where(
             and_(
                 BatchDetail.batch_id == batch_id,
                 BatchDetail.item_id == _tasks.c.id,
-                BatchDetail.status == "failed",
-                BatchDetail.retry_count < keep_retryable_of,
+                BatchDetail.status == DetailStatus.FAILED,
+                retryable(BatchDetail.retry_count, keep_retryable_of),
             )
         )
-        stmt = stmt.where(~retryable)
+        stmt = stmt.where(~still_retryable)
     await session.execute(stmt.values(locked_by_batch_id=None))
 
 

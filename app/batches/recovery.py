@@ -12,14 +12,12 @@ from datetime import timedelta
 
 from sqlalchemy import and_, delete, exists, or_, select, update
 
-from app.batches import service
-from app.batches.monitor import monitor_wakeup
+from app.batches import service, state
+from app.batches.state import BatchStatus, DetailStatus
 from app.db.base import utcnow
-from app.db.session import transaction
 from app.errors import AppError
 from app.models import Batch, BatchDetail, Task
-from app.models.batch import FINAL_BATCH_STATUSES
-from app.queue.backend import Wakeup
+from app.queue.backend import request_wakeup
 from app.queue.context import JobContext
 
 log = logging.getLogger("batchd.recovery")
@@ -28,48 +26,43 @@ PASS_LIMIT = 100
 
 async def recover(ctx: JobContext) -> None:
     """Batches with no heartbeat for ``BATCH_STUCK_AFTER`` (running) or not started within
-    ``BATCH_START_TIMEOUT`` (created/seeding, or suspended with seeding unfinished) are
-    woken up again. (A chunk's claim is
-    its transaction's row locks, so a dead worker's items are already pending again.)"""
+    ``BATCH_START_TIMEOUT`` (created, seeding, or suspended with seeding unfinished) get
+    the wake-ups of the state they are in (``state.wakeups``), and their heartbeat is
+    touched so the next pass leaves them alone for a while. (A chunk's claim is its
+    transaction's row locks, so a dead worker's items are already pending again.)"""
     s = ctx.settings
     now = utcnow()
-    async with transaction(ctx.sessionmaker) as session:
+    not_started = now - timedelta(seconds=s.start_timeout)
+    async with ctx.unit() as session:
         stuck = (
             await session.execute(
                 update(Batch)
                 .where(
                     or_(
                         and_(
-                            Batch.status == "running",
+                            Batch.status == BatchStatus.RUNNING,
                             Batch.updated_at < now - timedelta(seconds=s.stuck_after),
                         ),
                         and_(
-                            Batch.status.in_(("created", "seeding")),
-                            Batch.updated_at < now - timedelta(seconds=s.start_timeout),
+                            Batch.status.in_(state.statuses(state.STARTING)),
+                            Batch.updated_at < not_started,
                         ),
                         # Created suspended: its items are still resolved while it waits.
                         and_(
-                            Batch.status == "suspended",
+                            Batch.status == BatchStatus.SUSPENDED,
                             Batch.seeding_done.is_(False),
-                            Batch.updated_at < now - timedelta(seconds=s.start_timeout),
+                            Batch.updated_at < not_started,
                         ),
                     )
                 )
                 .values(updated_at=now)
-                .returning(Batch.id, Batch.priority, Batch.seeding_done)
+                .returning(Batch.id, Batch.status, Batch.priority, Batch.seeding_done)
             )
         ).all()
-    for batch_id, priority, seeding_done in stuck:
-        log.info("recovering batch %s", batch_id)
-        await wake(ctx, batch_id, priority, seeding_done)
-
-
-async def wake(ctx: JobContext, batch_id: int, priority: str, seeding_done: bool) -> None:
-    if not seeding_done:
-        await ctx.queue.enqueue(Wakeup("seed", batch_id, priority))
-    for _ in range(1 if ctx.settings.is_sqlite else ctx.settings.jobs_per_batch):
-        await ctx.queue.enqueue(Wakeup("execute", batch_id, priority))
-    await ctx.queue.enqueue(monitor_wakeup(ctx, batch_id, priority))
+        for row in stuck:
+            log.info("recovering batch %s (%s)", row.id, row.status)
+            for wakeup in state.wakeups_for(s, row):
+                request_wakeup(session, wakeup)
 
 
 async def auto_retry(ctx: JobContext) -> None:
@@ -84,13 +77,13 @@ async def auto_retry(ctx: JobContext) -> None:
             await session.scalars(
                 select(Batch.id)
                 .where(
-                    Batch.status.in_(("completed", "aborted")),
+                    Batch.status.in_(state.statuses(state.FINAL - {BatchStatus.CANCELLED})),
                     Batch.finished_at >= now - timedelta(seconds=s.auto_retry_window),
                     Batch.finished_at <= now - timedelta(seconds=s.auto_retry_delay),
                     exists().where(
                         BatchDetail.batch_id == Batch.id,
-                        BatchDetail.status == "failed",
-                        BatchDetail.retry_count < Batch.max_retries,
+                        BatchDetail.status == DetailStatus.FAILED,
+                        state.retryable(BatchDetail.retry_count, Batch.max_retries),
                     ),
                 )
                 .limit(PASS_LIMIT)
@@ -98,10 +91,8 @@ async def auto_retry(ctx: JobContext) -> None:
         )
     for batch_id in ids:
         try:
-            async with ctx.sessionmaker() as session:
-                result = await service.retry(session, None, batch_id, guard_finished=True)
-                await session.commit()
-            await ctx.queue.send_wakeups(session)
+            async with ctx.unit() as session:
+                result = await service.retry(session, s, None, batch_id, guard_finished=True)
             if result.requeued:
                 log.info("auto-retried %s items of batch %s", result.requeued, batch_id)
         except AppError as exc:
@@ -113,10 +104,12 @@ async def purge(ctx: JobContext) -> None:
     failed items of finished batches still hold once they can no longer be auto-retried."""
     s = ctx.settings
     now = utcnow()
-    async with transaction(ctx.sessionmaker) as session:
+    async with ctx.unit() as session:
         ttls = set(
             await session.scalars(
-                select(Batch.history_ttl).where(Batch.status.in_(FINAL_BATCH_STATUSES)).distinct()
+                select(Batch.history_ttl)
+                .where(Batch.status.in_(state.statuses(state.FINAL)))
+                .distinct()
             )
         )
         old: list[int] = []
@@ -125,7 +118,11 @@ async def purge(ctx: JobContext) -> None:
             same_ttl = Batch.history_ttl.is_(None) if ttl is None else Batch.history_ttl == ttl
             old += await session.scalars(
                 select(Batch.id)
-                .where(Batch.status.in_(FINAL_BATCH_STATUSES), same_ttl, Batch.finished_at < cutoff)
+                .where(
+                    Batch.status.in_(state.statuses(state.FINAL)),
+                    same_ttl,
+                    Batch.finished_at < cutoff,
+                )
                 .limit(PASS_LIMIT)
             )
         if old:
@@ -138,7 +135,7 @@ async def purge(ctx: JobContext) -> None:
         stale = (
             select(Batch.id)
             .where(
-                Batch.status.in_(FINAL_BATCH_STATUSES),
+                Batch.status.in_(state.statuses(state.FINAL)),
                 Batch.finished_at < now - timedelta(seconds=s.auto_retry_window),
             )
             .scalar_subquery()

@@ -11,16 +11,18 @@ alongside seeding.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, locks, targets
+from app.batches import details, locks, state, targets
+from app.batches.state import RUNNABLE, STARTING, BatchStatus
 from app.db.base import utcnow
 from app.models import Batch, BatchDetail, User
-from app.models.batch import FINAL_BATCH_STATUSES
 from app.operations import get_operation
-from app.queue.backend import Wakeup
+from app.queue.backend import Wakeup, request_wakeup
 from app.queue.context import JobContext
 
 MAX_PAGE = 20_000
@@ -35,52 +37,60 @@ long, then hands the rest back to the queue: no queue hop between pages, and no 
 holds a worker slot for long."""
 
 
+@dataclass(frozen=True)
+class SeededPage:
+    """What one ``seed_page`` did: the batch's priority, and whether seeding is over."""
+
+    priority: str
+    done: bool
+
+
 async def seed(ctx: JobContext, batch_id: int) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SEED_SLICE_S
     while not ctx.stopping.is_set():
         try:
-            state = await _seed_page(ctx, batch_id)
+            page = await seed_page(ctx, batch_id)
         except DBAPIError:
             # The database blinked: come back soon rather than after BATCH_START_TIMEOUT.
             await ctx.queue.enqueue(Wakeup("seed", batch_id, defer=SEED_RETRY_DELAY_S))
             raise
-        if state is None:
-            return
-        priority, first, done = state
-        if first or done:
-            await start_execution(ctx, batch_id, priority)
-        if done:
+        if page is None or page.done:
             return
         if loop.time() > deadline:
-            await ctx.queue.enqueue(Wakeup("seed", batch_id, priority))
+            await ctx.queue.enqueue(Wakeup("seed", batch_id, page.priority))
             return
 
 
-async def _seed_page(ctx: JobContext, batch_id: int) -> tuple[str, bool, bool] | None:
-    """Seed one page. Returns (priority, first page, seeding done) or None when there is
-    nothing to do (batch gone, final, or another seeder got there first)."""
-    async with ctx.sessionmaker() as session:
+async def seed_page(ctx: JobContext, batch_id: int) -> SeededPage | None:
+    """Seed one page (or start an id-list batch, whose details exist already). Returns
+    None when there is nothing to do (batch gone, final, or another seeder got there
+    first). After the first page and after the last, wakes the batch's executors and
+    monitor (``state.execution_wakeups``), sent once the page is committed."""
+    async with ctx.unit() as session:
         await locks.exclude_seeding(session, batch_id)
         batch = await session.get(Batch, batch_id)
-        if batch is None or batch.status in FINAL_BATCH_STATUSES:
+        if batch is None or state.is_final(batch.status):
             return None
+        if batch.status == BatchStatus.SCHEDULED:
+            return None  # not yet: the schedule cron creates it when its time comes
         now = utcnow()
         if batch.seeding_done:
             # Id-list batch (details made at creation) or a re-delivered seed job.
-            if batch.status in ("created", "seeding"):
-                await session.execute(
-                    update(Batch)
-                    .where(Batch.id == batch_id, Batch.status.in_(("created", "seeding")))
-                    .values(
-                        status="running",
-                        started_at=func.coalesce(Batch.started_at, now),
-                        updated_at=now,
-                        progress_seq=Batch.progress_seq + 1,
-                    )
+            started = await session.scalar(
+                update(Batch)
+                .where(Batch.id == batch_id, Batch.status.in_(state.statuses(STARTING)))
+                .values(
+                    status=BatchStatus.RUNNING,
+                    started_at=func.coalesce(Batch.started_at, now),
+                    updated_at=now,
+                    progress_seq=Batch.progress_seq + 1,
                 )
-                await session.commit()
-            return batch.priority, True, True
+                .returning(Batch.status)
+            )
+            if started is not None:
+                _request_execution(ctx, session, batch_id, batch.priority)
+            return SeededPage(batch.priority, done=True)
         op = get_operation(batch.type)
         creator = await session.get(User, batch.creator_id)
         assert creator is not None
@@ -94,20 +104,23 @@ async def _seed_page(ctx: JobContext, batch_id: int) -> tuple[str, bool, bool] |
             until=batch.seed_until,
             limit=page_size,
         )
-        seeded = await details.create_details_from(session, batch, op, page)
-        failed = seeded.failed
+        seeded = await details.create_details_from(session, batch, creator, op, page)
         done = seeded.count < page_size
         values: dict[str, object] = {
             "seed_cursor": seeded.last_item_id or cursor,
             "seeding_done": done,
-            "failed": Batch.failed + failed,
+            "failed": Batch.failed + seeded.failed,
+            "ignored": Batch.ignored + seeded.ignored,
             "started_at": func.coalesce(Batch.started_at, now),
             "updated_at": now,
             "progress_seq": Batch.progress_seq + 1,
         }
         # Only a batch nobody paused or cancelled meanwhile changes status here.
         values["status"] = case(
-            (Batch.status.in_(("created", "seeding")), "running" if done else "seeding"),
+            (
+                Batch.status.in_(state.statuses(STARTING)),
+                BatchStatus.RUNNING if done else BatchStatus.SEEDING,
+            ),
             else_=Batch.status,
         )
         if done:
@@ -118,30 +131,29 @@ async def _seed_page(ctx: JobContext, batch_id: int) -> tuple[str, bool, bool] |
                 .where(BatchDetail.batch_id == batch_id)
                 .scalar_subquery()
             )
-        moved = await session.execute(
+        status = await session.scalar(
             update(Batch)
             .where(
                 Batch.id == batch_id,
                 Batch.seed_cursor == cursor,
                 Batch.seeding_done.is_(False),
-                Batch.status.not_in(FINAL_BATCH_STATUSES),
+                Batch.status.not_in(state.statuses(state.FINAL)),
             )
             .values(**values)
+            .returning(Batch.status)
         )
-        if moved.rowcount != 1:  # type: ignore[attr-defined]
+        if status is None:
             await session.rollback()
             return None
-        await session.commit()
+        if (cursor == 0 or done) and status in RUNNABLE:
+            _request_execution(ctx, session, batch_id, batch.priority)
         priority = batch.priority
     await ctx.progress.publish(batch_id)
-    return priority, cursor == 0, done
+    return SeededPage(priority, done)
 
 
-async def start_execution(ctx: JobContext, batch_id: int, priority: str) -> None:
-    """Wake up enough executors to run chunks of this batch in parallel, plus its monitor."""
-    from app.batches.monitor import monitor_wakeup
-
-    parallel = 1 if ctx.settings.is_sqlite else ctx.settings.jobs_per_batch
-    for _ in range(parallel):
-        await ctx.queue.enqueue(Wakeup("execute", batch_id, priority))
-    await ctx.queue.enqueue(monitor_wakeup(ctx, batch_id, priority))
+def _request_execution(
+    ctx: JobContext, session: AsyncSession, batch_id: int, priority: str
+) -> None:
+    for wakeup in state.execution_wakeups(ctx.settings, batch_id, priority):
+        request_wakeup(session, wakeup)

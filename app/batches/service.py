@@ -6,6 +6,8 @@ wake-ups that the boundary sends after its commit.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,20 +15,17 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, locks, targets
+from app.batches import details, locks, state, targets
+from app.batches.state import BatchStatus, DetailStatus
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.pages import total_of
 from app.engine.logs import write_action_log
-from app.errors import Conflict, NotFound, TooLarge, ValidationFailed
+from app.errors import Conflict, IdempotencyKeyReused, NotFound, TooLarge, ValidationFailed
 from app.models import Batch, BatchDetail, User
-from app.models.batch import FINAL_BATCH_STATUSES
 from app.operations import get_operation
-from app.queue.backend import Wakeup, request_wakeup
+from app.queue.backend import request_wakeup
 from app.schemas.batch import BatchCreate, BatchOut, DetailOut
-
-ACTIVE_STATUSES = ("created", "seeding", "running")
-
 
 # --------------------------------------------------------------------------- create
 
@@ -50,8 +49,9 @@ async def create_batch(
             fields=[{"loc": ["ids"], "msg": "exactly one of ids / filter is required"}],
         )
     key = idempotency_key or req.idempotency_key
+    fingerprint = request_fingerprint(req) if key else None
     if key:
-        existing = await _by_idempotency_key(session, user.id, key)
+        existing = await _by_idempotency_key(session, user.id, key, fingerprint)
         if existing is not None:
             return existing, False
 
@@ -69,15 +69,17 @@ async def create_batch(
         raise TooLarge(f"This batch would hold {total} items; the limit is {settings.max_items}.")
 
     cfg = settings.for_type(op.type)
+    suspended = req.start_suspended and total > 0
     batch = Batch(
         type=op.type,
-        status="suspended" if req.start_suspended else "created",
+        status=BatchStatus.SUSPENDED if suspended else BatchStatus.CREATED,
         priority=req.priority,
         creator_id=user.id,
         params=params,
         filter=flt,
         source="api",
         idempotency_key=key,
+        request_hash=fingerprint,
         total=total,
         chunk_size=req.chunk_size or cfg.chunk_size,
         max_retries=req.max_retries if req.max_retries is not None else cfg.max_retries,
@@ -92,18 +94,19 @@ async def create_batch(
             await session.flush()
     except IntegrityError:
         # A concurrent request with the same idempotency key won the race.
-        existing = await _by_idempotency_key(session, user.id, key or "")
+        existing = await _by_idempotency_key(session, user.id, key or "", fingerprint)
         if existing is None:
             raise
         return existing, False
 
     if ids:
-        batch.failed = await details.create_details(session, batch, op, ids)
+        seeded = await details.create_details(session, batch, user, op, ids)
+        batch.failed, batch.ignored = seeded.failed, seeded.ignored
     if total == 0:
-        now = utcnow()
-        batch.status, batch.started_at, batch.finished_at = "completed", now, now
-    else:
-        request_wakeup(session, Wakeup("seed", batch.id, batch.priority))
+        batch.started_at = utcnow()
+        state.move(batch, BatchStatus.COMPLETED)  # an empty batch completes at once
+    for wakeup in state.wakeups_for(settings, batch):
+        request_wakeup(session, wakeup)
     await write_action_log(
         session,
         user.id,
@@ -115,10 +118,27 @@ async def create_batch(
     return batch, True
 
 
-async def _by_idempotency_key(session: AsyncSession, user_id: int, key: str) -> Batch | None:
-    return await session.scalar(
+def request_fingerprint(req: BatchCreate) -> str:
+    """sha256 of the create request in canonical JSON (without the key itself)."""
+    body = req.model_dump(mode="json", exclude={"idempotency_key"})
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def _by_idempotency_key(
+    session: AsyncSession, user_id: int, key: str, fingerprint: str | None
+) -> Batch | None:
+    """The caller's batch made with ``key`` — only if it was made by the same request."""
+    batch = await session.scalar(
         select(Batch).where(Batch.creator_id == user_id, Batch.idempotency_key == key)
     )
+    if batch is not None and batch.request_hash not in (None, fingerprint):
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {key!r} was used for batch {batch.id} with a different request; "
+            "use a new key for a new request.",
+            fields=[{"loc": ["idempotency_key"], "msg": "already used for another request"}],
+        )
+    return batch
 
 
 # --------------------------------------------------------------------------- query
@@ -179,35 +199,44 @@ async def list_details(
 
 
 # --------------------------------------------------------------------------- lifecycle
-# Lock order everywhere: detail rows and items first, the batch row last (the executor
-# does the same), so lifecycle actions never deadlock with a running chunk.
+# Every status change goes through ``state.move`` on a row-locked batch
+# (``state.lock_batch``, taken last: detail rows and items first, like the executor).
+
+
+def _request_wakeups(session: AsyncSession, settings: Settings, batch: Batch) -> None:
+    for wakeup in state.wakeups_for(settings, batch):
+        request_wakeup(session, wakeup)
+
+
+async def _locked(session: AsyncSession, user: User, batch_id: int) -> Batch:
+    await get_batch(session, user, batch_id)  # visibility first: 404 for others' batches
+    batch = await state.lock_batch(session, batch_id)
+    if batch is None:
+        raise NotFound(f"Batch {batch_id} does not exist.")
+    return batch
 
 
 async def suspend(session: AsyncSession, user: User, batch_id: int) -> Batch:
-    batch = await lock_row(session, await get_batch(session, user, batch_id))
-    if batch.status not in ACTIVE_STATUSES:
+    batch = await _locked(session, user, batch_id)
+    if batch.status not in state.SUSPENDABLE:
         raise Conflict(
             f"Batch {batch_id} is {batch.status}; only an active batch can be suspended."
         )
-    batch.status = "suspended"
-    _touch(batch)
+    state.move(batch, BatchStatus.SUSPENDED)
     await write_action_log(session, user.id, "batch.suspended", batch_id=batch.id)
     await session.flush()
     return batch
 
 
-async def activate(session: AsyncSession, user: User, batch_id: int) -> Batch:
-    batch = await lock_row(session, await get_batch(session, user, batch_id))
-    if batch.status != "suspended":
+async def activate(session: AsyncSession, settings: Settings, user: User, batch_id: int) -> Batch:
+    batch = await _locked(session, user, batch_id)
+    if batch.status != BatchStatus.SUSPENDED:
         raise Conflict(
             f"Batch {batch_id} is {batch.status}; only a suspended batch can be activated."
         )
     # Still seeding (e.g. created suspended): executors start now, alongside the seeder.
-    batch.status = "running" if batch.seeding_done else "seeding"
-    _touch(batch)
-    if not batch.seeding_done:
-        request_wakeup(session, Wakeup("seed", batch.id, batch.priority))
-    request_wakeup(session, Wakeup("execute", batch.id, batch.priority))
+    state.move(batch, BatchStatus.RUNNING if batch.seeding_done else BatchStatus.SEEDING)
+    _request_wakeups(session, settings, batch)
     await write_action_log(session, user.id, "batch.activated", batch_id=batch.id)
     await session.flush()
     return batch
@@ -223,18 +252,18 @@ async def cancel(
     batch = await get_batch(session, user, batch_id)
     op = get_operation(batch.type)
     now = utcnow()
-    was_active = batch.status not in FINAL_BATCH_STATUSES
+    was_active = not state.is_final(batch.status)
     if was_active:
         await session.execute(
             update(BatchDetail)
-            .where(BatchDetail.batch_id == batch.id, BatchDetail.status == "pending")
-            .values(status="cancelled", finished_at=now, error="Cancelled by the user.")
+            .where(BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.PENDING)
+            .values(status=DetailStatus.CANCELLED, finished_at=now, error="Cancelled by the user.")
         )
     else:
         # Give up: failed items become exhausted, so no retry (manual or automatic) takes them.
         await session.execute(
             update(BatchDetail)
-            .where(BatchDetail.batch_id == batch.id, BatchDetail.status == "failed")
+            .where(BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED)
             .values(retry_count=batch.max_retries)
         )
     if op.locks_items:
@@ -247,13 +276,15 @@ async def cancel(
         await session.delete(batch)
         await session.flush()
         return None
-    await lock_row(session, batch)
-    if was_active and batch.status not in FINAL_BATCH_STATUSES:
-        batch.status, batch.finished_at = "cancelled", now
-    details.apply_counts(batch, await details.status_counts(session, batch.id))
-    _touch(batch)
+    locked = await state.lock_batch(session, batch.id)
+    assert locked is not None
+    details.apply_counts(locked, await details.status_counts(session, locked.id))
+    if state.may_move(locked.status, BatchStatus.CANCELLED):
+        state.move(locked, BatchStatus.CANCELLED)
+    else:
+        state.touch(locked)
     await session.flush()
-    return batch
+    return locked
 
 
 @dataclass
@@ -265,6 +296,7 @@ class RetryResult:
 
 async def retry(
     session: AsyncSession,
+    settings: Settings,
     user: User | None,
     batch_id: int,
     item_ids: list[int] | None = None,
@@ -272,7 +304,7 @@ async def retry(
     guard_finished: bool = False,
 ) -> RetryResult:
     """Failed, non-exhausted details go back to pending with retry_count + 1 and the batch
-    runs again; exhausted ones (retry_count ≥ max_retries) release their locks.
+    runs again; exhausted ones (``state.is_exhausted``) release their locks.
     ``user=None`` is the auto-retry cron acting on the batch's behalf; with
     ``guard_finished`` nothing happens unless the batch is still finished (so two cron
     passes racing on one batch retry it once)."""
@@ -283,12 +315,12 @@ async def retry(
     )
     if batch is None:
         raise NotFound(f"Batch {batch_id} does not exist.")
-    if batch.status == "cancelled":
+    if batch.status == BatchStatus.CANCELLED:
         raise Conflict(f"Batch {batch_id} was cancelled; it cannot be retried.")
-    if guard_finished and batch.status not in FINAL_BATCH_STATUSES:
+    if guard_finished and not state.is_final(batch.status):
         return RetryResult(batch, 0, 0)
     op = get_operation(batch.type)
-    clauses = [BatchDetail.batch_id == batch.id, BatchDetail.status == "failed"]
+    clauses = [BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED]
     if item_ids is not None:
         known = set(
             await session.scalars(
@@ -306,16 +338,16 @@ async def retry(
     failed = (
         await session.execute(select(BatchDetail.item_id, BatchDetail.retry_count).where(*clauses))
     ).all()
-    exhausted = [i for i, n in failed if n >= batch.max_retries]
+    exhausted = [i for i, n in failed if state.is_exhausted(n, batch.max_retries)]
     if op.locks_items:
         await locks.release(session, batch.id, exhausted)
     # The conditional UPDATE is the source of truth for what was requeued.
     requeued = list(
         await session.scalars(
             update(BatchDetail)
-            .where(*clauses, BatchDetail.retry_count < batch.max_retries)
+            .where(*clauses, state.retryable(BatchDetail.retry_count, batch.max_retries))
             .values(
-                status="pending",
+                status=DetailStatus.PENDING,
                 retry_count=BatchDetail.retry_count + 1,
                 error=None,
                 finished_at=None,
@@ -324,37 +356,26 @@ async def retry(
         )
     )
     if requeued and op.locks_items:
-        await locks.acquire(session, batch.id, requeued)
-    await lock_row(session, batch)
+        creator = await session.get(User, batch.creator_id)
+        assert creator is not None
+        await locks.acquire(session, batch.id, creator, requeued)
+    locked = await state.lock_batch(session, batch.id)
+    assert locked is not None
     if requeued:
-        batch.failed -= len(requeued)
-        if batch.status in FINAL_BATCH_STATUSES:
-            batch.status, batch.finished_at = "running", None
-        request_wakeup(session, Wakeup("execute", batch.id, batch.priority))
-    _touch(batch)
+        locked.failed -= len(requeued)
+        if state.is_final(locked.status):
+            state.move(locked, BatchStatus.RUNNING)
+        else:
+            state.touch(locked)
+        _request_wakeups(session, settings, locked)
+    else:
+        state.touch(locked)
     await write_action_log(
         session,
         user.id if user else None,
         "batch.retried" if user else "batch.auto_retried",
-        batch_id=batch.id,
+        batch_id=locked.id,
         detail={"requeued": len(requeued), "exhausted": len(exhausted)},
     )
     await session.flush()
-    return RetryResult(batch, len(requeued), len(exhausted))
-
-
-async def lock_row(session: AsyncSession, batch: Batch) -> Batch:
-    """Re-read the batch under a row lock before changing counters or status, so an
-    executor committing a chunk meanwhile cannot be overwritten. Take it last."""
-    await session.execute(
-        select(Batch)
-        .where(Batch.id == batch.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return batch
-
-
-def _touch(batch: Batch) -> None:
-    batch.updated_at = utcnow()
-    batch.progress_seq += 1
+    return RetryResult(locked, len(requeued), len(exhausted))

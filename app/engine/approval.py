@@ -66,6 +66,25 @@ def _fail(kind: str, message: str, fields: list[dict[str, Any]] | None = None) -
     return Outcome("failed", message, kind, fields)
 
 
+def task_gate(
+    task_id: int, row: Any, *, actor_id: int, actor_is_admin: bool, batch_id: int | None
+) -> Outcome | None:
+    """The checks before any form rule — who may decide, whether there is anything to
+    decide, who holds the lock — in an order that never reveals a task the actor cannot
+    see: a hidden task fails exactly like a missing one (DESIGN.md §2). ``row`` has
+    ``task_status``, ``assignee_id`` and ``locked_by_batch_id`` (or is None). Used by
+    approval and by batch creation, which locks only the tasks that pass it."""
+    if row is None or (row.assignee_id != actor_id and not actor_is_admin):
+        return _fail("not_found", f"Task {task_id} does not exist.")
+    if row.task_status != "pending":
+        return Outcome("ignored", f"Task {task_id} is already {row.task_status}.")
+    if row.assignee_id != actor_id:
+        return _fail("forbidden", f"Only the assignee may decide task {task_id}.")
+    if row.locked_by_batch_id is not None and row.locked_by_batch_id != batch_id:
+        return _fail("locked", f"Task {task_id} is locked by batch {row.locked_by_batch_id}.")
+    return None
+
+
 class _DefinitionCache:
     """Definitions never change (a new version is a new row), so rules are cached."""
 
@@ -165,10 +184,12 @@ async def approve_tasks(
             await session.scalars(select(User.id).where(User.id.in_(wanted_assignees)))
         )
 
+    actor_role = await session.scalar(select(User.role).where(User.id == actor_id))
     plan = _Plan(
         definitions=definitions,
         now=utcnow(),
         actor_id=actor_id,
+        actor_is_admin=actor_role == "admin",
         batch_id=batch_id,
         known_users=known_users,
     )
@@ -184,6 +205,7 @@ class _Plan:
     definitions: _DefinitionCache
     now: Any
     actor_id: int
+    actor_is_admin: bool
     batch_id: int | None
     known_users: set[int]
     seen: set[int] = field(default_factory=set)
@@ -197,14 +219,15 @@ class _Plan:
         if tid in self.seen:
             return Outcome("ignored", f"Task {tid} appears twice; it was decided once.")
         self.seen.add(tid)
-        if row is None:
-            return _fail("not_found", f"Task {tid} does not exist.")
-        if row.task_status != "pending":
-            return Outcome("ignored", f"Task {tid} is already {row.task_status}.")
-        if row.locked_by_batch_id is not None and row.locked_by_batch_id != self.batch_id:
-            return _fail("locked", f"Task {tid} is locked by batch {row.locked_by_batch_id}.")
-        if row.assignee_id != self.actor_id:
-            return _fail("forbidden", f"Only the assignee may decide task {tid}.")
+        gate = task_gate(
+            tid,
+            row,
+            actor_id=self.actor_id,
+            actor_is_admin=self.actor_is_admin,
+            batch_id=self.batch_id,
+        )
+        if gate is not None:
+            return gate
         if row.instance_status != "active":
             return _fail(
                 "conflict", f"The process of task {tid} is {row.instance_status}, not active."

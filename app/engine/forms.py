@@ -4,6 +4,8 @@ validation and (later) the Excel template."""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -87,27 +89,53 @@ def is_empty(value: Any) -> bool:
     return value is None or value == "" or value == []
 
 
+NUMBER_MAX = 2**63 - 1
+"""The largest magnitude a number field holds (a BIGINT), so every backend, the Excel
+round trip and a later SQL cast can store and compare it exactly."""
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _check_number(label: str, value: Any) -> tuple[bool, Any, str]:
+    """A JSON number or numeric text → int (when whole) or float. NaN, ±Infinity, text
+    that overflows a float ("1e999") and magnitudes beyond ``NUMBER_MAX`` are refused
+    here: PostgreSQL cannot store NaN/Infinity in JSON, and they would fail later."""
+    number: int | float
+    if isinstance(value, bool):
+        return False, None, f"{label} must be a number"
+    if isinstance(value, (int, float)):
+        number = value
+    else:
+        text = str(value).strip()
+        if len(text) > 100:
+            return False, None, f"{label} must be a number"
+        try:
+            number = int(text) if _INTEGER.fullmatch(text) else float(text)
+        except ValueError:
+            return False, None, f"{label} must be a number"
+        if isinstance(number, float) and math.isfinite(number) and number.is_integer():
+            number = int(number)
+    if isinstance(number, float) and not math.isfinite(number):
+        return False, None, f"{label} must be a finite number"
+    if abs(number) > NUMBER_MAX:
+        return False, None, f"{label} must be between -{NUMBER_MAX} and {NUMBER_MAX}"
+    return True, number, ""
+
+
 def check_value(spec: dict[str, Any], value: Any) -> tuple[bool, Any, str]:
     """Validate and normalise one value. Returns (ok, normalised value, error message)."""
     label = spec.get("label") or spec["name"]
     kind = spec.get("type", "text")
     if is_empty(value):
         return True, None, ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False, None, f"{label} must be a finite number"
     options = [str(o) for o in spec.get("options") or []]
     if kind == "text":
         if isinstance(value, (dict, list)):
             return False, None, f"{label} must be text"
         return True, str(value), ""
     if kind == "number":
-        if isinstance(value, bool):
-            return False, None, f"{label} must be a number"
-        if isinstance(value, (int, float)):
-            return True, value, ""
-        try:
-            number = float(str(value).strip())
-        except ValueError:
-            return False, None, f"{label} must be a number"
-        return True, int(number) if number.is_integer() else number, ""
+        return _check_number(label, value)
     if kind == "date":
         if isinstance(value, datetime):
             return True, value.date().isoformat(), ""

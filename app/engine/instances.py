@@ -13,7 +13,7 @@ from app.engine.definitions import latest_definition
 from app.engine.forms import FieldError, check_value
 from app.engine.logs import write_process_logs
 from app.engine.queries import get_visible_instance
-from app.errors import ValidationFailed
+from app.errors import ValidationFailed, join_messages
 from app.models import ProcessDefinition, ProcessInstance, ProcessLog, Task, User
 
 
@@ -73,7 +73,7 @@ async def start_instance(
     clean, errors = check_initial_form(definition, form_data or {})
     if errors:
         raise ValidationFailed(
-            "; ".join(e.message for e in errors), fields=[e.as_dict() for e in errors]
+            join_messages([e.message for e in errors]), fields=[e.as_dict() for e in errors]
         )
     first = definition.nodes[0]
     now = utcnow()

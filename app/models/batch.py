@@ -10,9 +10,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, BigId, JsonType, UTCDateTime, utcnow
 
-FINAL_BATCH_STATUSES = ("completed", "cancelled", "aborted")
-FINISHED_DETAIL_STATUSES = ("success", "failed", "ignored", "cancelled")
-
 
 class Batch(Base):
     __tablename__ = "batches"
@@ -33,6 +30,9 @@ class Batch(Base):
     source: Mapped[str] = mapped_column(String(8), default="api")
     is_single: Mapped[bool] = mapped_column(default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    """sha256 of the create request behind ``idempotency_key`` (same key, other request
+    → 422 IdempotencyKeyReused)."""
     total: Mapped[int] = mapped_column(default=0)
     success: Mapped[int] = mapped_column(default=0)
     failed: Mapped[int] = mapped_column(default=0)

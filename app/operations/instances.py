@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
@@ -20,7 +20,8 @@ from app.db.bulk import id_in
 from app.engine.approval import Outcome
 from app.engine.logs import write_process_logs
 from app.engine.permissions import Operator, load_operator
-from app.models import ProcessInstance
+from app.engine.queries import instance_visibility_clause
+from app.models import ProcessInstance, User
 from app.operations.registry import BatchRun, BulkSql, Operation, WorkItem, register
 
 _MOVE = """
@@ -56,12 +57,20 @@ class InstanceTransition(Operation):
             moved = await self._move_in_one_statement(session, run, operator, ids)
         rest = [i for i in ids if i not in moved]
         rows: dict[int, Any] = {}
-        if rest:
+        creator = await session.get(User, run.creator_id) if rest else None
+        if rest and creator is not None:
+            # An instance the creator cannot see is reported exactly like a missing one.
+            visible = (true() if creator.is_admin else instance_visibility_clause(creator)).label(
+                "visible"
+            )
             rows = {
                 r.id: r
                 for r in await session.execute(
                     select(
-                        ProcessInstance.id, ProcessInstance.definition_key, ProcessInstance.status
+                        ProcessInstance.id,
+                        ProcessInstance.definition_key,
+                        ProcessInstance.status,
+                        visible,
                     )
                     .where(id_in(session, ProcessInstance.id, rest))
                     .order_by(ProcessInstance.id)
@@ -88,7 +97,7 @@ class InstanceTransition(Operation):
 
     def _decide(self, operator: Operator | None, item_id: int, row: Any) -> Outcome:
         """Why an item did (not) move — or ``success`` if it may move now."""
-        if row is None:
+        if row is None or not row.visible:
             return Outcome("failed", f"Process {item_id} does not exist.", "not_found")
         if operator is None or not operator.may_operate(row.definition_key):
             return Outcome(

@@ -9,13 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine.approval import ApprovalInput, Outcome, approve_tasks
 from app.operations.registry import BatchRun, Operation, WorkItem, register
-from app.schemas.common import Id, StrictModel
+from app.schemas.common import FormBag, Id, StrictModel
 
 
 class ApproveParams(StrictModel):
     decision: Literal["approve", "reject"] = "approve"
     comment: str | None = Field(default=None, max_length=2000)
-    form_data: dict[str, Any] = Field(default_factory=dict)
+    form_data: FormBag = Field(default_factory=dict)
     next_assignee_id: Id | None = None
 
 

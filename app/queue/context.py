@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.db.unit_of_work import unit_of_work
 from app.queue.backend import QueueBackend
 from app.queue.progress import LocalProgressBus
 
@@ -22,3 +24,7 @@ class JobContext:
     """The coroutine cap: at most ``BATCH_MAX_CONCURRENCY`` chunks in flight per process."""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     """Set on shutdown: executors finish their chunk and stop claiming."""
+
+    def unit(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """One unit of work: commit, then send the wake-ups it requested."""
+        return unit_of_work(self.sessionmaker, self.queue)

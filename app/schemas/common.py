@@ -1,6 +1,6 @@
 """Shapes shared by every resource: the paginated list, the error body, the strict
 request base, and id/text bounds that keep unstorable input a 422 instead of a 500
-(ids beyond BIGINT, NUL characters, NaN)."""
+(ids beyond BIGINT, NUL characters, NaN, text over 10 000 characters, oversized forms)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import math
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
 
@@ -16,6 +24,12 @@ ID_MAX = 2**63 - 1
 """The largest value a BIGINT column holds: a bigger id is a 422, never a driver error."""
 NO_NUL = r"^[^\x00]*$"
 """``pattern=`` for query/path strings: PostgreSQL text cannot hold NUL characters."""
+TEXT_MAX = 10_000
+"""The longest text value accepted anywhere in a JSON request body (DESIGN.md §4)."""
+PAGE_SIZE_MAX = 1000
+"""The largest ``page_size`` of any list (``BATCH_MAX_PAGE_SIZE`` may only lower it)."""
+FORM_KEYS_MAX = 200
+"""The most keys a ``form_data`` / ``variables`` object may hold (DESIGN.md §4)."""
 
 Id = Annotated[int, Field(ge=1, le=ID_MAX)]
 DbInt = Annotated[int, Field(ge=-ID_MAX, le=ID_MAX)]
@@ -31,23 +45,78 @@ KeywordQuery = Annotated[
 
 
 def unstorable(value: Any) -> str | None:
-    """Why a JSON value cannot be stored on every backend (NUL in text, NaN/Infinity),
-    or None. Python's JSON parser accepts both; PostgreSQL rejects them with a 500."""
+    """Why a JSON value cannot be stored on every backend, or None: NUL in text and
+    NaN/Infinity (Python's JSON parser accepts both; PostgreSQL rejects them with a
+    500), and text over ``TEXT_MAX`` characters (DESIGN.md §4: a 422, wherever it is).
+    A problem below the top level names where it is (``"note: …"``)."""
+    found = _problem(value)
+    if found is None:
+        return None
+    path, problem = found
+    return f"{'.'.join(path)}: {problem}" if path else problem
+
+
+def _problem(value: Any) -> tuple[list[str], str] | None:
     if isinstance(value, str):
-        return "text must not contain NUL characters" if "\x00" in value else None
+        if len(value) > TEXT_MAX:
+            return [], f"text may be at most {TEXT_MAX} characters, got {len(value)}"
+        return ([], "text must not contain NUL characters") if "\x00" in value else None
     if isinstance(value, float):
-        return None if math.isfinite(value) else "numbers must be finite"
+        return None if math.isfinite(value) else ([], "numbers must be finite")
     if isinstance(value, dict):
         for key, item in value.items():
-            problem = unstorable(key) or unstorable(item)
-            if problem:
-                return problem
+            found = _problem(key)
+            if found is not None:
+                return found[0], f"a key: {found[1]}"
+            found = _problem(item)
+            if found is not None:
+                return [str(key), *found[0]], found[1]
     elif isinstance(value, (list, tuple)):
-        for item in value:
-            problem = unstorable(item)
-            if problem:
-                return problem
+        for index, item in enumerate(value):
+            if type(item) is int:  # the common case (1M ids): nothing to check
+                continue
+            found = _problem(item)
+            if found is not None:
+                return [str(index), *found[0]], found[1]
     return None
+
+
+def _few_keys(value: Any) -> Any:
+    """Refuse an oversized bag before its keys are validated one by one, so 100 000
+    unknown keys give one short error instead of 100 000."""
+    if isinstance(value, dict) and len(value) > FORM_KEYS_MAX:
+        raise PydanticCustomError(
+            "too_many_keys",
+            "may hold at most {limit} fields, got {count}",
+            {"limit": FORM_KEYS_MAX, "count": len(value)},
+        )
+    return value
+
+
+def _storable_value(value: Any) -> Any:
+    """One form value: the same rules as ``unstorable``, reported under its key."""
+    problem = unstorable(value)
+    if problem is None:
+        return value
+    if problem == "numbers must be finite":
+        raise PydanticCustomError("finite_number", "must be a finite number")
+    raise PydanticCustomError("unstorable", problem)
+
+
+FormValue = Annotated[Any, AfterValidator(_storable_value)]
+FormBag = Annotated[
+    dict[str, FormValue],
+    BeforeValidator(_few_keys),
+    Field(
+        description=(
+            f"Form field name → value; at most {FORM_KEYS_MAX} fields, text at most "
+            f"{TEXT_MAX} characters, numbers finite."
+        ),
+        json_schema_extra={"maxProperties": FORM_KEYS_MAX},
+    ),
+]
+"""``form_data`` / ``variables`` of a request: at most ``FORM_KEYS_MAX`` keys, every
+value storable; a problem is a 422 located at the key (``form_data.amount``)."""
 
 
 class StrictModel(BaseModel):
@@ -105,14 +174,17 @@ def validate_part(model: type[M], raw: Any, *, part: str, what: str) -> M:
     chosen at run time; errors become a 422 whose field locations start with ``part``."""
     from pydantic import ValidationError
 
-    from app.errors import ValidationFailed
+    from app.errors import MAX_LISTED_ERRORS, ValidationFailed, join_messages
 
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
         fields = [
             {"loc": [part, *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors()
+            for e in errors[:MAX_LISTED_ERRORS]
         ]
-        detail = "; ".join(f"{'.'.join(f['loc'][1:]) or part}: {f['msg']}" for f in fields)
+        messages = [f"{'.'.join(f['loc'][1:]) or part}: {f['msg']}" for f in fields]
+        messages += [""] * (len(errors) - len(fields))  # counted as "and N more"
+        detail = join_messages(messages)
         raise ValidationFailed(f"{what}: {detail}", fields=fields) from None

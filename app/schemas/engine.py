@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import DbInt, Id, StrictModel
+from app.schemas.common import DbInt, FormBag, Id, StrictModel
 
 Role = Literal["admin", "user"]
 FieldType = Literal["text", "number", "date", "select", "multiselect", "bool"]
@@ -150,7 +150,7 @@ class InstanceCreate(StrictModel):
         default=None, description="Defaults to the caller's department."
     )
     business_key: str | None = Field(default=None, max_length=200)
-    form_data: dict[str, Any] = Field(default_factory=dict)
+    form_data: FormBag = Field(default_factory=dict)
 
 
 class InstanceOut(OrmModel):
@@ -177,7 +177,7 @@ class InstanceDetail(InstanceOut):
 class ApproveRequest(StrictModel):
     decision: Decision
     comment: str | None = Field(default=None, max_length=10_000)
-    form_data: dict[str, Any] | None = None
+    form_data: FormBag | None = None
     next_assignee_id: Id | None = None
 
 

@@ -1,0 +1,200 @@
+"""The one owner of batch and detail state (DESIGN.md §2, §6).
+
+Everything that decides *which status a batch may move to*, *what an exhausted item
+is*, *how the batch row is locked* and *what must be woken up for a batch in a given
+state* lives here; services, jobs and crons ask this module instead of repeating
+tuples of status strings.
+
+State machine (``TRANSITIONS``)::
+
+    scheduled ──► created ──► seeding ──► running ──► completed
+        │            │           │  ▲        │  ▲         │
+        │            │           ▼  │        ▼  │ retry   │ retry
+        │            └──────► suspended ◄────┘  └─────────┘ (also from aborted)
+        │                        │
+        └──── any non-final ─────┴──► cancelled      running/seeding ──► aborted
+
+Every non-final state has a way forward that needs nothing but the database: the
+recovery cron (and the embedded start-up) call ``wakeups`` for the state a batch is
+in, and the jobs it names move the batch on. A state with nothing to wake
+(``suspended`` after seeding, ``scheduled`` before its time) waits for a person or for
+the clock; no job polls it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.db.base import utcnow
+from app.errors import Conflict
+from app.models import Batch
+from app.queue.backend import Wakeup
+
+
+class BatchStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    CREATED = "created"
+    SEEDING = "seeding"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    ABORTED = "aborted"
+
+
+class DetailStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    IGNORED = "ignored"
+    CANCELLED = "cancelled"
+
+
+S = BatchStatus
+
+FINAL: frozenset[BatchStatus] = frozenset({S.COMPLETED, S.CANCELLED, S.ABORTED})
+STARTING: frozenset[BatchStatus] = frozenset({S.CREATED, S.SEEDING})
+"""Not yet running: details are still being made (or about to be)."""
+RUNNABLE: frozenset[BatchStatus] = frozenset({S.SEEDING, S.RUNNING})
+"""Executors claim chunks only in these states."""
+SUSPENDABLE: frozenset[BatchStatus] = frozenset({S.SCHEDULED, S.CREATED, S.SEEDING, S.RUNNING})
+FINISHED_DETAILS: frozenset[DetailStatus] = frozenset(
+    {DetailStatus.SUCCESS, DetailStatus.FAILED, DetailStatus.IGNORED, DetailStatus.CANCELLED}
+)
+
+TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
+    S.SCHEDULED: frozenset({S.CREATED, S.SUSPENDED, S.CANCELLED}),
+    S.CREATED: frozenset({S.SEEDING, S.RUNNING, S.COMPLETED, S.SUSPENDED, S.CANCELLED}),
+    S.SEEDING: frozenset({S.RUNNING, S.SUSPENDED, S.CANCELLED, S.ABORTED}),
+    S.RUNNING: frozenset({S.COMPLETED, S.SUSPENDED, S.CANCELLED, S.ABORTED}),
+    S.SUSPENDED: frozenset({S.SEEDING, S.RUNNING, S.CANCELLED}),
+    # A retry puts failed items back to pending: the batch runs again.
+    S.COMPLETED: frozenset({S.RUNNING}),
+    S.ABORTED: frozenset({S.RUNNING}),
+    S.CANCELLED: frozenset(),
+}
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL
+
+
+def may_move(source: str, target: BatchStatus) -> bool:
+    return target in TRANSITIONS.get(BatchStatus(source), frozenset())
+
+
+def sources_of(target: BatchStatus) -> list[str]:
+    """Every status that may move to ``target`` — for conditional UPDATEs."""
+    return sorted(s.value for s, targets in TRANSITIONS.items() if target in targets)
+
+
+def move(batch: Batch, target: BatchStatus, *, why: str = "") -> None:
+    """Move a loaded (and row-locked, see ``lock_batch``) batch to ``target``, with the
+    timestamps that go with it; raises ``Conflict`` for a move the table forbids."""
+    if not may_move(batch.status, target):
+        reason = f" {why}" if why else ""
+        raise Conflict(f"Batch {batch.id} is {batch.status}; it cannot become {target}.{reason}")
+    now = utcnow()
+    batch.status = target.value
+    if target in RUNNABLE and batch.started_at is None:
+        batch.started_at = now
+    if target in FINAL:
+        batch.finished_at = now
+    elif batch.finished_at is not None:
+        batch.finished_at = None  # run again (retry)
+    touch(batch, now)
+
+
+def touch(batch: Batch, now: Any = None) -> None:
+    """Heartbeat and progress sequence: every visible change bumps both."""
+    batch.updated_at = now or utcnow()
+    batch.progress_seq += 1
+
+
+async def lock_batch(session: AsyncSession, batch_id: int) -> Batch | None:
+    """Re-read the batch under a row lock before changing its counters or status.
+
+    Lock order everywhere: detail rows and items first, the batch row last (the
+    executor does the same), so a lifecycle action never deadlocks with a chunk."""
+    batch: Batch | None = await session.scalar(
+        select(Batch)
+        .where(Batch.id == batch_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return batch
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def is_exhausted(retry_count: int, max_retries: int) -> bool:
+    """A failed item that has used up its retries: never retried again, lock released."""
+    return retry_count >= max_retries
+
+
+def retryable(retry_count: Any, max_retries: Any) -> ColumnElement[bool]:
+    """SQL form of ``not is_exhausted`` (columns or values)."""
+    expr: ColumnElement[bool] = retry_count < max_retries
+    return expr
+
+
+# --------------------------------------------------------------------------- wake-ups
+
+
+def executors_per_batch(settings: Settings) -> int:
+    """Parallel executors of one batch: one on SQLite (a single writer), else
+    ``jobs_per_batch``."""
+    return 1 if settings.is_sqlite else settings.jobs_per_batch
+
+
+def execution_wakeups(settings: Settings, batch_id: int, priority: str) -> list[Wakeup]:
+    """The executors of a runnable batch, and its monitor."""
+    from app.batches.monitor import monitor_wakeup
+
+    execute = [Wakeup("execute", batch_id, priority)] * executors_per_batch(settings)
+    return [*execute, monitor_wakeup(settings, batch_id, priority)]
+
+
+def wakeups(
+    settings: Settings, batch_id: int, status: str, priority: str, *, seeding_done: bool
+) -> list[Wakeup]:
+    """What moves a batch on *from the state it is in*. Used by create, seed, activate,
+    retry, recovery and the embedded start-up alike, so no state is forgotten."""
+    seed = Wakeup("seed", batch_id, priority)
+    run = execution_wakeups(settings, batch_id, priority)
+    match BatchStatus(status):
+        case S.CREATED:
+            # The seed job starts every batch: it seeds a filter, or moves an id-list
+            # batch (details already written) to running; either way it then wakes
+            # executors and the monitor.
+            return [seed]
+        case S.SEEDING:
+            return [seed, *run]
+        case S.RUNNING:
+            return [*([] if seeding_done else [seed]), *run]
+        case S.SUSPENDED:
+            # Items are still resolved (and locked) while it waits; nothing runs.
+            return [] if seeding_done else [seed]
+        case S.SCHEDULED:
+            # The schedule cron moves it to created when its time comes.
+            return []
+    return []
+
+
+def wakeups_for(settings: Settings, batch: Any) -> list[Wakeup]:
+    """``wakeups`` for a batch row (ORM object or a row with the same attributes)."""
+    return wakeups(
+        settings, batch.id, batch.status, batch.priority, seeding_done=batch.seeding_done
+    )
+
+
+def statuses(values: Iterable[BatchStatus]) -> list[str]:
+    return sorted(v.value for v in values)
