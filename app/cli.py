@@ -32,6 +32,7 @@ from rich.progress import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batches.state import FINAL
 from app.config import Settings, get_settings
 
 T = TypeVar("T")
@@ -280,9 +281,6 @@ async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
             buf.id = value
 
 
-FINAL_STATUSES = {"completed", "cancelled", "aborted"}
-
-
 class WatchError(Exception):
     """A problem that reconnecting cannot fix (bad token, unknown batch, …)."""
 
@@ -338,7 +336,7 @@ async def watch_batch(
                 done = sum(
                     int(b.get(k) or 0) for k in ("success", "failed", "ignored", "cancelled")
                 )
-                final = b.get("status") in FINAL_STATUSES
+                final = b.get("status") in FINAL
                 progress.update(
                     bar,
                     description=_describe(b),
@@ -372,7 +370,7 @@ async def watch_batch(
                             show(batch)
                     reason = "the server closed the stream before the end event"
                     current = await _probe(client, batch_id, headers)
-                    if current is not None and current.get("status") in FINAL_STATUSES:
+                    if current is not None and current.get("status") in FINAL:
                         return finish(current)
                 except WatchError as exc:
                     progress.stop()

@@ -95,7 +95,8 @@ async def test_id_batch_isolates_bad_items(
     by_item = {d["item_id"]: d for d in await details(alice, batch["id"])}
     assert by_item[999_999]["error"] == "Task 999999 does not exist."
     # bob's task is hidden from alice: it fails exactly like a missing one
-    assert by_item[bob_setup.task_ids[0]]["error"] == f"Task {bob_setup.task_ids[0]} does not exist."
+    hidden = bob_setup.task_ids[0]
+    assert by_item[hidden]["error"] == f"Task {hidden} does not exist."
     assert by_item[done_elsewhere]["status"] == "ignored"
     assert all(by_item[i]["status"] == "success" for i in good)
     failed = await details(alice, batch["id"], status="failed")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from app.config import Settings
@@ -24,6 +25,7 @@ FORWARDED = (
     "auto_retry_window",
     "auto_retry_delay",
     "chunk_size",
+    "jobs_per_seed",
 )
 
 
@@ -67,9 +69,72 @@ class WorkerProcess:
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")[-4000:]
 
+    async def ready(self, limit_s: float = 30) -> None:
+        """Wait until the worker serves its queues (its start-up log line)."""
+        for _ in range(int(limit_s * 20)):
+            if "batchd worker serving" in self.output():
+                return
+            if not self.alive:
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"worker did not start; log: {self.output()}")
+
+    async def pause(self) -> None:
+        await pause_process(self.proc)
+
+    def resume(self) -> None:
+        resume_process(self.proc)
+
     def stop(self) -> None:
         if self.alive:
             self.proc.kill()
             self.proc.wait(10)
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- freezing
+# SIGSTOP / SIGCONT let a test stop a real process at a point it chose and look at the
+# database while nothing moves, e.g. to SIGKILL it mid-batch knowing the batch is not done.
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone (or no procfs): nothing more to wait for
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+async def pause_process(proc: subprocess.Popen[bytes], limit_s: float = 5) -> None:
+    """SIGSTOP the process and wait until the kernel reports it stopped."""
+    proc.send_signal(signal.SIGSTOP)
+    for _ in range(int(limit_s * 1000)):
+        if _stopped(proc.pid):
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"process {proc.pid} did not stop on SIGSTOP")
+
+
+def resume_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGCONT)
+
+
+async def run_in_slices(
+    proc: subprocess.Popen[bytes],
+    until: Callable[[], Awaitable[bool]],
+    *,
+    slice_s: float = 0.02,
+    limit_s: float = 60,
+) -> None:
+    """Let a paused process run in short slices (SIGCONT, ``slice_s``, SIGSTOP) until
+    ``until()`` holds, checked only while it is stopped; returns with it stopped."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not await until():
+        if proc.poll() is not None:
+            raise AssertionError(f"process {proc.pid} exited with {proc.returncode}")
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"process {proc.pid}: condition not reached in {limit_s}s")
+        resume_process(proc)
+        await asyncio.sleep(slice_s)
+        await pause_process(proc)
