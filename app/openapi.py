@@ -100,7 +100,7 @@ def truthful(document: dict[str, Any], routes: list[APIRoute]) -> dict[str, Any]
 
     calls: dict[tuple[str, str], set[Any]] = {}
     for route in routes:
-        for method in route.methods:
+        for method in route.methods or ():
             key = (route.path_format, method.lower())
             calls[key] = {dep.call for dep in _dependencies(route.dependant)}
     for path, operations in document.get("paths", {}).items():

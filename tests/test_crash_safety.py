@@ -104,9 +104,9 @@ async def start_batch(alice: Actor, chunk_size: int = 20) -> dict[str, Any]:
     )
 
 
-async def finish(alice: Actor, batch_id: int) -> None:
+async def finish(alice: Actor, batch_id: int, n: int = N) -> None:
     done = await wait_for(alice, batch_id, limit_s=120)
-    assert (done["status"], done["success"], done["failed"]) == ("completed", N, 0), done
+    assert (done["status"], done["success"], done["failed"]) == ("completed", n, 0), done
 
 
 @dataclass
@@ -302,7 +302,8 @@ async def test_embedded_server_restart_mid_batch(
     """Stop the API (and its runner) mid-batch, start a new one on the same file."""
     import httpx
 
-    setup = await expense_setup(sessionmaker, admin, alice, bob, N)
+    n = 4 * N  # enough work that the first life is still busy when the test stops it
+    setup = await expense_setup(sessionmaker, admin, alice, bob, n)
     second_life = create_app(settings)
     first_life = create_app(settings)
     async with first_life.router.lifespan_context(first_life):
@@ -317,9 +318,9 @@ async def test_embedded_server_restart_mid_batch(
                 BatchDetail.batch_id == batch["id"], BatchDetail.status == "success"
             )
         )
-    assert stopped is not None and 0 < stopped < N
+    assert stopped is not None and 0 < stopped < n
     async with second_life.router.lifespan_context(second_life):
         transport = httpx.ASGITransport(app=second_life)
         async with httpx.AsyncClient(transport=transport, base_url="http://b") as c:
-            await finish(Actor(alice.id, alice.token, c), batch["id"])
+            await finish(Actor(alice.id, alice.token, c), batch["id"], n)
     await assert_applied_exactly_once(sessionmaker, setup.task_ids, batch["id"])

@@ -21,7 +21,15 @@ from app.db.base import utcnow
 from app.db.bulk import id_in, insert_rows, update_rows
 from app.engine.forms import NodeRules, find_node
 from app.engine.logs import write_process_logs
-from app.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
+from app.errors import (
+    MAX_LISTED_ERRORS,
+    AppError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+    join_messages,
+)
 from app.models import ProcessDefinition, ProcessInstance, Task, User
 
 DECISIONS = ("approve", "reject")
@@ -248,7 +256,9 @@ class _Plan:
             form_data, errors = rules.merge(form_data, update)
             if errors:
                 return _fail(
-                    "invalid", "; ".join(e.message for e in errors), [e.as_dict() for e in errors]
+                    "invalid",
+                    join_messages([e.message for e in errors]),
+                    [e.as_dict() for e in errors[:MAX_LISTED_ERRORS]],
                 )
             patch = {name: form_data[name] for name in update}
             if item.next_assignee_id is not None and item.next_assignee_id not in self.known_users:
