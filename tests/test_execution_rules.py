@@ -22,6 +22,7 @@ from app.operations.registry import (
     WorkItem,
     register,
 )
+from app.operations.targets import INSTANCES
 from tests.batch_helpers import create, details, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor
 
@@ -33,7 +34,7 @@ class PoisonableOperation(Operation):
     (a real database error: a NOT NULL violation), like one bad row in a bulk write."""
 
     type = "test.poisonable"
-    target = "instance"
+    target = INSTANCES
 
     async def apply(
         self, session: AsyncSession, run: BatchRun, items: list[WorkItem]

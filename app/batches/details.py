@@ -10,7 +10,6 @@ from typing import Any, cast
 from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import locks
 from app.batches.state import DetailStatus
 from app.db.base import utcnow
 from app.db.bulk import insert_rows, update_rows
@@ -43,12 +42,12 @@ async def create_details(
     payloads: Sequence[dict[str, Any] | None] | None = None,
 ) -> Seeded:
     """Insert one detail per item: pending, with its item locked for a locking
-    operation — or, for an item the creator may not lock (``locks.acquire``), already
+    operation — or, for an item the creator may not lock (``ItemLock.acquire``), already
     decided (failed or ignored) with the reason."""
     decided: Counter[str] = Counter()
     for start in range(0, len(item_ids), INSERT_PAGE):
         page = item_ids[start : start + INSERT_PAGE]
-        refused = await locks.acquire(session, batch.id, creator, page) if op.locks_items else {}
+        refused = await op.lock.acquire(session, batch.id, creator, page) if op.lock else {}
         now = utcnow()
         values = []
         for offset, item_id in enumerate(page):
@@ -92,7 +91,7 @@ async def create_details_from(
             literal(batch.id, BigInteger), sub.c.id, literal("pending"), literal(0, BigInteger)
         ).order_by(sub.c.id),
     )
-    if not op.locks_items:
+    if op.lock is None:
         ins = insert_page.returning(_details.c.item_id).cte("ins")
         count, last = (await session.execute(select(func.count(), func.max(ins.c.item_id)))).one()
         return Seeded(int(count), last)
@@ -100,7 +99,7 @@ async def create_details_from(
         await session.execute(insert_page.returning(_details.c.id, _details.c.item_id))
     ).all()
     detail_of = {item_id: detail_id for detail_id, item_id in inserted}
-    refused = await locks.acquire(session, batch.id, creator, list(detail_of))
+    refused = await op.lock.acquire(session, batch.id, creator, list(detail_of))
     await update_rows(
         session,
         _details,

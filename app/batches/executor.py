@@ -30,7 +30,7 @@ from sqlalchemy import Integer, Table, column, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import locks, monitor, state
+from app.batches import monitor, state
 from app.batches.state import RUNNABLE, DetailStatus
 from app.db.base import utcnow
 from app.db.bulk import id_in, update_rows
@@ -280,7 +280,7 @@ async def _record(
         ],
         constants={"finished_at": now},
     )
-    if chunk.op.locks_items:
+    if chunk.op.lock is not None:
         # A successful item's own state change released its lock; ignored and exhausted
         # items give theirs up here.
         done = [
@@ -292,7 +292,7 @@ async def _record(
                 and state.is_exhausted(chunk.retry_counts[item.detail_id], chunk.max_retries)
             )
         ]
-        await locks.release(session, batch_id, done)
+        await chunk.op.lock.release(session, batch_id, done)
     counts = Counter(o.status for o in outcomes)
     counts["success"] += applied
     row = (

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, locks
+from app.batches import details
 from app.batches.state import RUNNABLE, BatchStatus, DetailStatus, lock_batch, may_move, move
 from app.config import Settings
 from app.db.base import utcnow
@@ -116,8 +116,9 @@ async def finish(
     ).one_or_none()
     if head is None:
         return False
-    if get_operation(head.type).locks_items:
-        await locks.release_all(session, batch_id, keep_retryable_of=head.max_retries)
+    lock = get_operation(head.type).lock
+    if lock is not None:
+        await lock.release_all(session, batch_id, keep_retryable_of=head.max_retries)
     batch = await lock_batch(session, batch_id)
     if batch is None or not may_move(batch.status, status):
         return False

@@ -17,7 +17,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, locks, state, targets
+from app.batches import details, locks, state
 from app.batches.state import RUNNABLE, STARTING, BatchStatus
 from app.db.base import utcnow
 from app.models import Batch, BatchDetail, User
@@ -96,8 +96,7 @@ async def seed_page(ctx: JobContext, batch_id: int) -> SeededPage | None:
         assert creator is not None
         cursor = batch.seed_cursor
         page_size = min(batch.chunk_size * ctx.settings.jobs_per_seed, MAX_PAGE)
-        page = targets.page_after(
-            op.target,
+        page = op.target.page_after(
             creator,
             batch.filter or {},
             after=cursor,

@@ -15,7 +15,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, locks, state, targets
+from app.batches import details, locks, state
 from app.batches.state import BatchStatus, DetailStatus
 from app.config import Settings
 from app.db.base import utcnow
@@ -63,8 +63,8 @@ async def create_batch(
         total = len(ids)
     else:
         assert req.filter is not None
-        flt = targets.parse_filter(op.target, req.filter)
-        total, seed_until = await targets.count_matching(session, op.target, user, flt)
+        flt = op.target.parse_filter(req.filter)
+        total, seed_until = await op.target.count(session, user, flt)
     if total > settings.max_items:
         raise TooLarge(f"This batch would hold {total} items; the limit is {settings.max_items}.")
 
@@ -266,8 +266,8 @@ async def cancel(
             .where(BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED)
             .values(retry_count=batch.max_retries)
         )
-    if op.locks_items:
-        await locks.release_all(session, batch.id)
+    if op.lock is not None:
+        await op.lock.release_all(session, batch.id)
     await write_action_log(
         session, user.id, "batch.purged" if cascade else "batch.cancelled", batch_id=batch.id
     )
@@ -339,8 +339,8 @@ async def retry(
         await session.execute(select(BatchDetail.item_id, BatchDetail.retry_count).where(*clauses))
     ).all()
     exhausted = [i for i, n in failed if state.is_exhausted(n, batch.max_retries)]
-    if op.locks_items:
-        await locks.release(session, batch.id, exhausted)
+    if op.lock is not None:
+        await op.lock.release(session, batch.id, exhausted)
     # The conditional UPDATE is the source of truth for what was requeued.
     requeued = list(
         await session.scalars(
@@ -355,10 +355,10 @@ async def retry(
             .returning(BatchDetail.item_id)
         )
     )
-    if requeued and op.locks_items:
+    if requeued and op.lock is not None:
         creator = await session.get(User, batch.creator_id)
         assert creator is not None
-        await locks.acquire(session, batch.id, creator, requeued)
+        await op.lock.acquire(session, batch.id, creator, requeued)
     locked = await state.lock_batch(session, batch.id)
     assert locked is not None
     if requeued:

@@ -23,6 +23,7 @@ from app.engine.permissions import Operator, load_operator
 from app.engine.queries import instance_visibility_clause
 from app.models import ProcessInstance, User
 from app.operations.registry import BatchRun, BulkSql, Operation, WorkItem, register
+from app.operations.targets import INSTANCES
 
 _MOVE = """
 applied AS (
@@ -42,7 +43,7 @@ applied AS (
 class InstanceTransition(Operation):
     """Move instances from one of ``sources`` to ``to_state``; already there → ignored."""
 
-    target = "instance"
+    target = INSTANCES
     sources: ClassVar[tuple[str, ...]]
     to_state: ClassVar[str]
     verb: ClassVar[str]

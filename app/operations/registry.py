@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine.approval import Outcome
 from app.errors import ValidationFailed
+from app.operations.locks import ItemLock
+from app.operations.targets import Target
 from app.schemas.common import StrictModel, validate_part
 
 
@@ -53,14 +55,16 @@ class BulkSql:
 
 
 class Operation(abc.ABC):
+    """Everything about one batch type: its name, params, target, lock and effect."""
+
     type: ClassVar[str]
-    target: ClassVar[str]
-    """``task`` or ``instance``: which table item ids point into (and which filter applies)."""
+    target: ClassVar[Target]
+    """Which table item ids point into, which filter selects them, how they are paged."""
     Params: ClassVar[builtins.type[BaseModel]] = NoParams
-    locks_items: ClassVar[bool] = False
-    """Whether details lock their items (``tasks.locked_by_batch_id``) while the batch runs.
-    Such an operation clears the lock of every item it applies successfully (in the same
-    statement that changes the item); the executor releases the others."""
+    lock: ClassVar[ItemLock | None] = None
+    """The lock details hold on their items while the batch runs, if any. Such an
+    operation clears the lock of every item it applies successfully (in the same
+    statement that changes the item); the batch engine releases the others."""
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """422 with field errors before anything is written."""

@@ -8,7 +8,9 @@ from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine.approval import ApprovalInput, Outcome, approve_tasks
+from app.operations.locks import TASK_LOCK
 from app.operations.registry import BatchRun, Operation, WorkItem, register
+from app.operations.targets import TASKS
 from app.schemas.common import FormBag, Id, StrictModel
 
 
@@ -21,9 +23,9 @@ class ApproveParams(StrictModel):
 
 class ApproveTasks(Operation):
     type = "task.approve"
-    target = "task"
+    target = TASKS
     Params = ApproveParams
-    locks_items = True
+    lock = TASK_LOCK
 
     async def apply(
         self, session: AsyncSession, run: BatchRun, items: list[WorkItem]

@@ -1,0 +1,83 @@
+"""What an operation acts on: a target says which table its item ids point into, which
+filter a batch may use to select them, and how a filter is counted and paged through
+(in id order) while seeding. An operation names its target; the batch engine never
+asks which one it is."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.engine.queries import instance_filter_clauses, task_filter_clauses
+from app.models import ProcessInstance, Task, User
+from app.schemas.batch import InstanceFilter, TaskFilter
+from app.schemas.common import validate_part
+
+
+class Target(abc.ABC):
+    name: ClassVar[str]
+    """``task`` or ``instance``: also the word item errors use ("Task 7 …")."""
+    Filter: ClassVar[type[BaseModel]]
+    """The filter a batch of this target accepts (validated at creation)."""
+    id_column: ClassVar[Any]
+
+    def parse_filter(self, raw: dict[str, Any]) -> dict[str, Any]:
+        model = validate_part(self.Filter, raw, part="filter", what="Invalid filter")
+        return model.model_dump(mode="json", exclude_none=True)
+
+    @abc.abstractmethod
+    def matching(self, creator: User, flt: dict[str, Any]) -> Select[Any]:
+        """``SELECT <item id>`` of everything the filter matches for this creator."""
+
+    async def count(
+        self, session: AsyncSession, creator: User, flt: dict[str, Any]
+    ) -> tuple[int, int]:
+        """(how many items match, the highest matching id) — one indexed query."""
+        sub = self.matching(creator, flt).subquery()
+        row = (await session.execute(select(func.count(), func.max(sub.c.id)))).one()
+        return int(row[0]), int(row[1] or 0)
+
+    def page_after(
+        self, creator: User, flt: dict[str, Any], *, after: int, until: int, limit: int
+    ) -> Select[Any]:
+        """``SELECT`` the next page of matching ids in (after, until], ascending."""
+        col = type(self).id_column  # via the class: an ORM attribute is a descriptor
+        return (
+            self.matching(creator, flt).where(col > after, col <= until).order_by(col).limit(limit)
+        )
+
+
+class Tasks(Target):
+    """A task filter selects the creator's own pending tasks."""
+
+    name = "task"
+    Filter = TaskFilter
+    id_column = Task.id
+
+    def matching(self, creator: User, flt: dict[str, Any]) -> Select[Any]:
+        clauses = task_filter_clauses(creator, status="pending", assignee_id=creator.id, **flt)
+        return (
+            select(Task.id)
+            .join(ProcessInstance, ProcessInstance.id == Task.instance_id)
+            .where(*clauses)
+        )
+
+
+class Instances(Target):
+    """An instance filter selects the instances the creator can see; whether they may
+    operate on each is checked per item at execution."""
+
+    name = "instance"
+    Filter = InstanceFilter
+    id_column = ProcessInstance.id
+
+    def matching(self, creator: User, flt: dict[str, Any]) -> Select[Any]:
+        return select(ProcessInstance.id).where(*instance_filter_clauses(creator, **flt))
+
+
+TASKS = Tasks()
+INSTANCES = Instances()
