@@ -3,12 +3,15 @@ tasks and logs."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentUser, PageDep, SessionDep
 from app.engine import instances as service
 from app.engine.queries import instance_filter_clauses, list_instances
 from app.schemas.common import (
+    NO_NUL,
     IdPath,
     IntQuery,
     KeyQuery,
@@ -23,9 +26,22 @@ from app.schemas.engine import (
     InstanceStatus,
     ProcessLogOut,
     TaskOut,
+    UtcDatetime,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["instances"])
+
+BusinessKeyQuery = Annotated[
+    str | None, Query(max_length=200, pattern=NO_NUL, description="Exact business key.")
+]
+StartedAfterQuery = Annotated[
+    UtcDatetime | None,
+    Query(description="Created at or after (ISO 8601 with an offset, e.g. 2026-01-01T00:00Z)."),
+]
+StartedBeforeQuery = Annotated[
+    UtcDatetime | None,
+    Query(description="Created strictly before (ISO 8601 with an offset)."),
+]
 
 
 def _detail(detail: service.InstanceDetail) -> InstanceDetail:
@@ -67,15 +83,23 @@ async def list_(
     definition_key: KeyQuery = None,
     keyword: KeywordQuery = None,
     department_id: IntQuery = None,
+    business_key: BusinessKeyQuery = None,
+    started_after: StartedAfterQuery = None,
+    started_before: StartedBeforeQuery = None,
 ) -> Page[InstanceOut]:
     """Visible instances, newest first: a user's own, those they hold a task in, and
-    those of definitions they have a monitor grant for; an admin sees all."""
+    those of definitions they have a monitor grant for; an admin sees all. The filters
+    are the same as an instance batch's ``filter`` (one translation to SQL), so a list
+    shows exactly what a filter batch would select."""
     clauses = instance_filter_clauses(
         user,
         status=status,
         definition_key=definition_key,
         keyword=keyword,
         department_id=department_id,
+        business_key=business_key,
+        started_after=started_after,
+        started_before=started_before,
     )
     rows, total = await list_instances(session, clauses, offset=page.offset, limit=page.page_size)
     return Page[InstanceOut](

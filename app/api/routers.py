@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import batches, definitions, events, health, instances, nodes, tasks, users
+from app.api import archives, batches, definitions, events, health, instances, nodes, tasks, users
 
 ALL: list[APIRouter] = [
     health.router,
@@ -13,6 +13,7 @@ ALL: list[APIRouter] = [
     instances.router,
     tasks.router,
     nodes.router,
+    archives.router,
     batches.router,
     events.router,
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, false, or_, select
@@ -49,6 +50,16 @@ def instance_visibility_clause(user: User) -> ColumnElement[bool]:
     )
 
 
+def as_aware(value: datetime | str) -> datetime:
+    """A filter bound as a datetime: batch filters are stored as JSON, so their
+    ``started_*`` bounds come back as ISO strings. Both were validated on the way in
+    (an offset is required); a naive value here is a programming error."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset")
+    return moment.astimezone(UTC)
+
+
 def instance_filter_clauses(
     user: User | None,
     *,
@@ -56,13 +67,19 @@ def instance_filter_clauses(
     definition_key: str | None = None,
     keyword: str | None = None,
     department_id: int | None = None,
+    business_key: str | None = None,
+    started_after: datetime | str | None = None,
+    started_before: datetime | str | None = None,
     ids: Sequence[int] | None = None,
 ) -> list[ColumnElement[bool]]:
     """WHERE clauses on ``process_instances`` for the instance list / an instance filter.
 
     ``user`` applies the visibility rule (admins see all); ``None`` means no visibility
     restriction (system callers that check permissions per item). ``ids=[]`` matches
-    nothing; ``None`` or blank values do not filter.
+    nothing; ``None`` or blank values do not filter. ``business_key`` is an exact match;
+    ``started_after`` (inclusive) and ``started_before`` (exclusive) bound
+    ``created_at``, so consecutive windows never count an instance twice; they accept a
+    timezone-aware datetime or its ISO 8601 string (a stored batch filter).
     """
     clauses: list[ColumnElement[bool]] = []
     if user is not None and not user.is_admin:
@@ -75,6 +92,12 @@ def instance_filter_clauses(
         clauses.append(keyword_clause(keyword.strip()))
     if department_id is not None:
         clauses.append(ProcessInstance.department_id == department_id)
+    if business_key:
+        clauses.append(ProcessInstance.business_key == business_key)
+    if started_after is not None:
+        clauses.append(ProcessInstance.created_at >= as_aware(started_after))
+    if started_before is not None:
+        clauses.append(ProcessInstance.created_at < as_aware(started_before))
     if ids is not None:
         clauses.append(ProcessInstance.id.in_(list(ids)) if ids else false())
     return clauses

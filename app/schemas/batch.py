@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from app.schemas.common import DbInt, Id, StrictModel
+from app.schemas.engine import UtcDatetime
 
 Priority = Literal["high", "normal", "low"]
 
@@ -28,6 +29,12 @@ class InstanceFilter(StrictModel):
     status: Literal["active", "suspended", "completed", "rejected", "terminated"] | None = None
     keyword: str | None = Field(default=None, max_length=200)
     department_id: DbInt | None = None
+    business_key: str | None = Field(default=None, max_length=200)
+    """Exact match on the instance's business key."""
+    started_after: UtcDatetime | None = None
+    """Instances created at or after this moment (ISO 8601 with an offset)."""
+    started_before: UtcDatetime | None = None
+    """Instances created strictly before this moment (ISO 8601 with an offset)."""
 
 
 class BatchCreate(StrictModel):

@@ -9,10 +9,10 @@ problem is reported at once with its exact location.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.schemas.common import DbInt, FormBag, Id, StrictModel
 
@@ -26,6 +26,21 @@ Decision = Literal["approve", "reject"]
 # Keys and node ids appear in URL paths (/nodes/{key}/{node_id}/view), so keep them plain.
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _to_utc(value: datetime) -> datetime:
+    """Normalise to UTC so a stored filter reads the same whatever offset was sent; a
+    value that leaves the datetime range in UTC (``0001-01-01T00:00+01:00``) is a 422,
+    not an ``OverflowError`` at query time."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a datetime within years 1..9999 in UTC") from None
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+"""An ISO 8601 datetime WITH an offset (a naive one is a 422: its meaning would depend
+on the server's clock), returned in UTC."""
 
 
 class OrmModel(BaseModel):
@@ -208,3 +223,25 @@ class NodeView(BaseModel):
     node_id: str
     node_name: str
     fields: list[NodeFieldView]
+
+
+# --- archives --------------------------------------------------------------------------
+
+
+class ArchiveSummary(OrmModel):
+    """One snapshot taken before an instance was deleted (list item)."""
+
+    id: int
+    instance_id: int
+    definition_key: str
+    deleted_by: int | None = Field(description="The user who deleted the instance.")
+    batch_id: int | None = Field(description="The batch that deleted it, if any.")
+    created_at: datetime
+
+
+class ArchiveDetail(ArchiveSummary):
+    """The summary plus the snapshot exactly as stored."""
+
+    snapshot: dict[str, Any] = Field(
+        description='As archived: {"instance": {…}, "tasks": [{…}], "logs": [{…}]}.'
+    )
