@@ -43,6 +43,7 @@ async def create_batch(
     with created=False."""
     op = get_operation(req.type)
     params = op.validate_params(req.params)
+    await op.check_params(session, params)
     if (req.ids is None) == (req.filter is None):
         raise ValidationFailed(
             "Give exactly one of ids or filter.",

@@ -73,6 +73,13 @@ class Operation(abc.ABC):
         )
         return model.model_dump(mode="json", exclude_none=True)
 
+    async def check_params(  # noqa: B027 - optional hook
+        self, session: AsyncSession, params: dict[str, Any]
+    ) -> None:
+        """Checks of the validated params that need the database (a target version that
+        must exist, say): raise ``ValidationFailed``. Runs at creation, before anything
+        is written."""
+
     @abc.abstractmethod
     async def apply(
         self, session: AsyncSession, run: BatchRun, items: list[WorkItem]

@@ -1,0 +1,156 @@
+"""What every instance operation shares: one chunk is loaded with one query (rows
+locked), each item passes the same gate — exists and is visible to the creator, the
+creator is an admin or holds a monitor grant for its definition (DESIGN.md §2) — then
+the type decides it (``decide``: success, ignored or failed with the reason) and writes
+every success with a few bulk statements (``write``), plus one process log row per
+changed instance naming the batch.
+
+A type subclasses ``InstanceOperation`` and fills in ``decide`` and ``write`` (and
+``prepare`` when it needs more than the instance row, ``fast_path`` for a PostgreSQL
+statement that applies the easy items before anything is loaded). Everything runs on
+both backends; only ``fast_path``/``bulk_sql`` are PostgreSQL-only shortcuts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from sqlalchemy import ColumnElement, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.bulk import id_in
+from app.engine.approval import Outcome
+from app.engine.logs import write_process_logs
+from app.engine.permissions import Operator, load_operator
+from app.engine.queries import instance_visibility_clause
+from app.models import ProcessInstance, User
+from app.operations.registry import BatchRun, Operation, WorkItem
+from app.operations.targets import INSTANCES
+
+ENDED = ("completed", "rejected", "terminated")
+"""Instance states no operation brings back (but delete)."""
+
+BASE_COLUMNS: tuple[Any, ...] = (
+    ProcessInstance.id,
+    ProcessInstance.definition_key,
+    ProcessInstance.definition_id,
+    ProcessInstance.status,
+    ProcessInstance.current_node_id,
+)
+
+
+def failed(message: str, kind: str = "conflict") -> Outcome:
+    return Outcome("failed", message, kind)
+
+
+def ignored(message: str) -> Outcome:
+    return Outcome("ignored", message)
+
+
+SUCCESS = Outcome("success")
+
+
+class InstanceOperation(Operation):
+    target = INSTANCES
+    verb: ClassVar[str]
+    """For "You may not <verb> processes of <key>."."""
+    columns: ClassVar[tuple[Any, ...]] = ()
+    """Instance columns ``decide``/``write`` need beyond ``BASE_COLUMNS``."""
+
+    async def apply(
+        self, session: AsyncSession, run: BatchRun, items: list[WorkItem]
+    ) -> list[Outcome]:
+        operator = await load_operator(session, run.creator_id)
+        ids = sorted({i.item_id for i in items})
+        done = await self.fast_path(session, run, operator, ids) if operator else set()
+        rest = [i for i in ids if i not in done]
+        rows = await self._load(session, run, rest) if rest and operator else {}
+        prepared = await self.prepare(session, run, list(rows.values()))
+        outcomes: list[Outcome] = []
+        todo: list[Any] = []
+        seen: set[int] = set()
+        for item in items:
+            if item.item_id in seen:
+                outcomes.append(ignored(f"Process {item.item_id} is listed twice."))
+                continue
+            seen.add(item.item_id)
+            if item.item_id in done:
+                outcomes.append(SUCCESS)
+                continue
+            row = rows.get(item.item_id)
+            outcome = self._gate(operator, item.item_id, row) or self.decide(run, row, prepared)
+            if outcome.status == "success":
+                todo.append(row)
+            outcomes.append(outcome)
+        if todo:
+            await self.write(session, run, todo, prepared)
+        return outcomes
+
+    async def _load(self, session: AsyncSession, run: BatchRun, ids: list[int]) -> dict[int, Any]:
+        """The chunk's instances, row-locked, each with whether the creator may see it."""
+        creator = await session.get(User, run.creator_id)
+        if creator is None:
+            return {}
+        visible: ColumnElement[bool] = (
+            true() if creator.is_admin else instance_visibility_clause(creator)
+        )
+        result = await session.execute(
+            select(*BASE_COLUMNS, *self.columns, visible.label("visible"))
+            .where(id_in(session, ProcessInstance.id, ids))
+            .order_by(ProcessInstance.id)
+            .with_for_update(of=ProcessInstance)
+        )
+        return {r.id: r for r in result}
+
+    def _gate(self, operator: Operator | None, item_id: int, row: Any) -> Outcome | None:
+        """Missing or hidden (the same sentence, so ids leak nothing), then permission."""
+        if row is None or not row.visible or operator is None:
+            return failed(f"Process {item_id} does not exist.", "not_found")
+        if not operator.may_operate(row.definition_key):
+            return failed(
+                f"You may not {self.verb} processes of {row.definition_key}.", "forbidden"
+            )
+        return None
+
+    async def fast_path(
+        self, session: AsyncSession, run: BatchRun, operator: Operator, ids: list[int]
+    ) -> set[int]:
+        """Apply what can be applied without a decision in Python; return those ids."""
+        return set()
+
+    async def prepare(self, session: AsyncSession, run: BatchRun, rows: list[Any]) -> Any:
+        """Load what ``decide``/``write`` need besides the rows (once per chunk)."""
+        return None
+
+    def decide(self, run: BatchRun, row: Any, prepared: Any) -> Outcome:
+        """success, ignored or failed (with the reason) for one permitted instance."""
+        raise NotImplementedError
+
+    async def write(
+        self, session: AsyncSession, run: BatchRun, rows: list[Any], prepared: Any
+    ) -> None:
+        """Apply every decided success with a few bulk statements, logs included."""
+        raise NotImplementedError
+
+    async def log(
+        self,
+        session: AsyncSession,
+        run: BatchRun,
+        ids: Sequence[int],
+        message: str | None = None,
+    ) -> None:
+        """One process log row per changed instance, naming the batch."""
+        await write_process_logs(
+            session,
+            (
+                {
+                    "instance_id": iid,
+                    "actor_id": run.creator_id,
+                    "batch_id": run.batch_id,
+                    "action": self.type,
+                    "message": message,
+                }
+                for iid in ids
+            ),
+        )
