@@ -13,8 +13,8 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine.queries import instance_filter_clauses, task_filter_clauses
-from app.models import ProcessInstance, Task, User
-from app.schemas.batch import InstanceFilter, TaskFilter
+from app.models import InstanceArchive, MonitorGrant, ProcessInstance, Task, User
+from app.schemas.batch import ArchiveFilter, InstanceFilter, TaskFilter
 from app.schemas.common import validate_part
 
 
@@ -81,3 +81,29 @@ class Instances(Target):
 
 TASKS = Tasks()
 INSTANCES = Instances()
+
+
+class Archives(Target):
+    """Deleted instances, by the id that keys their snapshots: admins see every archive,
+    others those of definitions they hold a monitor grant for (the instance itself is
+    gone, so grants are the only visibility left). Each id appears once however many
+    snapshots it has."""
+
+    name = "instance"
+    Filter = ArchiveFilter
+    id_column = InstanceArchive.instance_id
+
+    def matching(self, creator: User, flt: dict[str, Any]) -> Select[Any]:
+        stmt = select(InstanceArchive.instance_id.label("id")).distinct()
+        if flt.get("definition_key"):
+            stmt = stmt.where(InstanceArchive.definition_key == flt["definition_key"])
+        if not creator.is_admin:
+            stmt = stmt.where(
+                InstanceArchive.definition_key.in_(
+                    select(MonitorGrant.definition_key).where(MonitorGrant.user_id == creator.id)
+                )
+            )
+        return stmt
+
+
+ARCHIVES = Archives()

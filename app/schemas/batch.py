@@ -126,3 +126,9 @@ class RetryOut(BaseModel):
     batch: BatchOut
     requeued: int
     exhausted: int
+
+
+class ArchiveFilter(StrictModel):
+    """An ``instance.archive_delete`` filter: archived instances the caller may purge."""
+
+    definition_key: str | None = Field(default=None, max_length=100)
