@@ -6,26 +6,29 @@ every success with a few bulk statements (``write``), plus one process log row p
 changed instance naming the batch.
 
 A type subclasses ``InstanceOperation`` and fills in ``decide`` and ``write`` (and
-``prepare`` when it needs more than the instance row, ``fast_path`` for a PostgreSQL
-statement that applies the easy items before anything is loaded). Everything runs on
-both backends; only ``fast_path``/``bulk_sql`` are PostgreSQL-only shortcuts.
+``prepare`` when it needs more than the instance row, ``pg_update`` for a PostgreSQL
+statement that applies the easy items before anything is loaded — also fused with the
+executor's claim). Everything runs on both backends; ``pg_update`` is a PostgreSQL-only
+shortcut that must change exactly what ``decide`` + ``write`` would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement, select, true
+from sqlalchemy import ColumnElement, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.base import utcnow
 from app.db.bulk import id_in
 from app.engine.approval import Outcome
 from app.engine.logs import write_process_logs
 from app.engine.permissions import Operator, load_operator
 from app.engine.queries import instance_visibility_clause
 from app.models import ProcessInstance, User
-from app.operations.registry import BatchRun, Operation, WorkItem
+from app.operations.registry import BatchRun, BulkSql, Operation, WorkItem
 from app.operations.targets import INSTANCES
 
 ENDED = ("completed", "rejected", "terminated")
@@ -49,6 +52,28 @@ def ignored(message: str) -> Outcome:
 
 
 SUCCESS = Outcome("success")
+
+
+@dataclass(frozen=True)
+class PgUpdate:
+    """A type's PostgreSQL fast path: ``update`` is an ``UPDATE process_instances … WHERE
+    id = ANY({targets}) AND <only the rows it may change without a decision>
+    {permission} RETURNING id`` (times as ``CAST(:now AS TIMESTAMPTZ)``); ``extra`` are
+    more CTEs (``, name AS (…)``) that may read ``applied``; ``message`` goes into each
+    process log row. Items it does not change go through ``decide``, which says why."""
+
+    update: str
+    params: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
+    extra: str = ""
+
+
+_LOGGED = """, logged AS (
+    INSERT INTO process_logs (instance_id, actor_id, batch_id, action, message, created_at)
+    SELECT id, CAST(:actor AS BIGINT), CAST(:batch AS BIGINT), CAST(:action AS VARCHAR),
+           CAST(:message AS TEXT), CAST(:now AS TIMESTAMPTZ)
+    FROM applied
+)"""
 
 
 class InstanceOperation(Operation):
@@ -113,11 +138,54 @@ class InstanceOperation(Operation):
             )
         return None
 
+    def pg_update(self, run: BatchRun) -> PgUpdate | None:
+        """The PostgreSQL one-statement form of this type, or None (see ``PgUpdate``)."""
+        return None
+
     async def fast_path(
         self, session: AsyncSession, run: BatchRun, operator: Operator, ids: list[int]
     ) -> set[int]:
-        """Apply what can be applied without a decision in Python; return those ids."""
-        return set()
+        """PostgreSQL: apply every item ``pg_update`` can take in one statement, before
+        anything is loaded; return those ids (the rest go through ``decide``)."""
+        if session.get_bind().dialect.name != "postgresql":
+            return set()
+        built = self._one_statement(run, operator, "CAST(:ids AS BIGINT[])")
+        if built is None:
+            return set()
+        ctes, params = built
+        stmt = text(f"WITH {ctes} SELECT id FROM applied")
+        return set(await session.scalars(stmt, {**params, "ids": ids}))
+
+    async def bulk_sql(self, session: AsyncSession, run: BatchRun) -> BulkSql | None:
+        """The same statement fused with the executor's claim and detail results."""
+        operator = await load_operator(session, run.creator_id)
+        if operator is None:
+            return None
+        built = self._one_statement(run, operator, "ARRAY(SELECT item_id FROM claimed)")
+        return BulkSql(*built) if built is not None else None
+
+    def _one_statement(
+        self, run: BatchRun, operator: Operator, targets: str
+    ) -> tuple[str, dict[str, Any]] | None:
+        """``applied`` (the type's UPDATE, limited to what the creator may operate on),
+        ``logged`` (one process log row each) and the type's extra CTEs."""
+        spec = self.pg_update(run)
+        if spec is None:
+            return None
+        params: dict[str, Any] = {
+            **spec.params,
+            "now": utcnow(),
+            "actor": run.creator_id,
+            "batch": run.batch_id,
+            "action": self.type,
+            "message": spec.message,
+        }
+        permission = ""
+        if not operator.is_admin:
+            permission = "AND definition_key = ANY(CAST(:granted AS VARCHAR[]))"
+            params["granted"] = sorted(operator.keys)
+        update = spec.update.format(targets=targets, permission=permission)
+        return f"applied AS ({update}){_LOGGED}{spec.extra}", params
 
     async def prepare(self, session: AsyncSession, run: BatchRun, rows: list[Any]) -> Any:
         """Load what ``decide``/``write`` need besides the rows (once per chunk)."""

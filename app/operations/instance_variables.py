@@ -15,16 +15,22 @@ import json
 from typing import Annotated, Any, cast
 
 from pydantic import Field
-from sqlalchemy import Table, text
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import update_rows
 from app.engine.approval import Outcome
-from app.engine.permissions import Operator, load_operator
 from app.models import ProcessInstance
-from app.operations.instance_base import ENDED, SUCCESS, InstanceOperation, failed, ignored
-from app.operations.registry import BatchRun, BulkSql, register
+from app.operations.instance_base import (
+    ENDED,
+    SUCCESS,
+    InstanceOperation,
+    PgUpdate,
+    failed,
+    ignored,
+)
+from app.operations.registry import BatchRun, register
 from app.schemas.common import FormBag, StrictModel
 
 MAX_KEYS_IN_LOG = 10
@@ -35,19 +41,12 @@ class VariablesParams(StrictModel):
 
 
 _MERGE = """
-applied AS (
     UPDATE process_instances
     SET variables = variables || CAST(:patch AS JSONB), updated_at = CAST(:now AS TIMESTAMPTZ)
     WHERE id = ANY({targets}) AND status IN ('active', 'suspended')
       AND NOT (variables @> CAST(:patch AS JSONB))
     {permission}
-    RETURNING id
-), logged AS (
-    INSERT INTO process_logs (instance_id, actor_id, batch_id, action, message, created_at)
-    SELECT id, CAST(:actor AS BIGINT), CAST(:batch AS BIGINT), CAST(:action AS VARCHAR),
-           CAST(:message AS TEXT), CAST(:now AS TIMESTAMPTZ)
-    FROM applied
-)"""
+    RETURNING id"""
 
 
 class SetVariables(InstanceOperation):
@@ -80,39 +79,9 @@ class SetVariables(InstanceOperation):
         )
         await self.log(session, run, [r.id for r in rows], _message(wanted))
 
-    async def fast_path(
-        self, session: AsyncSession, run: BatchRun, operator: Operator, ids: list[int]
-    ) -> set[int]:
-        if session.get_bind().dialect.name != "postgresql":
-            return set()
-        ctes, params = self._merge_sql(run, operator, "CAST(:ids AS BIGINT[])")
-        stmt = text(f"WITH {ctes} SELECT id FROM applied")
-        return set(await session.scalars(stmt, {**params, "ids": ids}))
-
-    async def bulk_sql(self, session: AsyncSession, run: BatchRun) -> BulkSql | None:
-        operator = await load_operator(session, run.creator_id)
-        if operator is None:
-            return None
-        ctes, params = self._merge_sql(run, operator, "ARRAY(SELECT item_id FROM claimed)")
-        return BulkSql(ctes, params)
-
-    def _merge_sql(
-        self, run: BatchRun, operator: Operator, targets: str
-    ) -> tuple[str, dict[str, Any]]:
+    def pg_update(self, run: BatchRun) -> PgUpdate:
         wanted: dict[str, Any] = run.params["variables"]
-        params: dict[str, Any] = {
-            "patch": json.dumps(wanted),
-            "now": utcnow(),
-            "actor": run.creator_id,
-            "batch": run.batch_id,
-            "action": self.type,
-            "message": _message(wanted),
-        }
-        permission = ""
-        if not operator.is_admin:
-            permission = "AND definition_key = ANY(CAST(:granted AS VARCHAR[]))"
-            params["granted"] = sorted(operator.keys)
-        return _MERGE.format(targets=targets, permission=permission), params
+        return PgUpdate(_MERGE, {"patch": json.dumps(wanted)}, _message(wanted))
 
 
 def _message(variables: dict[str, Any]) -> str:

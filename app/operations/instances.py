@@ -17,31 +17,29 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from pydantic import Field
-from sqlalchemy import text, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import id_in
 from app.engine.approval import Outcome
-from app.engine.permissions import Operator, load_operator
 from app.models import ProcessInstance, Task
-from app.operations.instance_base import SUCCESS, InstanceOperation, failed, ignored
-from app.operations.registry import BatchRun, BulkSql, register
+from app.operations.instance_base import (
+    SUCCESS,
+    InstanceOperation,
+    PgUpdate,
+    failed,
+    ignored,
+)
+from app.operations.registry import BatchRun, register
 from app.schemas.common import StrictModel
 
 _MOVE = """
-applied AS (
     UPDATE process_instances
     SET status = CAST(:to_state AS VARCHAR), updated_at = CAST(:now AS TIMESTAMPTZ){node}
-    WHERE id = ANY({targets}) AND status = ANY(CAST(:sources AS VARCHAR[]))
-    {permission}
-    RETURNING id
-), logged AS (
-    INSERT INTO process_logs (instance_id, actor_id, batch_id, action, message, created_at)
-    SELECT id, CAST(:actor AS BIGINT), CAST(:batch AS BIGINT), CAST(:action AS VARCHAR),
-           CAST(:message AS TEXT), CAST(:now AS TIMESTAMPTZ)
-    FROM applied
-){cancel}"""
+    WHERE id = ANY({{targets}}) AND status = ANY(CAST(:sources AS VARCHAR[]))
+    {{permission}}
+    RETURNING id"""
 
 _CANCEL_TASKS = """, cancelled AS (
     UPDATE tasks
@@ -99,44 +97,14 @@ class InstanceTransition(InstanceOperation):
             )
         await self.log(session, run, ids, run.params.get("reason"))
 
-    async def fast_path(
-        self, session: AsyncSession, run: BatchRun, operator: Operator, ids: list[int]
-    ) -> set[int]:
-        """PostgreSQL: move every movable item in one statement before loading any."""
-        if session.get_bind().dialect.name != "postgresql":
-            return set()
-        ctes, params = self._move_sql(run, operator, "CAST(:ids AS BIGINT[])")
-        stmt = text(f"WITH {ctes} SELECT id FROM applied")
-        return set(await session.scalars(stmt, {**params, "ids": ids}))
-
-    async def bulk_sql(self, session: AsyncSession, run: BatchRun) -> BulkSql | None:
-        """Fused with the executor's claim: claim, move, log and record in one statement."""
-        operator = await load_operator(session, run.creator_id)
-        if operator is None:
-            return None
-        ctes, params = self._move_sql(run, operator, "ARRAY(SELECT item_id FROM claimed)")
-        return BulkSql(ctes, params)
-
-    def _move_sql(
-        self, run: BatchRun, operator: Operator, targets: str
-    ) -> tuple[str, dict[str, Any]]:
-        params: dict[str, Any] = {
-            "sources": list(self.sources),
-            "to_state": self.to_state,
-            "now": utcnow(),
-            "actor": run.creator_id,
-            "batch": run.batch_id,
-            "action": self.type,
-            "message": run.params.get("reason"),
-        }
-        permission = ""
-        if not operator.is_admin:
-            permission = "AND definition_key = ANY(CAST(:granted AS VARCHAR[]))"
-            params["granted"] = sorted(operator.keys)
-        cancel = _CANCEL_TASKS if self.cancels_tasks else ""
+    def pg_update(self, run: BatchRun) -> PgUpdate:
         node = ", current_node_id = NULL" if self.ends_process else ""
-        sql = _MOVE.format(targets=targets, permission=permission, cancel=cancel, node=node)
-        return sql, params
+        return PgUpdate(
+            update=_MOVE.format(node=node),
+            params={"sources": list(self.sources), "to_state": self.to_state},
+            message=run.params.get("reason"),
+            extra=_CANCEL_TASKS if self.cancels_tasks else "",
+        )
 
 
 class SuspendInstances(InstanceTransition):
