@@ -30,6 +30,7 @@ from sqlalchemy import Integer, Table, column, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import metrics
 from app.batches import monitor, state
 from app.batches.state import RUNNABLE, DetailStatus
 from app.db.base import utcnow
@@ -62,6 +63,7 @@ class Chunk:
 class ChunkResult:
     counts: Counter[str]
     over_threshold: bool = False
+    op_type: str = ""
 
 
 @dataclass
@@ -80,8 +82,11 @@ async def execute(ctx: JobContext, batch_id: int) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.settings.slice_seconds
     while not ctx.stopping.is_set():
+        started = loop.time()
         async with ctx.semaphore:
             turn = await run_next_chunk(ctx, batch_id)
+        if turn.result is not None:
+            metrics.chunk_done(turn.result.op_type, loop.time() - started, turn.result.counts)
         if turn.result is None:
             if turn.status != state.BatchStatus.SEEDING:
                 break
@@ -157,7 +162,8 @@ async def run_next_chunk(ctx: JobContext, batch_id: int, *, fused: bool = True) 
         if _lost_connection(exc):
             # Not the items' fault: the rollback handed them back untouched.
             log.warning("batch %s: database connection lost; chunk left pending", batch_id)
-            return Turn(ChunkResult(Counter()), state.BatchStatus.RUNNING, priority)
+            lost = ChunkResult(Counter(), op_type=chunk.op.type)
+            return Turn(lost, state.BatchStatus.RUNNING, priority)
         log.warning("batch %s: bulk chunk failed (%s); isolating items", batch_id, exc)
         return Turn(await _isolate(ctx, chunk), state.BatchStatus.RUNNING, priority)
 
@@ -235,7 +241,7 @@ async def _isolate(ctx: JobContext, chunk: Chunk) -> ChunkResult:
             result = await _record_crash(ctx, chunk, item, exc)
         total.update(result.counts)
         over = over or result.over_threshold
-    return ChunkResult(total, over)
+    return ChunkResult(total, over, chunk.op.type)
 
 
 async def _still_pending(session: AsyncSession, chunk: Chunk, item: WorkItem) -> bool:
@@ -315,7 +321,7 @@ async def _record(
             )
         )
     ).one()
-    return ChunkResult(counts, monitor.over_threshold(row))
+    return ChunkResult(counts, monitor.over_threshold(row), chunk.op.type)
 
 
 async def _record_crash(
@@ -331,7 +337,7 @@ async def _record_crash(
     )
     async with ctx.unit() as session:
         if not await _still_pending(session, chunk, item):
-            return ChunkResult(Counter())
+            return ChunkResult(Counter(), op_type=chunk.op.type)
         return await _record(session, chunk, [item], [Outcome("failed", message, "error")])
 
 
