@@ -18,6 +18,7 @@ class Batch(Base):
         Index("ix_batches_creator_created", "creator_id", "created_at"),
         Index("ix_batches_status_updated", "status", "updated_at"),
         Index("ix_batches_finished_at", "finished_at"),
+        Index("ix_batches_status_start_at", "status", "start_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -49,6 +50,13 @@ class Batch(Base):
     seed_cursor: Mapped[int] = mapped_column(default=0)
     seed_until: Mapped[int] = mapped_column(default=0)
     seeding_done: Mapped[bool] = mapped_column(default=False)
+    # Operator controls: a scheduled start, and a rate limit shared by every worker
+    # (``rate_next_at``: epoch seconds at which the next reserved slot begins).
+    start_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    targets_resolved: Mapped[bool] = mapped_column(default=True)
+    """False for a scheduled filter batch: the seed job resolves its filter at start."""
+    max_items_per_second: Mapped[float | None] = mapped_column(Float)
+    rate_next_at: Mapped[float | None] = mapped_column(Float)
     # Monotonic progress sequence: the SSE event id.
     progress_seq: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -51,6 +51,14 @@ class BatchCreate(StrictModel):
     start_suspended: bool = False
     """Create the batch ``suspended`` (like S3 Batch Operations' confirmation step): its
     items are resolved and locked, but nothing runs until ``/activate``."""
+    start_at: UtcDatetime | None = None
+    """Start later (ISO 8601 with an offset, in the future, at most 30 days ahead): the
+    batch is ``scheduled`` until then; a filter is resolved when it starts."""
+    max_items_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
+    """A ceiling on this batch's throughput across every worker."""
+    dry_run: bool = False
+    """Check every target as the operation would and answer with the prediction (200):
+    nothing is written."""
 
 
 class BatchOut(BaseModel):
@@ -81,6 +89,8 @@ class BatchOut(BaseModel):
     finished_at: datetime | None
     error_file: str | None
     progress_seq: int = Field(description="Monotonic progress sequence (the SSE event id).")
+    start_at: datetime | None = None
+    max_items_per_second: float | None = None
 
     @property
     def _finished(self) -> int:
@@ -132,3 +142,24 @@ class ArchiveFilter(StrictModel):
     """An ``instance.archive_delete`` filter: archived instances the caller may purge."""
 
     definition_key: str | None = Field(default=None, max_length=100)
+
+
+class Problem(BaseModel):
+    """One item a dry run predicts will not succeed."""
+
+    item_id: int
+    status: Literal["failed", "ignored"]
+    error: str | None
+
+
+class DryRunOut(BaseModel):
+    """What a batch would do (DESIGN.md §4 ``dry_run``): predicted counts and the first
+    ≤ 100 problems; nothing was written."""
+
+    dry_run: Literal[True] = True
+    type: str
+    total: int
+    success: int
+    failed: int
+    ignored: int
+    problems: list[Problem]
