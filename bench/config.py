@@ -13,8 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/batchd_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
-PHASES = ("approve", "suspend", "baseline", "ceiling", "sqlite")
-EXTRA_PHASES = ("approve_ids", "suspend_ids")
+PHASES = (
+    "approve",
+    "suspend",
+    "terminate",
+    "set_variables",
+    "baseline",
+    "ceiling",
+    "sqlite",
+)
+EXTRA_PHASES = ("approve_ids", "suspend_ids", "terminate_ids", "set_variables_ids")
 """Not run by default: the same batches created from an id list (details and locks are
 written by the POST itself, so execution never waits for seeding)."""
 

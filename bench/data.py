@@ -5,6 +5,7 @@ the checks that a run really changed what it claims to have changed."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,11 @@ from tests.factories import expense_definition  # the same definition the suite 
 CATEGORY = "travel"
 APPROVE_PARAMS: dict[str, Any] = {"decision": "approve", "form_data": {"category": CATEGORY}}
 DEFINITION_KEY = "expense"
+TERMINATE_PARAMS: dict[str, Any] = {"reason": "bench"}
+VARIABLES: dict[str, Any] = {"cost_center": "CC-7", "priority": 2}
+VARIABLES_PARAMS: dict[str, Any] = {"variables": VARIABLES}
+VARIABLES_MESSAGE = "set cost_center, priority"
+"""The process-log message ``instance.set_variables`` writes for ``VARIABLES``."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,59 @@ async def check_suspended(engine: AsyncEngine, n: int, action: str = "instance.s
         ),
         "suspend logs": await scalar(
             engine, "SELECT count(*) FROM process_logs WHERE action=:a", a=action
+        ),
+    }
+    bad = [f"{k}={v}" for k, v in got.items() if v != n]
+    return "ok" if not bad else "MISMATCH " + ", ".join(bad)
+
+
+async def check_terminated(engine: AsyncEngine, n: int) -> str:
+    """n instances terminated, every task of them cancelled, one log row each (with the
+    reason as its message)."""
+    got = {
+        "terminated instances": await scalar(
+            engine, "SELECT count(*) FROM process_instances WHERE status='terminated'"
+        ),
+        "cancelled tasks of terminated instances": await scalar(
+            engine,
+            "SELECT count(*) FROM tasks t JOIN process_instances p ON p.id = t.instance_id "
+            "WHERE p.status = 'terminated' AND t.status = 'cancelled' "
+            "AND t.locked_by_batch_id IS NULL AND t.completed_at IS NOT NULL",
+        ),
+        "terminate logs": await scalar(
+            engine,
+            "SELECT count(*) FROM process_logs WHERE action='instance.terminate' AND message=:m",
+            m=TERMINATE_PARAMS["reason"],
+        ),
+    }
+    bad = [f"{k}={v}" for k, v in got.items() if v != n]
+    not_cancelled = await scalar(
+        engine,
+        "SELECT count(*) FROM tasks t JOIN process_instances p ON p.id = t.instance_id "
+        "WHERE p.status = 'terminated' AND t.status <> 'cancelled'",
+    )
+    if not_cancelled:
+        bad.append(f"tasks of terminated instances not cancelled={not_cancelled}")
+    return "ok" if not bad else "MISMATCH " + ", ".join(bad)
+
+
+async def check_variables(engine: AsyncEngine, n: int) -> str:
+    """n instances hold every variable of ``VARIABLES``, one log row each."""
+    pg = engine.dialect.name == "postgresql"
+    if pg:
+        holds, params = "variables @> CAST(:patch AS JSONB)", {"patch": json.dumps(VARIABLES)}
+    else:
+        holds = " AND ".join(f"json_extract(variables, '$.{k}') = :{k}" for k in VARIABLES)
+        params = dict(VARIABLES)
+    got = {
+        "instances with the variables": await scalar(
+            engine, f"SELECT count(*) FROM process_instances WHERE {holds}", **params
+        ),
+        "set_variables logs": await scalar(
+            engine,
+            "SELECT count(*) FROM process_logs WHERE action='instance.set_variables' "
+            "AND message=:m",
+            m=VARIABLES_MESSAGE,
         ),
     }
     bad = [f"{k}={v}" for k, v in got.items() if v != n]

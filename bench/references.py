@@ -8,6 +8,8 @@
   no framework, in chunks of batchd's chunk size, one transaction per chunk, either on
   one connection or on ``parallel`` connections taking chunks from a shared queue.
   Also without any batch bookkeeping: it is what the database can do at best.
+  Ceilings exist for ``task.approve``, ``instance.suspend``, ``instance.terminate`` and
+  ``instance.set_variables``; baselines for the first two.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -88,6 +91,30 @@ WITH done AS (
 )
 INSERT INTO process_logs (instance_id, task_id, actor_id, action, created_at)
 SELECT instance_id, id, $4, 'task.approved', now() FROM done
+"""
+
+CEILING_TERMINATE = """
+WITH moved AS (
+    UPDATE process_instances SET status = 'terminated', updated_at = now()
+    WHERE id = ANY($1::bigint[]) AND status IN ('active', 'suspended')
+    RETURNING id
+), cancelled AS (
+    UPDATE tasks SET status = 'cancelled', locked_by_batch_id = NULL, completed_at = now()
+    WHERE instance_id = ANY(ARRAY(SELECT id FROM moved)) AND status = 'pending'
+)
+INSERT INTO process_logs (instance_id, actor_id, action, message, created_at)
+SELECT id, $2, 'instance.terminate', $3, now() FROM moved
+"""
+
+CEILING_SET_VARIABLES = """
+WITH merged AS (
+    UPDATE process_instances SET variables = variables || $2::jsonb, updated_at = now()
+    WHERE id = ANY($1::bigint[]) AND status IN ('active', 'suspended')
+      AND NOT (variables @> $2::jsonb)
+    RETURNING id
+)
+INSERT INTO process_logs (instance_id, actor_id, action, message, created_at)
+SELECT id, $3, 'instance.set_variables', $4, now() FROM merged
 """
 
 ChunkFn = Callable[[asyncpg.Connection, list[int]], Awaitable[None]]
@@ -167,6 +194,52 @@ async def ceiling_approve(
         "SELECT t.id FROM tasks t JOIN process_instances p ON p.id = t.instance_id "
         f"WHERE t.assignee_id = {int(manager_id)} AND t.status = 'pending' "
         "AND t.node_id = 'manager' AND p.definition_key = 'expense' ORDER BY t.id",
+        chunk,
+        parallel,
+        apply,
+        before_close,
+    )
+
+
+async def ceiling_terminate(
+    dsn: str,
+    admin_id: int,
+    reason: str,
+    chunk: int,
+    parallel: int,
+    before_close: Callable[[], None] | None = None,
+) -> float:
+    async def apply(conn: asyncpg.Connection, ids: list[int]) -> None:
+        await conn.execute(CEILING_TERMINATE, ids, admin_id, reason)
+
+    return await _chunked(
+        dsn,
+        "SELECT id FROM process_instances WHERE definition_key = 'expense' "
+        "AND status = 'active' ORDER BY id",
+        chunk,
+        parallel,
+        apply,
+        before_close,
+    )
+
+
+async def ceiling_set_variables(
+    dsn: str,
+    admin_id: int,
+    variables: dict[str, Any],
+    message: str,
+    chunk: int,
+    parallel: int,
+    before_close: Callable[[], None] | None = None,
+) -> float:
+    patch = json.dumps(variables)
+
+    async def apply(conn: asyncpg.Connection, ids: list[int]) -> None:
+        await conn.execute(CEILING_SET_VARIABLES, ids, patch, admin_id, message)
+
+    return await _chunked(
+        dsn,
+        "SELECT id FROM process_instances WHERE definition_key = 'expense' ORDER BY id",
         chunk,
         parallel,
         apply,

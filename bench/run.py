@@ -2,12 +2,15 @@
 
 Main run (PostgreSQL + Redis + one ``python -m workers``, the API in this process):
 
-1. batchd ``task.approve`` (filter batch, form data) and ``instance.suspend`` (filter
-   batch) on ``BENCH_ITEMS`` fresh rows each: POST → final status, POST latency,
-   worker peak RSS, CPU use of worker / PostgreSQL / this process;
-2. baseline: the same operations one item per transaction through the engine code;
-3. ceiling: minimal set-based raw SQL (asyncpg) for the same state changes;
+1. batchd ``task.approve`` (filter batch, form data), ``instance.suspend``,
+   ``instance.terminate`` and ``instance.set_variables`` (filter batches) on
+   ``BENCH_ITEMS`` fresh rows each: POST → final status, POST latency, worker peak RSS,
+   CPU use of worker / PostgreSQL / this process;
+2. baseline: approve and suspend one item per transaction through the engine code;
+3. ceiling: minimal set-based raw SQL (asyncpg) for the same state changes, per type;
 4. embedded default: SQLite + the in-process runner, ``task.approve``.
+
+Everything type-specific is one ``OpSpec`` entry in ``OPS``.
 
 It prints a table, the targets, and as its last line one JSON object. ``--sweep``
 instead tries chunk sizes × jobs per batch for ``task.approve`` and prints that table.
@@ -39,7 +42,7 @@ from app.db.session import create_engine, create_sessionmaker
 from app.queue.gc_tuning import tune_for_batches
 from bench import data, infra, references
 from bench.api import BatchRun, run_batch, running_api
-from bench.config import ROOT, BenchConfig
+from bench.config import EXTRA_PHASES, PHASES, ROOT, BenchConfig
 from bench.procs import (
     CpuMark,
     CpuUse,
@@ -55,6 +58,8 @@ from bench.profile import read_raw
 
 APPROVE = "task.approve"
 SUSPEND = "instance.suspend"
+TERMINATE = "instance.terminate"
+SET_VARIABLES = "instance.set_variables"
 
 
 def log(message: str) -> None:
@@ -132,26 +137,112 @@ class Pg:
         return world
 
 
-def approve_body(chunk_size: int | None = None, ids: list[int] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": APPROVE, "params": data.APPROVE_PARAMS}
-    if ids is not None:
-        body["ids"] = ids
-    else:
-        body["filter"] = {"definition_key": data.DEFINITION_KEY, "node_id": "manager"}
-    if chunk_size:
-        body["chunk_size"] = chunk_size
-    return body
+# --------------------------------------------------------------------------- operations
+
+CeilingFn = Callable[[str, data.World, int, int, Callable[[], None]], Awaitable[float]]
+"""(asyncpg dsn, world, chunk, connections, before_close) → seconds."""
+BaselineFn = Callable[[async_sessionmaker[AsyncSession], data.World, list[int]], Awaitable[float]]
+"""(sessionmaker, world, item ids) → seconds, one transaction per item."""
 
 
-def suspend_body(chunk_size: int | None = None, ids: list[int] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": SUSPEND}
-    if ids is not None:
-        body["ids"] = ids
-    else:
-        body["filter"] = {"definition_key": data.DEFINITION_KEY, "status": "active"}
-    if chunk_size:
-        body["chunk_size"] = chunk_size
-    return body
+@dataclass(frozen=True)
+class OpSpec:
+    """Everything type-specific about one measured operation: adding a type to the bench
+    is one entry in ``OPS`` (plus its ceiling SQL in references.py and its check in
+    data.py)."""
+
+    key: str
+    """Phase name (``<key>_ids`` for the id-list variant), and the prefix of its result
+    rows and JSON keys (``<key>_items_per_s``, ``ceiling_<key>_items_per_s``)."""
+    type: str
+    who: str
+    """Who posts the batch: ``manager`` or ``admin``."""
+    target_filter: dict[str, Any]
+    params: dict[str, Any] | None
+    pick_ids: Callable[..., Awaitable[list[int]]]
+    """(engine, limit=None) → the item ids, for id-list batches and the baseline."""
+    check: Callable[[AsyncEngine, int], Awaitable[str]]
+    """(engine, n) → 'ok' when n items were changed with every side effect."""
+    ceiling: CeilingFn
+    baseline: BaselineFn | None = None
+
+    def body(self, chunk_size: int | None = None, ids: list[int] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.type}
+        if self.params is not None:
+            body["params"] = self.params
+        if ids is not None:
+            body["ids"] = ids
+        else:
+            body["filter"] = dict(self.target_filter)
+        if chunk_size:
+            body["chunk_size"] = chunk_size
+        return body
+
+
+OPS: tuple[OpSpec, ...] = (
+    OpSpec(
+        key="approve",
+        type=APPROVE,
+        who="manager",
+        target_filter={"definition_key": data.DEFINITION_KEY, "node_id": "manager"},
+        params=data.APPROVE_PARAMS,
+        pick_ids=data.pending_task_ids,
+        check=data.check_approved,
+        ceiling=lambda dsn, w, chunk, conns, done: references.ceiling_approve(
+            dsn, w.manager_id, w.finance_id, chunk, conns, done
+        ),
+        baseline=lambda sm, w, ids: references.baseline_approve(sm, w.manager_id, ids),
+    ),
+    OpSpec(
+        key="suspend",
+        type=SUSPEND,
+        who="admin",
+        target_filter={"definition_key": data.DEFINITION_KEY, "status": "active"},
+        params=None,
+        pick_ids=data.active_instance_ids,
+        check=data.check_suspended,
+        ceiling=lambda dsn, w, chunk, conns, done: references.ceiling_suspend(
+            dsn, w.admin_id, chunk, conns, done
+        ),
+        baseline=lambda sm, w, ids: references.baseline_suspend(sm, w.admin_id, ids),
+    ),
+    OpSpec(
+        key="terminate",
+        type=TERMINATE,
+        who="admin",
+        target_filter={"definition_key": data.DEFINITION_KEY, "status": "active"},
+        params=data.TERMINATE_PARAMS,
+        pick_ids=data.active_instance_ids,
+        check=data.check_terminated,
+        ceiling=lambda dsn, w, chunk, conns, done: references.ceiling_terminate(
+            dsn, w.admin_id, data.TERMINATE_PARAMS["reason"], chunk, conns, done
+        ),
+    ),
+    OpSpec(
+        key="set_variables",
+        type=SET_VARIABLES,
+        who="admin",
+        target_filter={"definition_key": data.DEFINITION_KEY},
+        params=data.VARIABLES_PARAMS,
+        pick_ids=data.active_instance_ids,
+        check=data.check_variables,
+        ceiling=lambda dsn, w, chunk, conns, done: references.ceiling_set_variables(
+            dsn, w.admin_id, data.VARIABLES, data.VARIABLES_MESSAGE, chunk, conns, done
+        ),
+    ),
+)
+OPS_BY_KEY = {o.key: o for o in OPS}
+OPS_BY_TYPE = {o.type: o for o in OPS}
+CONTRACT_OPS = ("approve", "suspend")
+"""Their JSON keys are the issue-5 contract (see bench/README.md); others are extras."""
+assert set(PHASES + EXTRA_PHASES) >= {o.key for o in OPS} | {f"{o.key}_ids" for o in OPS}
+
+
+def reference_ops(phases: tuple[str, ...]) -> list[OpSpec]:
+    """The types ``baseline`` / ``ceiling`` cover: those whose batch phase (filter or id
+    list) runs, or every type when none does (``--phases ceiling``)."""
+    chosen = [o for o in OPS if o.key in phases or f"{o.key}_ids" in phases]
+    return chosen or list(OPS)
 
 
 @dataclass
@@ -166,7 +257,7 @@ class Measured:
 
 async def measure_batch(
     pg: Pg,
-    op: str,
+    op: OpSpec,
     n: int,
     *,
     chunk_size: int | None = None,
@@ -176,8 +267,7 @@ async def measure_batch(
     world = await pg.fresh(n)
     ids: list[int] | None = None
     if by_ids:
-        pick = data.pending_task_ids if op == APPROVE else data.active_instance_ids
-        ids = await pick(pg.engine)
+        ids = await op.pick_ids(pg.engine)
     worker = pg.worker
     spy = PySpy(worker.pid, profile) if profile else None
     if spy is not None and not await spy.start():
@@ -187,15 +277,14 @@ async def measure_batch(
     sampler.start()
     log_at = worker.log_size()
     mark = cpu_mark(worker.pid)
-    body = approve_body(chunk_size, ids) if op == APPROVE else suspend_body(chunk_size, ids)
-    who = "manager" if op == APPROVE else "admin"
+    body = op.body(chunk_size, ids)
     try:
         run = await _watch(
             worker,
             run_batch(
                 pg.client,
                 body,
-                world.headers(who),
+                world.headers(op.who),
                 limit_s=pg.cfg.timeout,
                 poll=pg.cfg.poll,
                 progress=log,
@@ -205,10 +294,7 @@ async def measure_batch(
         cpu = cpu_since(mark, worker.pid)
         rss = await sampler.stop()
         recorded = await spy.stop() if spy is not None else None
-    if op == APPROVE:
-        check = await data.check_approved(pg.engine, n)
-    else:
-        check = await data.check_suspended(pg.engine, n)
+    check = await op.check(pg.engine, n)
     problem = run.problem()
     if problem is not None:
         check = problem if run.timed_out else f"{problem}; {check}"
@@ -237,12 +323,12 @@ async def _watch(worker: Worker, work: Awaitable[BatchRun]) -> BatchRun:
 async def phase_batchd(
     pg: Pg,
     res: Results,
-    op: str,
+    op: OpSpec,
     restart: Callable[[str], Awaitable[None]],
     *,
     by_ids: bool = False,
 ) -> None:
-    key = ("approve" if op == APPROVE else "suspend") + ("_ids" if by_ids else "")
+    key = op.key + ("_ids" if by_ids else "")
     await restart(key)
     profile = pg.cfg.profile_dir / f"{key}.raw.txt" if pg.cfg.profile_dir else None
     m = await measure_batch(pg, op, pg.cfg.items, profile=profile, by_ids=by_ids)
@@ -254,53 +340,43 @@ async def phase_batchd(
         notes += "\n    DISTURBED (worker log): " + ", ".join(m.disturbed)
         res.disturbed.append(key)
     kind = "id-list batch" if by_ids else "filter batch"
-    res.add(key, Row(f"batchd {op} ({kind}, PG)", m.run.items, m.run.end_to_end_s, m.check, notes))
+    res.add(
+        key, Row(f"batchd {op.type} ({kind}, PG)", m.run.items, m.run.end_to_end_s, m.check, notes)
+    )
     res.metrics[f"{key}_create_latency_s"] = m.run.post_latency_s
     res.metrics[f"{key}_worker_peak_rss_mb"] = m.rss_mb
     if m.profile is not None:
-        res.profiles.append(read_raw(m.profile).format(f"py-spy {op} ({m.profile})", "worker"))
+        res.profiles.append(read_raw(m.profile).format(f"py-spy {op.type} ({m.profile})", "worker"))
 
 
 async def phase_baseline(pg: Pg, res: Results) -> None:
     n, sample = pg.cfg.items, min(pg.cfg.baseline_items, pg.cfg.items)
-    world = await pg.fresh(n)
-    ids = await data.pending_task_ids(pg.engine, sample)
-    mark = cpu_mark(None)
-    seconds = await references.baseline_approve(pg.sm, world.manager_id, ids)
-    check = await data.check_approved(pg.engine, len(ids))
-    res.add(
-        "baseline_approve",
-        Row(
-            f"baseline {APPROVE} (1 item/tx, engine code)",
-            len(ids),
-            seconds,
-            check,
-            cpu_note(cpu_since(mark, None)),
-        ),
-    )
-    world = await pg.fresh(n)
-    ids = await data.active_instance_ids(pg.engine, sample)
-    mark = cpu_mark(None)
-    seconds = await references.baseline_suspend(pg.sm, world.admin_id, ids)
-    check = await data.check_suspended(pg.engine, len(ids))
-    res.add(
-        "baseline_suspend",
-        Row(
-            f"baseline {SUSPEND} (1 item/tx, engine code)",
-            len(ids),
-            seconds,
-            check,
-            cpu_note(cpu_since(mark, None)),
-        ),
-    )
+    for op in reference_ops(pg.cfg.phases):
+        if op.baseline is None:
+            continue
+        world = await pg.fresh(n)
+        ids = await op.pick_ids(pg.engine, sample)
+        mark = cpu_mark(None)
+        seconds = await op.baseline(pg.sm, world, ids)
+        check = await op.check(pg.engine, len(ids))
+        res.add(
+            f"baseline_{op.key}",
+            Row(
+                f"baseline {op.type} (1 item/tx, engine code)",
+                len(ids),
+                seconds,
+                check,
+                cpu_note(cpu_since(mark, None)),
+            ),
+        )
 
 
 async def phase_ceiling(pg: Pg, res: Results) -> None:
     n = pg.cfg.items
     dsn = pg.cfg.asyncpg_dsn()
     parallel = max(1, min(pg.settings.jobs_per_batch, pg.settings.max_concurrency))
-    for op in (APPROVE, SUSPEND):
-        chunk = pg.settings.for_type(op).chunk_size or 100
+    for op in reference_ops(pg.cfg.phases):
+        chunk = pg.settings.for_type(op.type).chunk_size or 100
         for conns in sorted({1, parallel}):
             world = await pg.fresh(n)
             mark = cpu_mark(None)
@@ -309,21 +385,12 @@ async def phase_ceiling(pg: Pg, res: Results) -> None:
             def measured(mark: CpuMark = mark, used: list[CpuUse] = used) -> None:
                 used.append(cpu_since(mark, None))
 
-            if op == APPROVE:
-                seconds = await references.ceiling_approve(
-                    dsn, world.manager_id, world.finance_id, chunk, conns, measured
-                )
-                check = await data.check_approved(pg.engine, n)
-            else:
-                seconds = await references.ceiling_suspend(
-                    dsn, world.admin_id, chunk, conns, measured
-                )
-                check = await data.check_suspended(pg.engine, n)
-            key = "approve" if op == APPROVE else "suspend"
+            seconds = await op.ceiling(dsn, world, chunk, conns, measured)
+            check = await op.check(pg.engine, n)
             res.add(
-                f"ceiling_{key}_{conns}",
+                f"ceiling_{op.key}_{conns}",
                 Row(
-                    f"ceiling {op} (raw SQL, chunk {chunk}, {conns} conn)",
+                    f"ceiling {op.type} (raw SQL, chunk {chunk}, {conns} conn)",
                     n,
                     seconds,
                     check,
@@ -351,8 +418,8 @@ async def phase_sqlite(cfg: BenchConfig, res: Results) -> None:
             mark = cpu_mark(None)
             run = await run_batch(
                 api.client,
-                approve_body(),
-                world.headers("manager"),
+                OPS_BY_KEY["approve"].body(),
+                world.headers(OPS_BY_KEY["approve"].who),
                 limit_s=cfg.timeout,
                 poll=cfg.poll,
                 progress=log,
@@ -445,14 +512,12 @@ async def main_run(cfg: BenchConfig) -> Results:
                 if cfg.trace_sql:
                     pg.worker = await h.start_worker(name)
 
-            if "approve" in cfg.phases:
-                await phase_batchd(pg, res, APPROVE, restart)
-            if "suspend" in cfg.phases:
-                await phase_batchd(pg, res, SUSPEND, restart)
-            if "approve_ids" in cfg.phases:
-                await phase_batchd(pg, res, APPROVE, restart, by_ids=True)
-            if "suspend_ids" in cfg.phases:
-                await phase_batchd(pg, res, SUSPEND, restart, by_ids=True)
+            for op in OPS:
+                if op.key in cfg.phases:
+                    await phase_batchd(pg, res, op, restart)
+            for op in OPS:
+                if f"{op.key}_ids" in cfg.phases:
+                    await phase_batchd(pg, res, op, restart, by_ids=True)
             if pg.worker is not None:
                 await pg.worker.stop()  # references run without a busy neighbour
             if "baseline" in cfg.phases:
@@ -507,6 +572,17 @@ TARGETS = [
         0.5,
         "ceiling_suspend_items_per_s",
     ),
+    *(
+        (
+            f"{o.type} ≥ 0.5 × ceiling",
+            f"{o.key}_items_per_s",
+            ">=",
+            0.5,
+            f"ceiling_{o.key}_items_per_s",
+        )
+        for o in OPS
+        if o.key not in CONTRACT_OPS
+    ),
     ("task.approve ≥ 10 000 items/s", "approve_items_per_s", ">=", 10_000.0, None),
     (
         "task.approve ≥ 10 × baseline",
@@ -527,13 +603,16 @@ TARGETS = [
 ]
 
 
-def summary(cfg: BenchConfig, settings: Settings, res: Results) -> dict[str, Any]:
+def summary(
+    cfg: BenchConfig, settings: Settings, res: Results, code: str | None = None
+) -> dict[str, Any]:
     def best(*keys: str) -> float | None:
         rates = [r for k in keys if (r := res.rate(k)) is not None]
         return max(rates) if rates else None
 
-    ceiling_keys = [k for k in res.rows if k.startswith("ceiling_suspend_")]
-    ceiling_approve_keys = [k for k in res.rows if k.startswith("ceiling_approve_")]
+    def ceiling(op: str) -> float | None:
+        return best(*(k for k in res.rows if k.rsplit("_", 1)[0] == f"ceiling_{op}"))
+
     latencies = [
         v
         for k in ("approve_create_latency_s", "suspend_create_latency_s")
@@ -550,20 +629,29 @@ def summary(cfg: BenchConfig, settings: Settings, res: Results) -> dict[str, Any
         "approve_items_per_s": res.rate("approve"),
         "suspend_items_per_s": res.rate("suspend"),
         "baseline_approve_items_per_s": res.rate("baseline_approve"),
-        "ceiling_suspend_items_per_s": best(*ceiling_keys),
+        "ceiling_suspend_items_per_s": ceiling("suspend"),
         "create_latency_s": round(max(latencies), 4) if latencies else None,
         "worker_peak_rss_mb": round(max(rss), 1) if rss else None,
         "sqlite_approve_items_per_s": res.rate("sqlite"),
         # Extras (not part of the issue's contract, handy for tuning):
         "baseline_suspend_items_per_s": res.rate("baseline_suspend"),
-        "ceiling_approve_items_per_s": best(*ceiling_approve_keys),
+        "ceiling_approve_items_per_s": ceiling("approve"),
+        **{
+            name: value
+            for o in OPS
+            if o.key not in CONTRACT_OPS
+            for name, value in (
+                (f"{o.key}_items_per_s", res.rate(o.key)),
+                (f"ceiling_{o.key}_items_per_s", ceiling(o.key)),
+            )
+        },
         "sqlite_items": cfg.sqlite_items if "sqlite" in res.rows else None,
         "chunk_size": settings.chunk_size,
         "jobs_per_batch": settings.jobs_per_batch,
         "max_concurrency": settings.max_concurrency,
         "timed_out": [k for k, r in res.rows.items() if r.check.startswith("TIMEOUT")],
         "disturbed": res.disturbed,
-        "code": code_version(),
+        "code": code or code_version(),
         "all_checks_ok": all(
             r.check == "ok" or r.check.startswith("TIMEOUT") for r in res.rows.values()
         ),
@@ -638,7 +726,11 @@ async def sweep(cfg: BenchConfig) -> list[dict[str, Any]]:
             for op in cfg.sweep_types:
                 for chunk in cfg.sweep_chunks:
                     m = await measure_batch(
-                        pg, op, cfg.sweep_items, chunk_size=chunk, by_ids=cfg.sweep_mode == "ids"
+                        pg,
+                        OPS_BY_TYPE[op],
+                        cfg.sweep_items,
+                        chunk_size=chunk,
+                        by_ids=cfg.sweep_mode == "ids",
                     )
                     entry = {
                         "type": op,
@@ -708,7 +800,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="chunk size × jobs per batch sweep instead of the main run (also BENCH_SWEEP=1)",
     )
     p.add_argument("--items", type=int, help="overrides BENCH_ITEMS")
-    p.add_argument("--phases", help="comma list of approve,suspend,baseline,ceiling,sqlite")
+    p.add_argument(
+        "--phases",
+        help=f"comma list out of {','.join(PHASES)} (default: all of those; also "
+        f"{','.join(EXTRA_PHASES)}); baseline/ceiling cover the types whose batch phase "
+        "runs, or all types when none does",
+    )
     p.add_argument(
         "--profile",
         nargs="?",
@@ -741,7 +838,14 @@ def configure(args: argparse.Namespace) -> BenchConfig:
         changes["profile_dir"] = Path(args.profile) if args.profile else cfg.out_dir / "profile"
     if args.trace_sql:
         changes["trace_sql"] = True
-    return dataclasses.replace(cfg, **changes)
+    cfg = dataclasses.replace(cfg, **changes)
+    unknown = [p for p in cfg.phases if p not in PHASES + EXTRA_PHASES]
+    if unknown:
+        raise SystemExit(f"unknown phase(s) {', '.join(unknown)}; known: {PHASES + EXTRA_PHASES}")
+    bad_types = [t for t in cfg.sweep_types if t not in OPS_BY_TYPE]
+    if bad_types:
+        raise SystemExit(f"unknown BENCH_SWEEP_TYPES {bad_types}; known: {list(OPS_BY_TYPE)}")
+    return cfg
 
 
 async def amain(argv: list[str] | None = None) -> int:
@@ -757,8 +861,11 @@ async def amain(argv: list[str] | None = None) -> int:
         print(json.dumps({"bench": "batchd-sweep", "items": cfg.sweep_items, "runs": results}))
         return 0
     t0 = time.perf_counter()
+    code = code_version()  # what the worker and the API load now, at start-up
     res = await main_run(cfg)
-    out = summary(cfg, settings, res)
+    if (later := code_version()) != code:
+        code += f" (tree changed during the run: now {later})"
+    out = summary(cfg, settings, res, code)
     print(render(cfg, settings, res, out))
     print(f"\n(total bench time {time.perf_counter() - t0:.0f}s; logs in {cfg.out_dir})")
     print(json.dumps(out))
