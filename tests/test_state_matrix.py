@@ -367,7 +367,6 @@ async def test_retried(rig: Rig) -> None:
     await rig.completes(batch["id"], N)
 
 
-@pytest.mark.skip(reason="scheduled state arrives with the operator-controls issue")
 async def test_scheduled(rig: Rig) -> None:
     """g. ``scheduled`` (created with a ``start_at`` in the near future, no worker): the
     wake-ups are lost and ``start_at`` passes while nobody runs; a worker starts → its

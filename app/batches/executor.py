@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.batches import monitor, state
+from app.batches import monitor, rate, state
 from app.batches.state import RUNNABLE, DetailStatus
 from app.db.base import utcnow
 from app.db.bulk import id_in, update_rows
@@ -82,9 +82,13 @@ async def execute(ctx: JobContext, batch_id: int) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.settings.slice_seconds
     while not ctx.stopping.is_set():
+        grant = await rate.pace(ctx, batch_id)
         started = loop.time()
         async with ctx.semaphore:
-            turn = await run_next_chunk(ctx, batch_id)
+            turn = await run_next_chunk(ctx, batch_id, limit=grant.items if grant else None)
+        if grant is not None:
+            used = sum(turn.result.counts.values()) if turn.result else 0
+            await rate.refund(ctx, batch_id, grant, used)
         if turn.result is not None:
             metrics.chunk_done(turn.result.op_type, loop.time() - started, turn.result.counts)
         if turn.result is None:
@@ -106,7 +110,10 @@ async def execute(ctx: JobContext, batch_id: int) -> None:
         await monitor.finalize_if_done(ctx, batch_id)
 
 
-async def run_next_chunk(ctx: JobContext, batch_id: int, *, fused: bool = True) -> Turn:
+async def run_next_chunk(
+    ctx: JobContext, batch_id: int, *, fused: bool = True, limit: int | None = None
+) -> Turn:
+    """One chunk, one transaction. ``limit``: claim at most this many (rate limit)."""
     chunk: Chunk | None = None
     priority = "normal"
     try:
@@ -130,17 +137,18 @@ async def run_next_chunk(ctx: JobContext, batch_id: int, *, fused: bool = True) 
             if batch.status not in RUNNABLE:
                 return Turn(None, batch.status, batch.priority)
             run = BatchRun(batch_id, batch.creator_id, batch.params or {})
+            size = min(batch.chunk_size, limit or batch.chunk_size)
             op = get_operation(batch.type)
             on_postgres = session.get_bind().dialect.name == "postgresql"
             bulk = await op.bulk_sql(session, run) if fused and on_postgres else None
             applied = 0
             if bulk is not None:
-                claim = _claim_and_apply(batch_id, batch.chunk_size, bulk)
+                claim = _claim_and_apply(batch_id, size, bulk)
                 rows = list((await session.execute(claim)).all())
                 applied = rows[0].applied
                 rows = [r for r in rows if r.id is not None]
             else:
-                rows = list((await session.execute(_pending(batch_id, batch.chunk_size))).all())
+                rows = list((await session.execute(_pending(batch_id, size))).all())
             if not rows and not applied:
                 return Turn(None, batch.status, batch.priority)
             chunk = Chunk(
@@ -157,7 +165,7 @@ async def run_next_chunk(ctx: JobContext, batch_id: int, *, fused: bool = True) 
             if fused and not _lost_connection(exc):
                 # The fast path itself failed: claim and apply the ordinary way.
                 log.warning("batch %s: fused chunk failed (%s); claiming plainly", batch_id, exc)
-                return await run_next_chunk(ctx, batch_id, fused=False)
+                return await run_next_chunk(ctx, batch_id, fused=False, limit=limit)
             raise
         if _lost_connection(exc):
             # Not the items' fault: the rollback handed them back untouched.

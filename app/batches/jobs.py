@@ -8,7 +8,7 @@ from sqlalchemy import select
 from app.batches import state
 from app.batches.executor import execute
 from app.batches.monitor import monitor
-from app.batches.recovery import auto_retry, purge, recover
+from app.batches.recovery import auto_retry, purge, recover, start_due
 from app.batches.seeding import seed
 from app.config import Settings
 from app.models import Batch
@@ -24,6 +24,7 @@ PURGE_INTERVAL_S = 3600.0
 def cron_schedule(settings: Settings) -> list[tuple[Cron, float]]:
     """(cron, seconds between passes). Recovery and auto-retry run often; purge hourly."""
     return [
+        (start_due, settings.poll_time),
         (recover, settings.recover_interval),
         (auto_retry, settings.recover_interval),
         (purge, PURGE_INTERVAL_S),
@@ -37,9 +38,13 @@ async def resume_after_restart(ctx: JobContext) -> None:
     async with ctx.unit() as session:
         rows = (
             await session.execute(
-                select(Batch.id, Batch.status, Batch.priority, Batch.seeding_done).where(
-                    Batch.status.not_in(state.statuses(state.FINAL))
-                )
+                select(
+                    Batch.id,
+                    Batch.status,
+                    Batch.priority,
+                    Batch.seeding_done,
+                    Batch.targets_resolved,
+                ).where(Batch.status.not_in(state.statuses(state.FINAL)))
             )
         ).all()
         for row in rows:

@@ -51,18 +51,59 @@ async def recover(ctx: JobContext) -> None:
                         and_(
                             Batch.status == BatchStatus.SUSPENDED,
                             Batch.seeding_done.is_(False),
+                            Batch.targets_resolved.is_(True),
                             Batch.updated_at < not_started,
                         ),
                     )
                 )
                 .values(updated_at=now)
-                .returning(Batch.id, Batch.status, Batch.priority, Batch.seeding_done)
+                .returning(*_WAKE_COLUMNS)
             )
         ).all()
         for row in stuck:
             log.info("recovering batch %s (%s)", row.id, row.status)
             for wakeup in state.wakeups_for(s, row):
                 request_wakeup(session, wakeup)
+
+
+_WAKE_COLUMNS = (
+    Batch.id,
+    Batch.status,
+    Batch.priority,
+    Batch.seeding_done,
+    Batch.targets_resolved,
+)
+"""What ``state.wakeups_for`` reads from a batch row."""
+
+
+async def start_due(ctx: JobContext) -> None:
+    """The schedule cron: ``scheduled`` batches whose ``start_at`` has come become
+    ``created`` and are woken like any created batch (their filter is resolved by the
+    seed job). It runs every ``BATCH_POLL_TIME``, so a lost wake-up or a restart costs
+    at most one pass; the conditional UPDATE lets several workers run it at once."""
+    now = utcnow()
+    async with ctx.unit() as session:
+        due = (
+            await session.execute(
+                update(Batch)
+                .where(
+                    Batch.status == BatchStatus.SCHEDULED,
+                    Batch.start_at <= now,
+                )
+                .values(
+                    status=BatchStatus.CREATED,
+                    updated_at=now,
+                    progress_seq=Batch.progress_seq + 1,
+                )
+                .returning(*_WAKE_COLUMNS)
+            )
+        ).all()
+        for row in due:
+            log.info("starting scheduled batch %s", row.id)
+            for wakeup in state.wakeups_for(ctx.settings, row):
+                request_wakeup(session, wakeup)
+    for row in due:
+        await ctx.progress.publish(row.id)
 
 
 async def auto_retry(ctx: JobContext) -> None:

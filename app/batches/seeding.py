@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import DBAPIError
@@ -94,6 +95,10 @@ async def seed_page(ctx: JobContext, batch_id: int) -> SeededPage | None:
         op = get_operation(batch.type)
         creator = await session.get(User, batch.creator_id)
         assert creator is not None
+        if not batch.targets_resolved:
+            if batch.status not in STARTING:
+                return None  # suspended before it started: resolved once activated
+            await _resolve_filter(session, batch, op, creator)
         cursor = batch.seed_cursor
         page_size = min(batch.chunk_size * ctx.settings.jobs_per_seed, MAX_PAGE)
         page = op.target.page_after(
@@ -149,6 +154,18 @@ async def seed_page(ctx: JobContext, batch_id: int) -> SeededPage | None:
         priority = batch.priority
     await ctx.progress.publish(batch_id)
     return SeededPage(priority, done)
+
+
+async def _resolve_filter(session: AsyncSession, batch: Batch, op: Any, creator: User) -> None:
+    """A scheduled filter batch resolves its filter when it starts, not when it was
+    created: count what matches now, and seed up to today's highest id."""
+    total, seed_until = await op.target.count(session, creator, batch.filter or {})
+    await session.execute(
+        update(Batch)
+        .where(Batch.id == batch.id, Batch.targets_resolved.is_(False))
+        .values(targets_resolved=True, total=total, seed_until=seed_until)
+    )
+    batch.seed_until = seed_until
 
 
 def _request_execution(

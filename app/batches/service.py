@@ -9,23 +9,24 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches import details, locks, state
+from app.batches.dry_run import predict
+from app.batches.resolve import resolve
 from app.batches.state import BatchStatus, DetailStatus
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.pages import total_of
 from app.engine.logs import write_action_log
-from app.errors import Conflict, IdempotencyKeyReused, NotFound, TooLarge, ValidationFailed
+from app.errors import Conflict, IdempotencyKeyReused, NotFound
 from app.models import Batch, BatchDetail, User
 from app.operations import get_operation
 from app.queue.backend import request_wakeup
-from app.schemas.batch import BatchCreate, BatchOut, DetailOut
+from app.schemas.batch import BatchCreate, BatchOut, DetailOut, DryRunOut
 
 # --------------------------------------------------------------------------- create
 
@@ -40,54 +41,43 @@ async def create_batch(
 ) -> tuple[Batch, bool]:
     """Validate everything, then write the batch (and, for id lists, its details and
     locks). Returns (batch, created); an existing batch for the same key is returned
-    with created=False."""
-    op = get_operation(req.type)
-    params = op.validate_params(req.params)
-    await op.check_params(session, params)
-    if (req.ids is None) == (req.filter is None):
-        raise ValidationFailed(
-            "Give exactly one of ids or filter.",
-            fields=[{"loc": ["ids"], "msg": "exactly one of ids / filter is required"}],
-        )
+    with created=False.
+
+    With ``start_at`` the batch is ``scheduled``: an id list is resolved (and locked)
+    now, a filter when the batch starts (its ``total`` until then is today's count)."""
     key = idempotency_key or req.idempotency_key
     fingerprint = request_fingerprint(req) if key else None
     if key:
         existing = await _by_idempotency_key(session, user.id, key, fingerprint)
         if existing is not None:
             return existing, False
-
-    flt: dict[str, Any] | None = None
-    ids: list[int] = []
-    total = seed_until = 0
-    if req.ids is not None:
-        ids = list(dict.fromkeys(req.ids))
-        total = len(ids)
-    else:
-        assert req.filter is not None
-        flt = op.target.parse_filter(req.filter)
-        total, seed_until = await op.target.count(session, user, flt)
-    if total > settings.max_items:
-        raise TooLarge(f"This batch would hold {total} items; the limit is {settings.max_items}.")
-
+    r = await resolve(session, settings, user, req)
+    op = r.op
+    scheduled = req.start_at is not None
+    status = BatchStatus.SCHEDULED if scheduled else BatchStatus.CREATED
+    if req.start_suspended and (r.total > 0 or scheduled):
+        status = BatchStatus.SUSPENDED
     cfg = settings.for_type(op.type)
-    suspended = req.start_suspended and total > 0
     batch = Batch(
         type=op.type,
-        status=BatchStatus.SUSPENDED if suspended else BatchStatus.CREATED,
+        status=status,
         priority=req.priority,
         creator_id=user.id,
-        params=params,
-        filter=flt,
+        params=r.params,
+        filter=r.filter,
         source="api",
         idempotency_key=key,
         request_hash=fingerprint,
-        total=total,
+        total=r.total,
         chunk_size=req.chunk_size or cfg.chunk_size,
         max_retries=req.max_retries if req.max_retries is not None else cfg.max_retries,
         failure_threshold=req.failure_threshold or cfg.failure_threshold,
         history_ttl=cfg.history_ttl,
-        seed_until=seed_until,
-        seeding_done=req.ids is not None,
+        seed_until=r.seed_until,
+        seeding_done=r.ids is not None,
+        start_at=req.start_at,
+        targets_resolved=not (scheduled and r.filter is not None),
+        max_items_per_second=req.max_items_per_second,
     )
     try:
         async with session.begin_nested():
@@ -100,23 +90,34 @@ async def create_batch(
             raise
         return existing, False
 
-    if ids:
-        seeded = await details.create_details(session, batch, user, op, ids)
+    if r.ids:
+        seeded = await details.create_details(session, batch, user, op, r.ids)
         batch.failed, batch.ignored = seeded.failed, seeded.ignored
-    if total == 0:
+    if r.total == 0 and not scheduled:
         batch.started_at = utcnow()
         state.move(batch, BatchStatus.COMPLETED)  # an empty batch completes at once
-    for wakeup in state.wakeups_for(settings, batch):
-        request_wakeup(session, wakeup)
+    _request_wakeups(session, settings, batch)
     await write_action_log(
         session,
         user.id,
         "batch.created",
         batch_id=batch.id,
-        detail={"type": op.type, "total": total, "start_suspended": req.start_suspended},
+        detail={
+            "type": op.type,
+            "total": r.total,
+            "start_suspended": req.start_suspended,
+            "start_at": req.start_at.isoformat() if req.start_at else None,
+        },
     )
     await session.flush()
     return batch, True
+
+
+async def dry_run(
+    session: AsyncSession, settings: Settings, user: User, req: BatchCreate
+) -> DryRunOut:
+    """Validate as ``create_batch`` does, then predict every item; nothing is written."""
+    return await predict(session, user, await resolve(session, settings, user, req))
 
 
 def request_fingerprint(req: BatchCreate) -> str:
@@ -235,12 +236,22 @@ async def activate(session: AsyncSession, settings: Settings, user: User, batch_
         raise Conflict(
             f"Batch {batch_id} is {batch.status}; only a suspended batch can be activated."
         )
-    # Still seeding (e.g. created suspended): executors start now, alongside the seeder.
-    state.move(batch, BatchStatus.RUNNING if batch.seeding_done else BatchStatus.SEEDING)
+    state.move(batch, resume_status(batch))
     _request_wakeups(session, settings, batch)
     await write_action_log(session, user.id, "batch.activated", batch_id=batch.id)
     await session.flush()
     return batch
+
+
+def resume_status(batch: Batch) -> BatchStatus:
+    """Where an activated batch goes: back to ``scheduled`` if it never started and its
+    time has not come; ``created`` if its filter is still to be resolved; else on with
+    seeding (executors start alongside the seeder) or running."""
+    if batch.started_at is None and batch.start_at is not None and batch.start_at > utcnow():
+        return BatchStatus.SCHEDULED
+    if not batch.targets_resolved:
+        return BatchStatus.CREATED
+    return BatchStatus.RUNNING if batch.seeding_done else BatchStatus.SEEDING
 
 
 async def cancel(

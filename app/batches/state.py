@@ -74,7 +74,8 @@ TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     S.CREATED: frozenset({S.SEEDING, S.RUNNING, S.COMPLETED, S.SUSPENDED, S.CANCELLED}),
     S.SEEDING: frozenset({S.RUNNING, S.SUSPENDED, S.CANCELLED, S.ABORTED}),
     S.RUNNING: frozenset({S.COMPLETED, S.SUSPENDED, S.CANCELLED, S.ABORTED}),
-    S.SUSPENDED: frozenset({S.SEEDING, S.RUNNING, S.CANCELLED}),
+    # Activated: on to seeding/running, or back to scheduled/created if it never started.
+    S.SUSPENDED: frozenset({S.SCHEDULED, S.CREATED, S.SEEDING, S.RUNNING, S.CANCELLED}),
     # A retry puts failed items back to pending: the batch runs again.
     S.COMPLETED: frozenset({S.RUNNING}),
     S.ABORTED: frozenset({S.RUNNING}),
@@ -164,7 +165,13 @@ def execution_wakeups(settings: Settings, batch_id: int, priority: str) -> list[
 
 
 def wakeups(
-    settings: Settings, batch_id: int, status: str, priority: str, *, seeding_done: bool
+    settings: Settings,
+    batch_id: int,
+    status: str,
+    priority: str,
+    *,
+    seeding_done: bool,
+    targets_resolved: bool = True,
 ) -> list[Wakeup]:
     """What moves a batch on *from the state it is in*. Used by create, seed, activate,
     retry, recovery and the embedded start-up alike, so no state is forgotten."""
@@ -181,8 +188,9 @@ def wakeups(
         case S.RUNNING:
             return [*([] if seeding_done else [seed]), *run]
         case S.SUSPENDED:
-            # Items are still resolved (and locked) while it waits; nothing runs.
-            return [] if seeding_done else [seed]
+            # Items are still resolved (and locked) while it waits; nothing runs. (A
+            # scheduled filter is resolved only when the batch starts.)
+            return [] if seeding_done or not targets_resolved else [seed]
         case S.SCHEDULED:
             # The schedule cron moves it to created when its time comes.
             return []
@@ -192,7 +200,12 @@ def wakeups(
 def wakeups_for(settings: Settings, batch: Any) -> list[Wakeup]:
     """``wakeups`` for a batch row (ORM object or a row with the same attributes)."""
     return wakeups(
-        settings, batch.id, batch.status, batch.priority, seeding_done=batch.seeding_done
+        settings,
+        batch.id,
+        batch.status,
+        batch.priority,
+        seeding_done=batch.seeding_done,
+        targets_resolved=getattr(batch, "targets_resolved", True),
     )
 
 

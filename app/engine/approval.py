@@ -149,6 +149,7 @@ async def approve_tasks(
     items: list[ApprovalInput],
     *,
     batch_id: int | None = None,
+    dry_run: bool = False,
 ) -> list[Outcome]:
     """Apply approvals/rejections for a set of tasks; returns one outcome per item, in
     order (a task listed twice is done once; the repeat is ``ignored``).
@@ -163,26 +164,25 @@ async def approve_tasks(
     if not items:
         return []
     ids = sorted({i.task_id for i in items})
-    rows = {
-        r.task_id: r
-        for r in await session.execute(
-            select(
-                Task.id.label("task_id"),
-                Task.instance_id,
-                Task.node_id,
-                Task.assignee_id,
-                Task.status.label("task_status"),
-                Task.locked_by_batch_id,
-                ProcessInstance.status.label("instance_status"),
-                ProcessInstance.definition_id,
-                ProcessInstance.form_data,
-            )
-            .join(ProcessInstance, ProcessInstance.id == Task.instance_id)
-            .where(id_in(session, Task.id, ids))
-            .order_by(Task.id)
-            .with_for_update(of=[Task.__table__, ProcessInstance.__table__])
+    query = (
+        select(
+            Task.id.label("task_id"),
+            Task.instance_id,
+            Task.node_id,
+            Task.assignee_id,
+            Task.status.label("task_status"),
+            Task.locked_by_batch_id,
+            ProcessInstance.status.label("instance_status"),
+            ProcessInstance.definition_id,
+            ProcessInstance.form_data,
         )
-    }
+        .join(ProcessInstance, ProcessInstance.id == Task.instance_id)
+        .where(id_in(session, Task.id, ids))
+        .order_by(Task.id)
+    )
+    if not dry_run:  # a prediction locks nothing
+        query = query.with_for_update(of=[Task.__table__, ProcessInstance.__table__])
+    rows = {r.task_id: r for r in await session.execute(query)}
     definitions = definitions_for(session)
     await definitions.load(session, {r.definition_id for r in rows.values()})
     wanted_assignees = {i.next_assignee_id for i in items if i.next_assignee_id is not None}
@@ -202,7 +202,8 @@ async def approve_tasks(
         known_users=known_users,
     )
     results = [plan.decide(item, rows.get(item.task_id)) for item in items]
-    await plan.write(session)
+    if not dry_run:
+        await plan.write(session)
     return results
 
 

@@ -78,6 +78,7 @@ _LOGGED = """, logged AS (
 
 class InstanceOperation(Operation):
     target = INSTANCES
+    supports_dry_run = True
     verb: ClassVar[str]
     """For "You may not <verb> processes of <key>."."""
     columns: ClassVar[tuple[Any, ...]] = ()
@@ -88,7 +89,8 @@ class InstanceOperation(Operation):
     ) -> list[Outcome]:
         operator = await load_operator(session, run.creator_id)
         ids = sorted({i.item_id for i in items})
-        done = await self.fast_path(session, run, operator, ids) if operator else set()
+        fast = operator is not None and not run.dry_run
+        done = await self.fast_path(session, run, operator, ids) if fast and operator else set()
         rest = [i for i in ids if i not in done]
         rows = await self._load(session, run, rest) if rest and operator else {}
         prepared = await self.prepare(session, run, list(rows.values()))
@@ -108,7 +110,7 @@ class InstanceOperation(Operation):
             if outcome.status == "success":
                 todo.append(row)
             outcomes.append(outcome)
-        if todo:
+        if todo and not run.dry_run:
             await self.write(session, run, todo, prepared)
         return outcomes
 
@@ -120,12 +122,14 @@ class InstanceOperation(Operation):
         visible: ColumnElement[bool] = (
             true() if creator.is_admin else instance_visibility_clause(creator)
         )
-        result = await session.execute(
+        query = (
             select(*BASE_COLUMNS, *self.columns, visible.label("visible"))
             .where(id_in(session, ProcessInstance.id, ids))
             .order_by(ProcessInstance.id)
-            .with_for_update(of=ProcessInstance)
         )
+        if not run.dry_run:
+            query = query.with_for_update(of=ProcessInstance)
+        result = await session.execute(query)
         return {r.id: r for r in result}
 
     def _gate(self, operator: Operator | None, item_id: int, row: Any) -> Outcome | None:

@@ -37,6 +37,9 @@ class BatchRun:
     batch_id: int
     creator_id: int
     params: dict[str, Any]
+    dry_run: bool = False
+    """Decide every item, write nothing, lock no row (``POST /batches`` with
+    ``dry_run``). The caller runs the chunk in a savepoint it rolls back either way."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class Operation(abc.ABC):
     target: ClassVar[Target]
     """Which table item ids point into, which filter selects them, how they are paged."""
     Params: ClassVar[builtins.type[BaseModel]] = NoParams
+    supports_dry_run: ClassVar[bool] = False
+    """``apply`` honours ``run.dry_run`` (decides without writing). Otherwise a dry run
+    applies for real inside a savepoint that is rolled back: correct, but slower."""
     lock: ClassVar[ItemLock | None] = None
     """The lock details hold on their items while the batch runs, if any. Such an
     operation clears the lock of every item it applies successfully (in the same

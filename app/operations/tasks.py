@@ -26,6 +26,7 @@ class ApproveTasks(Operation):
     target = TASKS
     Params = ApproveParams
     lock = TASK_LOCK
+    supports_dry_run = True
 
     async def apply(
         self, session: AsyncSession, run: BatchRun, items: list[WorkItem]
@@ -34,7 +35,8 @@ class ApproveTasks(Operation):
             session,
             run.creator_id,
             [self._input(run.params, item) for item in items],
-            batch_id=run.batch_id,
+            batch_id=None if run.dry_run else run.batch_id,
+            dry_run=run.dry_run,
         )
 
     @staticmethod

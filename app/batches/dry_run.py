@@ -1,0 +1,80 @@
+"""``dry_run``: what a batch would do, with nothing written (DESIGN.md §4).
+
+The targets are resolved exactly as at creation (an id list, or the filter paged in id
+order) and each chunk goes through the operation's own ``apply`` with ``run.dry_run``:
+the same rules and the same sentences, every item decided, no row written or locked —
+set-based, a handful of queries per chunk. Every chunk also runs inside a savepoint that
+is rolled back, so an operation that cannot predict (a custom type without
+``supports_dry_run``) applies for real and leaves nothing behind either.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.batches.resolve import Resolved
+from app.engine.approval import Outcome
+from app.models import User
+from app.operations import BatchRun, WorkItem
+from app.schemas.batch import DryRunOut, Problem
+
+DRY_CHUNK = 2_000
+MAX_PROBLEMS = 100
+
+
+async def predict(session: AsyncSession, user: User, r: Resolved) -> DryRunOut:
+    run = BatchRun(batch_id=0, creator_id=user.id, params=r.params, dry_run=True)
+    counts: Counter[str] = Counter()
+    problems: list[Problem] = []
+    async for ids in _chunks(session, user, r):
+        items = [WorkItem(detail_id=i, item_id=item) for i, item in enumerate(ids)]
+        for item, outcome in zip(items, await _decide(session, r, run, items), strict=True):
+            counts[outcome.status] += 1
+            if outcome.status != "success" and len(problems) < MAX_PROBLEMS:
+                problems.append(
+                    Problem(item_id=item.item_id, status=outcome.status, error=outcome.error)
+                )
+    return DryRunOut(
+        type=r.op.type,
+        total=sum(counts.values()),
+        success=counts["success"],
+        failed=counts["failed"],
+        ignored=counts["ignored"],
+        problems=problems,
+    )
+
+
+async def _decide(
+    session: AsyncSession, r: Resolved, run: BatchRun, items: list[WorkItem]
+) -> list[Outcome]:
+    savepoint = await session.begin_nested()
+    try:
+        return await r.op.apply(session, run, items)
+    except Exception:
+        # Only an operation that really applies (no dry-run support) can get here.
+        return [
+            Outcome("failed", f"Item {i.item_id} could not be checked; it may fail.", "error")
+            for i in items
+        ]
+    finally:
+        await savepoint.rollback()
+
+
+async def _chunks(session: AsyncSession, user: User, r: Resolved) -> AsyncIterator[list[int]]:
+    if r.ids is not None:
+        for start in range(0, len(r.ids), DRY_CHUNK):
+            yield r.ids[start : start + DRY_CHUNK]
+        return
+    after = 0
+    while True:
+        page = r.op.target.page_after(
+            user, r.filter or {}, after=after, until=r.seed_until, limit=DRY_CHUNK
+        )
+        ids = list(await session.scalars(page))
+        if not ids:
+            return
+        yield ids
+        after = ids[-1]

@@ -1,0 +1,66 @@
+"""Checking a create request before anything is written: shared by create and dry run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.db.base import utcnow
+from app.errors import TooLarge, ValidationFailed
+from app.models import User
+from app.operations import Operation, get_operation
+from app.schemas.batch import BatchCreate
+
+MAX_START_DELAY = timedelta(days=30)
+
+
+@dataclass
+class Resolved:
+    """A validated create request: its operation, params and targets."""
+
+    op: Operation
+    params: dict[str, Any]
+    ids: list[int] | None
+    filter: dict[str, Any] | None
+    total: int
+    seed_until: int
+
+
+async def resolve(
+    session: AsyncSession, settings: Settings, user: User, req: BatchCreate
+) -> Resolved:
+    """Everything a create request is checked against before anything is written (422 /
+    413): type, params (also against the database), exactly one of ids / filter, the
+    item limit, ``start_at``. Shared by create and dry run."""
+    op = get_operation(req.type)
+    params = op.validate_params(req.params)
+    await op.check_params(session, params)
+    if (req.ids is None) == (req.filter is None):
+        raise ValidationFailed(
+            "Give exactly one of ids or filter.",
+            fields=[{"loc": ["ids"], "msg": "exactly one of ids / filter is required"}],
+        )
+    if req.start_at is not None:
+        now = utcnow()
+        if not now < req.start_at <= now + MAX_START_DELAY:
+            raise ValidationFailed(
+                "start_at must be in the future and at most 30 days ahead.",
+                fields=[{"loc": ["start_at"], "msg": "must be in the next 30 days"}],
+            )
+    flt: dict[str, Any] | None = None
+    ids: list[int] | None = None
+    seed_until = 0
+    if req.ids is not None:
+        ids = list(dict.fromkeys(req.ids))
+        total = len(ids)
+    else:
+        assert req.filter is not None
+        flt = op.target.parse_filter(req.filter)
+        total, seed_until = await op.target.count(session, user, flt)
+    if total > settings.max_items:
+        raise TooLarge(f"This batch would hold {total} items; the limit is {settings.max_items}.")
+    return Resolved(op, params, ids, flt, total, seed_until)
