@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     """An execute job hands its batch back to the queue after this long (fairness)."""
     auto_retry_delay: float = Field(default=60, ge=0)
     """A finished batch is auto-retried no sooner than this after it finished."""
+    metrics: bool = True
+    """``GET /metrics`` (Prometheus text) and the metric hooks; false → 404, no-ops."""
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """``batchd worker`` serves its own ``/metrics`` on this port (unset → none)."""
+    worker_metrics_host: str = "0.0.0.0"
+    """Address the worker's metrics server binds (Prometheus scrapes it from outside)."""
+    sse_ping_interval: float = Field(default=15, gt=0)
+    """Seconds of silence after which an event stream sends a ``: ping`` comment."""
 
     @property
     def is_sqlite(self) -> bool:

@@ -18,7 +18,7 @@ from app.config import Settings, get_settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
 from app.errors import MAX_LISTED_ERRORS, AppError, join_messages
-from app.openapi import install_openapi
+from app.openapi import TAGS, install_openapi
 from app.queue.factory import build_runtime
 
 log = logging.getLogger("batchd")
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         title="batchd",
         version="0.1.0",
         description="Batch operations for an approval workflow.",
+        openapi_tags=TAGS,
         lifespan=lifespan,
     )
     app.add_middleware(

@@ -12,11 +12,20 @@ that each operation lists every status it can really answer, each with ``ErrorBo
 - plus whatever the route declares itself (404, 409, …).
 
 FastAPI's ``HTTPValidationError`` / ``ValidationError`` components are dropped.
+
+Every operation also gets a readable, stable ``operationId`` (``create_batch``, not
+FastAPI's ``create_batch_api_v1_batches_post``), so a generated client has method names
+a person would choose and that do not change when a path does. A route names itself
+with ``operation_id=`` on its decorator; ``OPERATION_IDS`` names the few whose module
+this one may not touch. ``unnamed_operations`` lists any route with neither, and
+``tests/test_openapi.py`` fails on it: a new route cannot slip in with a generated id.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -48,6 +57,34 @@ DESCRIPTIONS = {
 }
 BEARER = "bearerAuth"
 
+log = logging.getLogger("batchd")
+
+TAGS: list[dict[str, str]] = [
+    {"name": "batches", "description": "Bulk operations: create, watch, retry, pause, cancel."},
+    {"name": "tasks", "description": "Approval tasks: list, read, approve or reject one."},
+    {"name": "instances", "description": "Process instances: start, list, read."},
+    {"name": "definitions", "description": "Process definitions (versioned by key)."},
+    {"name": "nodes", "description": "How each form field appears at a node (V2 view)."},
+    {"name": "archives", "description": "Snapshots of deleted instances (admin)."},
+    {"name": "users", "description": "The caller, users and monitor grants."},
+    {"name": "health", "description": "Liveness and readiness probes (no auth)."},
+    {"name": "monitoring", "description": "Prometheus metrics (no auth)."},
+]
+"""``openapi_tags`` of the app: one tag per resource, in the order the docs show them."""
+
+OPERATION_IDS: dict[tuple[str, str], str] = {
+    ("get", "/api/v1/batches/{batch_id}/events"): "get_batch_events",
+}
+"""``(method, path) → operationId`` for routes declared where an ``operation_id=`` cannot
+be added (app/api/events.py). A route's own ``operation_id`` wins."""
+OPERATION_SUMMARIES: dict[tuple[str, str], str] = {
+    ("get", "/api/v1/batches/{batch_id}/events"): "Live progress (server-sent events)",
+}
+"""``(method, path) → summary`` for the same routes (FastAPI would say "Batch Events")."""
+
+OPERATION_ID = re.compile(r"^[a-z]+(_[a-z0-9]+)*$")
+"""snake_case verb_noun (``list_batch_details``); a one-word probe (``health``) passes."""
+
 
 def install_openapi(app: FastAPI, routers: Iterable[APIRouter]) -> None:
     """Replace ``app.openapi`` with one that post-processes FastAPI's document (rebuilt
@@ -62,8 +99,10 @@ def install_openapi(app: FastAPI, routers: Iterable[APIRouter]) -> None:
         source = generate()
         if cache.get("source") is not source:
             cache["source"] = source
-            routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+            routes = routes_of(routers)
             cache["document"] = truthful(copy.deepcopy(source), routes)
+            for problem in unnamed_operations(cache["document"], routes):
+                log.warning("OpenAPI: %s", problem)
         document: dict[str, Any] = cache["document"]
         return document
 
@@ -90,6 +129,7 @@ def truthful(document: dict[str, Any], routes: list[APIRoute]) -> dict[str, Any]
         }
     )
     schemas["ErrorBody"].pop("$defs", None)
+    _name_operations(document, routes)
     for name in FASTAPI_ERROR_SCHEMAS:
         schemas.pop(name, None)
     components.setdefault("securitySchemes", {})[BEARER] = {
@@ -108,6 +148,65 @@ def truthful(document: dict[str, Any], routes: list[APIRoute]) -> dict[str, Any]
             if isinstance(operation, dict) and "responses" in operation:
                 _document_errors(path, operation, calls.get((path, method), set()))
     return document
+
+
+def _name_operations(document: dict[str, Any], routes: list[APIRoute]) -> None:
+    """Apply ``OPERATION_IDS`` to routes that did not name themselves."""
+    named = {
+        (method.lower(), route.path_format)
+        for route in routes
+        if route.operation_id is not None
+        for method in route.methods or ()
+    }
+    for path, method, operation in _operations(document):
+        fallback = OPERATION_IDS.get((method, path))
+        if fallback and (method, path) not in named:
+            operation["operationId"] = fallback
+        if (method, path) in OPERATION_SUMMARIES:
+            operation["summary"] = OPERATION_SUMMARIES[(method, path)]
+
+
+def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
+            if isinstance(operation, dict) and "responses" in operation:
+                yield path, method, operation
+
+
+def routes_of(routers: Iterable[APIRouter]) -> list[APIRoute]:
+    """The API routes of ``routers`` (paths include each router's prefix)."""
+    return [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+
+
+def unnamed_operations(document: dict[str, Any], routes: Iterable[APIRoute]) -> list[str]:
+    """What keeps ``document`` from giving a generated client readable, stable method
+    names: a documented route with neither ``operation_id=`` nor an ``OPERATION_IDS``
+    entry, an operationId that is neither of those (FastAPI's generated
+    ``list_api_v1_tasks_get``), one that is not snake_case, or one used twice — each as
+    ``"GET /path: why"``. Empty when all is well; the OpenAPI test asserts exactly that."""
+    problems: list[str] = []
+    explicit = set(OPERATION_IDS.values())
+    for route in routes:
+        if not route.include_in_schema:
+            continue
+        if route.operation_id is not None:
+            explicit.add(route.operation_id)
+            continue
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            if (method.lower(), route.path_format) not in OPERATION_IDS:
+                problems.append(f"{method} {route.path_format}: no operation_id")
+    seen: dict[str, str] = {}
+    for path, method, operation in _operations(document):
+        where = f"{method.upper()} {path}"
+        op_id = operation.get("operationId", "")
+        if op_id not in explicit:
+            problems.append(f"{where}: operationId {op_id!r} was generated, not chosen")
+        elif not OPERATION_ID.match(op_id):
+            problems.append(f"{where}: operationId {op_id!r} is not snake_case")
+        if op_id in seen:
+            problems.append(f"{where}: operationId {op_id!r} also names {seen[op_id]}")
+        seen.setdefault(op_id, where)
+    return problems
 
 
 def _document_errors(path: str, operation: dict[str, Any], calls: set[Any]) -> None:

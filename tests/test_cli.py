@@ -97,7 +97,7 @@ async def test_console_script_and_module_agree(tmp_path: Path) -> None:
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0
-    for command in ("serve", "worker", "migrate", "create-user", "seed-demo", "watch"):
+    for command in ("serve", "worker", "migrate", "create-user", "seed-demo", "watch", "batch"):
         assert command in out.decode()
 
 

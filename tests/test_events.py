@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.api.events import watch_count
 from tests.batch_helpers import expense_setup
 from tests.conftest import Actor, LiveServer
 
@@ -116,3 +119,205 @@ async def test_stream_errors_are_json(live_server: LiveServer, alice: Actor, bob
         )
         r = await client.get(f"/api/v1/batches/{created.json()['id']}/events", headers=bob.headers)
         assert r.status_code == 404
+
+
+async def create_suspended(client: httpx.AsyncClient, actor: Actor, ids: list[int]) -> int:
+    """A batch that waits (suspended) until activated, so streams can connect first."""
+    r = await client.post(
+        "/api/v1/batches",
+        headers=actor.headers,
+        json={
+            "type": "task.approve",
+            "ids": ids,
+            "params": APPROVE,
+            "chunk_size": 10,
+            "start_suspended": True,
+        },
+    )
+    assert r.status_code == 202, r.text
+    batch_id: int = r.json()["id"]
+    return batch_id
+
+
+class Reader:
+    """Reads a stream in a task of its own, so waiting for an event with a time limit
+    never cancels (and so closes) the stream's iterator."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.task = asyncio.create_task(self._pump(response))
+
+    async def _pump(self, response: httpx.Response) -> None:
+        try:
+            async for e in sse_events(response):
+                await self.queue.put(e)
+        finally:
+            await self.queue.put(None)
+
+    async def next(self, within: float, *, pings: bool = False) -> dict[str, Any] | None:
+        """The next event (pings skipped unless asked for), or None after ``within``
+        seconds or at the end of the stream."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while (left := deadline - loop.time()) > 0:
+            try:
+                e = await asyncio.wait_for(self.queue.get(), left)
+            except TimeoutError:
+                return None
+            if e is None or pings or e["event"] != ":":
+                return e
+        return None
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+
+async def wait_until(check: Any, limit_s: float = 10) -> None:
+    for _ in range(int(limit_s * 20)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"sse_ping_interval": 0.3}])
+async def test_ping_resume_and_no_connection_held(
+    live_server: LiveServer,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 40)
+    app = live_server.app
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+        batch_id = await create_suspended(client, alice, setup.task_ids)
+        url = f"/api/v1/batches/{batch_id}/events"
+        async with client.stream("GET", url, headers=alice.headers) as r:
+            events = Reader(r)
+            first = await events.next(5)
+            assert first is not None and first["event"] == "progress"
+            latest = first["id"]
+            # A comment ping after BATCH_SSE_PING_INTERVAL of silence (nothing changes).
+            ping = await events.next(2, pings=True)
+            assert ping == {"event": ":", "data": "ping"}
+            await events.close()
+
+        # Reconnecting with the latest id: nothing until something changes.
+        resumed = {**alice.headers, "Last-Event-ID": latest}
+        async with client.stream("GET", url, headers=resumed) as r:
+            events = Reader(r)
+            assert await events.next(0.8) is None
+            # No database connection is held while the client waits.
+            assert app.state.engine.pool.checkedout() <= 1  # at most a passing read
+            act = await client.post(f"/api/v1/batches/{batch_id}/activate", headers=alice.headers)
+            assert act.status_code == 200, act.text
+            moved = await events.next(10)
+            assert moved is not None and moved["event"] in ("progress", "end")
+            assert int(moved["id"]) > int(latest)
+            await events.close()
+
+        # With an older id (or an unknown one): the current state at once.
+        for stale in ("0", latest, "not-a-number"):
+            again = await collect(client, url, {**alice.headers, "Last-Event-ID": stale})
+            kinds = [e["event"] for e in again if e["event"] != ":"]
+            assert kinds[-1] == "end" and kinds[0] == "progress"
+
+
+async def test_finished_batch_ends_at_once(
+    live_server: LiveServer,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 5)
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+        r = await client.post(
+            "/api/v1/batches",
+            headers=alice.headers,
+            json={"type": "task.approve", "ids": setup.task_ids, "params": APPROVE},
+        )
+        batch_id = r.json()["id"]
+        for _ in range(200):
+            got = await client.get(f"/api/v1/batches/{batch_id}", headers=alice.headers)
+            if got.json()["status"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+        url = f"/api/v1/batches/{batch_id}/events"
+        started = asyncio.get_running_loop().time()
+        events = await collect(client, url, alice.headers)
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert [e["event"] for e in events] == ["progress", "end"]
+        assert events[0]["id"] == events[1]["id"]
+        assert events[1]["data"]["status"] == "completed"
+        assert live_server.app.state.progress.listener_count() == 0  # never subscribed
+
+
+async def test_disconnect_leaves_nothing_running(
+    live_server: LiveServer,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 10)
+    app = live_server.app
+    bus = app.state.progress
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+        batch_id = await create_suspended(client, alice, setup.task_ids)
+        url = f"/api/v1/batches/{batch_id}/events"
+        for _ in range(2):  # twice: a second round starts from a clean slate
+            async with contextlib.AsyncExitStack() as stack:
+                streams = []
+                for _ in range(5):
+                    r = await stack.enter_async_context(
+                        client.stream("GET", url, headers=alice.headers)
+                    )
+                    streams.append(Reader(r))
+                for reader in streams:
+                    assert (await reader.next(5) or {}).get("event") == "progress"
+                # One shared watch (one bus listener) for the five streams.
+                assert bus.listener_count(batch_id) == 1
+                assert watch_count(app) == 1
+                assert app.state.engine.pool.checkedout() <= 1
+                for reader in streams:
+                    await reader.close()
+            await wait_until(lambda: bus.listener_count() == 0 and watch_count(app) == 0)
+            leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("batchd-watch-")]
+            for t in leftovers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(t, 2)
+            assert all(t.done() for t in leftovers)
+
+
+async def test_progress_is_coalesced(
+    live_server: LiveServer,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """Many small chunks: the stream sends at most ~10 progress events a second."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 600)
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=60) as client:
+        batch_id = await create_suspended(client, alice, setup.task_ids)  # chunks of 10
+        url = f"/api/v1/batches/{batch_id}/events"
+        loop = asyncio.get_running_loop()
+        arrivals: list[float] = []
+        async with client.stream("GET", url, headers=alice.headers) as r:
+            events = sse_events(r)
+            assert (await anext(events)).get("event") == "progress"
+            act = await client.post(f"/api/v1/batches/{batch_id}/activate", headers=alice.headers)
+            assert act.status_code == 200
+            started = loop.time()
+            async for e in events:
+                if e["event"] == "progress":
+                    arrivals.append(loop.time())
+                if e["event"] == "end":
+                    assert e["data"]["success"] == 600
+                    break
+        elapsed = loop.time() - started
+        assert len(arrivals) <= 10 * elapsed + 3, (len(arrivals), elapsed)

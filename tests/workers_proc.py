@@ -26,6 +26,7 @@ FORWARDED = (
     "auto_retry_delay",
     "chunk_size",
     "jobs_per_seed",
+    "worker_metrics_port",
 )
 
 

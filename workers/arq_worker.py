@@ -1,6 +1,10 @@
 """``batchd worker``: three arq workers (one per priority queue) in one process, sharing
 one database engine and one coroutine cap, plus the crons. Wiring only: the job
-functions live in ``app.batches.jobs``."""
+functions live in ``app.batches.jobs``.
+
+With ``BATCH_WORKER_METRICS_PORT`` set (and ``BATCH_METRICS`` on) the process also
+serves its own Prometheus ``/metrics`` (its chunks: items and durations) on that port:
+one scrape target per worker, so no state is shared between processes or hosts."""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from typing import Any
 from arq import ArqRedis, create_pool
 from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
+from prometheus_client import start_http_server
 
+from app import metrics
 from app.batches.jobs import JOBS, cron_schedule
 from app.config import Settings
 from app.db.session import create_engine, create_sessionmaker
@@ -86,10 +92,16 @@ class WorkerGroup:
         self.tasks: list[asyncio.Task[None]] = []
         self.pool: ArqRedis | None = None
         self.ctx: JobContext | None = None
+        self.metrics_server: MetricsServer | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, serve_metrics: bool = False) -> None:
+        """``serve_metrics``: also start the metrics HTTP server when a port is set
+        (``run_forever`` does; in-process test workers share the API's ``/metrics``)."""
         s = self.settings
         assert s.redis_url is not None
+        metrics.configure(enabled=s.metrics)
+        if serve_metrics and s.metrics and s.worker_metrics_port is not None:
+            self.metrics_server = MetricsServer(s.worker_metrics_host, s.worker_metrics_port)
         self.engine = create_engine(s.database_url, pool_size=s.db_pool_size, name="batchd-worker")
         self.pool = await create_pool(redis_settings(s.redis_url))
         self.progress = RedisProgressBus(s.redis_url, listen=False)
@@ -141,12 +153,29 @@ class WorkerGroup:
         if self.pool is not None:
             await self.pool.aclose()
         await self.engine.dispose()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+
+
+class MetricsServer:
+    """prometheus-client's HTTP server (a daemon thread) on the worker's own port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.server, self.thread = start_http_server(port, addr=host)
+        self.port = int(self.server.server_address[1])
+        log.info("batchd worker metrics on http://%s:%d/metrics", host, self.port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
 
 
 async def run_forever(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
     group = WorkerGroup(settings)
-    await group.start()
+    await group.start(serve_metrics=True)
     tune_for_batches()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -14,6 +14,8 @@ router = APIRouter(prefix="/api/v1", tags=["archives"])
 
 @router.get(
     "/archives",
+    operation_id="list_archives",
+    summary="List archived instances (admin)",
     response_model=Page[ArchiveSummary],
     responses=error_responses(401, 403, 422),
 )
@@ -37,6 +39,8 @@ async def list_(
 
 @router.get(
     "/archives/{instance_id}",
+    operation_id="get_archive",
+    summary="Get the snapshot of a deleted instance (admin)",
     response_model=ArchiveDetail,
     responses=error_responses(401, 403, 404, 422),
 )

@@ -8,37 +8,96 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi.openapi.models import Example
 
 from app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
 from app.batches import service
+from app.batches.state import BatchStatus, DetailStatus
 from app.errors import NotFound
-from app.schemas.batch import BatchCreate, BatchOut, DetailOut, RetryOut, RetryRequest
+from app.schemas.batch import (
+    BatchCreate,
+    BatchOut,
+    DetailOut,
+    DryRunOut,
+    RetryOut,
+    RetryRequest,
+)
 from app.schemas.common import NO_NUL, IdPath, IntQuery, Page, error_responses
 
 router = APIRouter(prefix="/api/v1", tags=["batches"])
 
 BatchId = IdPath
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-DETAIL_STATUSES = "^(pending|running|success|failed|ignored|cancelled)$"
-BATCH_STATUSES = "^(created|seeding|running|suspended|completed|cancelled|aborted)$"
+CREATE_EXAMPLES: dict[str, Example] = {
+    "approve_by_ids": {
+        "summary": "Approve three tasks by id",
+        "value": {
+            "type": "task.approve",
+            "ids": [11, 12, 13],
+            "params": {"decision": "approve", "comment": "ok"},
+        },
+    },
+    "approve_by_filter": {
+        "summary": "Approve every matching pending task of the caller",
+        "value": {
+            "type": "task.approve",
+            "filter": {"definition_key": "expense", "node_id": "manager", "keyword": "Berlin"},
+            "params": {
+                "decision": "approve",
+                "comment": "Approved in bulk",
+                "form_data": {"category": "travel"},
+            },
+            "priority": "normal",
+            "chunk_size": 100,
+            "max_retries": 3,
+            "failure_threshold": 0.5,
+        },
+    },
+    "suspend_instances": {
+        "summary": "Suspend instances by filter, paused for review first",
+        "value": {
+            "type": "instance.suspend",
+            "filter": {"definition_key": "leave", "status": "active"},
+            "priority": "high",
+            "start_suspended": True,
+        },
+    },
+    "dry_run": {
+        "summary": "Predict what a batch would do, writing nothing",
+        "value": {"type": "instance.terminate", "ids": [1, 2], "params": {}, "dry_run": True},
+    },
+}
+"""Named request examples (Swagger UI's drop-down; schemathesis sends them too)."""
 
 
 @router.post(
     "/batches",
+    operation_id="create_batch",
+    summary="Create a batch (or dry-run one)",
     status_code=202,
-    response_model=BatchOut,
-    responses={200: {"model": BatchOut}, **error_responses(401, 413, 422)},
+    response_model=BatchOut | DryRunOut,
+    responses={
+        200: {
+            "model": BatchOut | DryRunOut,
+            "description": "the batch of a repeated Idempotency-Key, or a dry run's prediction",
+        },
+        **error_responses(401, 413, 422),
+    },
 )
 async def create_batch(
-    body: BatchCreate,
+    body: Annotated[BatchCreate, Body(openapi_examples=CREATE_EXAMPLES)],
     session: SessionDep,
     settings: SettingsDep,
     user: CurrentUser,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> BatchOut:
+) -> BatchOut | DryRunOut:
     """Validate, write the batch and return at once (202); work happens in the background.
-    A repeated ``Idempotency-Key`` returns the existing batch with 200."""
+    A repeated ``Idempotency-Key`` returns the existing batch with 200. With
+    ``"dry_run": true`` nothing is written: 200 with the predicted outcome."""
+    if body.dry_run:
+        response.status_code = 200
+        return await service.dry_run(session, settings, user, body)
     batch, created = await service.create_batch(
         session, settings, user, body, idempotency_key=idempotency_key
     )
@@ -47,13 +106,27 @@ async def create_batch(
     return service.to_out(batch)
 
 
-@router.get("/batches", response_model=Page[BatchOut], responses=error_responses(401, 422))
+@router.get(
+    "/batches",
+    operation_id="list_batches",
+    summary="List batches, newest first",
+    response_model=Page[BatchOut],
+    responses=error_responses(401, 422),
+)
 async def list_batches(
     session: SessionDep,
     user: CurrentUser,
     page: PageDep,
-    type: Annotated[str | None, Query(max_length=50, pattern=NO_NUL)] = None,
-    status: Annotated[str | None, Query(pattern=BATCH_STATUSES)] = None,
+    type: Annotated[
+        str | None,
+        Query(
+            max_length=50,
+            pattern=NO_NUL,
+            description="An operation type (a built-in ``OperationType`` or a custom one).",
+            examples=["task.approve"],
+        ),
+    ] = None,
+    status: BatchStatus | None = None,
     creator_id: IntQuery = None,
 ) -> Page[BatchOut]:
     """Newest first; a user sees their own batches, an admin all."""
@@ -69,13 +142,21 @@ async def list_batches(
     return Page[BatchOut](items=items, total=total, page=page.page, page_size=page.page_size)
 
 
-@router.get("/batches/{batch_id}", response_model=BatchOut, responses=error_responses(401, 404))
+@router.get(
+    "/batches/{batch_id}",
+    operation_id="get_batch",
+    summary="Get a batch with its counters",
+    response_model=BatchOut,
+    responses=error_responses(401, 404),
+)
 async def get_batch(batch_id: BatchId, session: SessionDep, user: CurrentUser) -> BatchOut:
     return service.to_out(await service.get_batch(session, user, batch_id))
 
 
 @router.get(
     "/batches/{batch_id}/details",
+    operation_id="list_batch_details",
+    summary="List a batch's per-item results",
     response_model=Page[DetailOut],
     responses=error_responses(401, 404, 422),
 )
@@ -84,7 +165,7 @@ async def list_details(
     session: SessionDep,
     user: CurrentUser,
     page: PageDep,
-    status: Annotated[str | None, Query(pattern=DETAIL_STATUSES)] = None,
+    status: DetailStatus | None = None,
 ) -> Page[DetailOut]:
     batch = await service.get_batch(session, user, batch_id)
     items, total = await service.list_details(
@@ -95,6 +176,8 @@ async def list_details(
 
 @router.post(
     "/batches/{batch_id}/retry",
+    operation_id="retry_batch",
+    summary="Retry failed items",
     status_code=202,
     response_model=RetryOut,
     responses=error_responses(401, 404, 409, 422),
@@ -116,7 +199,11 @@ async def retry_batch(
 
 
 @router.post(
-    "/batches/{batch_id}/suspend", response_model=BatchOut, responses=error_responses(401, 404, 409)
+    "/batches/{batch_id}/suspend",
+    operation_id="suspend_batch",
+    summary="Pause a batch",
+    response_model=BatchOut,
+    responses=error_responses(401, 404, 409),
 )
 async def suspend_batch(batch_id: BatchId, session: SessionDep, user: CurrentUser) -> BatchOut:
     """Pause: nothing new is claimed; chunks already running finish."""
@@ -125,6 +212,8 @@ async def suspend_batch(batch_id: BatchId, session: SessionDep, user: CurrentUse
 
 @router.post(
     "/batches/{batch_id}/activate",
+    operation_id="activate_batch",
+    summary="Resume a suspended batch",
     response_model=BatchOut,
     responses=error_responses(401, 404, 409),
 )
@@ -136,6 +225,8 @@ async def activate_batch(
 
 @router.delete(
     "/batches/{batch_id}",
+    operation_id="cancel_batch",
+    summary="Cancel a batch (cascade=true also purges it)",
     response_model=BatchOut,
     responses={204: {"description": "purged (cascade=true)"}, **error_responses(401, 404)},
 )
@@ -155,6 +246,8 @@ async def delete_batch(
 
 @router.get(
     "/batches/{batch_id}/error-file",
+    operation_id="get_batch_error_file",
+    summary="Download the failed items as xlsx",
     response_class=Response,
     responses={
         200: {

@@ -14,6 +14,8 @@ router = APIRouter(prefix="/api/v1", tags=["definitions"])
 
 @router.post(
     "/definitions",
+    operation_id="create_definition",
+    summary="Create a definition, or a new version of its key (admin)",
     status_code=201,
     response_model=DefinitionOut,
     responses=error_responses(401, 403, 409, 422),
@@ -23,7 +25,13 @@ async def create(body: DefinitionCreate, _admin: AdminUser, session: SessionDep)
     return DefinitionOut.model_validate(definition)
 
 
-@router.get("/definitions", response_model=Page[DefinitionOut], responses=error_responses(401, 422))
+@router.get(
+    "/definitions",
+    operation_id="list_definitions",
+    summary="List definitions",
+    response_model=Page[DefinitionOut],
+    responses=error_responses(401, 422),
+)
 async def list_(
     _user: CurrentUser,
     session: SessionDep,
@@ -46,6 +54,8 @@ async def list_(
 
 @router.get(
     "/definitions/{definition_id}",
+    operation_id="get_definition",
+    summary="Get a definition",
     response_model=DefinitionOut,
     responses=error_responses(401, 404, 422),
 )

@@ -23,13 +23,15 @@ class ReadyOut(BaseModel):
     checks: dict[str, str]
 
 
-@router.get("/health", response_model=HealthOut)
+@router.get("/health", response_model=HealthOut, operation_id="health", summary="Liveness")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get(
     "/ready",
+    operation_id="ready",
+    summary="Readiness (database, Redis)",
     response_model=ReadyOut,
     responses={503: {"model": ReadyOut, "description": "A dependency is not reachable."}},
 )

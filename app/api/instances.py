@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
+from fastapi.openapi.models import Example
 
 from app.api.deps import CurrentUser, PageDep, SessionDep
 from app.engine import instances as service
@@ -44,6 +45,23 @@ StartedBeforeQuery = Annotated[
 ]
 
 
+START_EXAMPLES: dict[str, Example] = {
+    "expense": {
+        "summary": "Start an expense claim",
+        "value": {
+            "definition_key": "expense",
+            "title": "Trip to Lisbon (09 Apr)",
+            "business_key": "EXP-2026-0042",
+            "form_data": {"amount": 420.5, "category": "travel"},
+        },
+    },
+    "minimal": {
+        "summary": "Only what is required",
+        "value": {"definition_key": "leave", "title": "Leave 12-16 May"},
+    },
+}
+
+
 def _detail(detail: service.InstanceDetail) -> InstanceDetail:
     return InstanceDetail(
         **InstanceOut.model_validate(detail.instance).model_dump(),
@@ -54,11 +72,17 @@ def _detail(detail: service.InstanceDetail) -> InstanceDetail:
 
 @router.post(
     "/instances",
+    operation_id="start_instance",
+    summary="Start an instance",
     status_code=201,
     response_model=InstanceDetail,
     responses=error_responses(401, 422),
 )
-async def start(body: InstanceCreate, user: CurrentUser, session: SessionDep) -> InstanceDetail:
+async def start(
+    body: Annotated[InstanceCreate, Body(openapi_examples=START_EXAMPLES)],
+    user: CurrentUser,
+    session: SessionDep,
+) -> InstanceDetail:
     """Start an instance on the latest version of the definition; the caller is the
     initiator. The response includes the first task (``tasks``) and the start log.
     An unknown ``definition_key`` is a 422 on that field."""
@@ -74,7 +98,13 @@ async def start(body: InstanceCreate, user: CurrentUser, session: SessionDep) ->
     return _detail(await service.instance_detail(session, user, instance.id))
 
 
-@router.get("/instances", response_model=Page[InstanceOut], responses=error_responses(401, 422))
+@router.get(
+    "/instances",
+    operation_id="list_instances",
+    summary="List visible instances",
+    response_model=Page[InstanceOut],
+    responses=error_responses(401, 422),
+)
 async def list_(
     user: CurrentUser,
     session: SessionDep,
@@ -112,6 +142,8 @@ async def list_(
 
 @router.get(
     "/instances/{instance_id}",
+    operation_id="get_instance",
+    summary="Get an instance with its tasks and logs",
     response_model=InstanceDetail,
     responses=error_responses(401, 404, 422),
 )

@@ -16,6 +16,8 @@ router = APIRouter(prefix="/api/v1", tags=["nodes"])
 
 @router.get(
     "/nodes/{definition_key}/{node_id}/view",
+    operation_id="get_node_view",
+    summary="How each form field appears at a node",
     response_model=NodeView,
     responses=error_responses(401, 404, 422),
 )

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import archives, batches, definitions, events, health, instances, nodes, tasks, users
+from app.api import (
+    archives,
+    batches,
+    definitions,
+    events,
+    health,
+    instances,
+    metrics,
+    nodes,
+    results,
+    tasks,
+    users,
+)
 
 ALL: list[APIRouter] = [
     health.router,
@@ -15,5 +27,7 @@ ALL: list[APIRouter] = [
     nodes.router,
     archives.router,
     batches.router,
+    results.router,
     events.router,
+    metrics.router,
 ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
+from fastapi.openapi.models import Example
 
 from app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
 from app.engine import approval
@@ -30,6 +31,26 @@ from app.schemas.engine import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
+
+
+APPROVE_EXAMPLES: dict[str, Example] = {
+    "approve": {
+        "summary": "Approve, filling a field writable at this step",
+        "value": {
+            "decision": "approve",
+            "comment": "Looks fine",
+            "form_data": {"category": "travel"},
+        },
+    },
+    "reject": {
+        "summary": "Reject (the instance becomes rejected)",
+        "value": {"decision": "reject", "comment": "Receipt missing"},
+    },
+    "reassign": {
+        "summary": "Approve and pick the next step's assignee",
+        "value": {"decision": "approve", "next_assignee_id": 3},
+    },
+}
 
 
 def parse_ids(raw: str | None, limit: int) -> list[int] | None:
@@ -66,7 +87,13 @@ def _item(row: TaskRow) -> TaskListItem:
     )
 
 
-@router.get("/tasks", response_model=Page[TaskListItem], responses=error_responses(401, 422))
+@router.get(
+    "/tasks",
+    operation_id="list_tasks",
+    summary="List tasks",
+    response_model=Page[TaskListItem],
+    responses=error_responses(401, 422),
+)
 async def list_(
     user: CurrentUser,
     session: SessionDep,
@@ -105,7 +132,11 @@ async def list_(
 
 
 @router.get(
-    "/tasks/{task_id}", response_model=TaskListItem, responses=error_responses(401, 404, 422)
+    "/tasks/{task_id}",
+    operation_id="get_task",
+    summary="Get a task",
+    response_model=TaskListItem,
+    responses=error_responses(401, 404, 422),
 )
 async def get(task_id: IdPath, user: CurrentUser, session: SessionDep) -> TaskListItem:
     """One task (404 unless it is the caller's or the caller is an admin)."""
@@ -114,12 +145,14 @@ async def get(task_id: IdPath, user: CurrentUser, session: SessionDep) -> TaskLi
 
 @router.post(
     "/tasks/{task_id}/approve",
+    operation_id="approve_task",
+    summary="Approve or reject one task",
     response_model=ApproveResult,
     responses=error_responses(401, 403, 404, 409, 422),
 )
 async def approve(
     task_id: IdPath,
-    body: ApproveRequest,
+    body: Annotated[ApproveRequest, Body(openapi_examples=APPROVE_EXAMPLES)],
     user: CurrentUser,
     session: SessionDep,
 ) -> ApproveResult:

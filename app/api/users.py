@@ -12,7 +12,13 @@ from app.schemas.engine import GrantCreate, GrantOut, Me, UserCreate, UserCreate
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
 
-@router.get("/users/me", response_model=Me, responses=error_responses(401))
+@router.get(
+    "/users/me",
+    operation_id="get_me",
+    summary="The caller",
+    response_model=Me,
+    responses=error_responses(401),
+)
 async def me(user: CurrentUser, session: SessionDep) -> Me:
     keys = await granted_keys(session, user.id)
     return Me(
@@ -26,6 +32,8 @@ async def me(user: CurrentUser, session: SessionDep) -> Me:
 
 @router.post(
     "/users",
+    operation_id="create_user",
+    summary="Create a user (admin)",
     status_code=201,
     response_model=UserCreated,
     responses=error_responses(401, 403, 422),
@@ -42,6 +50,8 @@ async def create(body: UserCreate, _admin: AdminUser, session: SessionDep) -> Us
 
 @router.post(
     "/users/{user_id}/grants",
+    operation_id="grant_monitor",
+    summary="Grant a monitor role on a definition key (admin)",
     status_code=201,
     response_model=GrantOut,
     responses=error_responses(401, 403, 404, 422),

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.batches.resolve import Listed
 from app.batches.state import DetailStatus
 from app.db.base import utcnow
 from app.db.bulk import insert_rows, update_rows
+from app.engine.approval import Outcome
 from app.models import Batch, BatchDetail, User
 from app.operations import Operation
 
@@ -32,33 +33,30 @@ class Seeded:
 
 
 async def create_details(
-    session: AsyncSession,
-    batch: Batch,
-    creator: User,
-    op: Operation,
-    item_ids: Sequence[int],
-    *,
-    rows: Sequence[int | None] | None = None,
-    payloads: Sequence[dict[str, Any] | None] | None = None,
+    session: AsyncSession, batch: Batch, creator: User, op: Operation, listed: Listed
 ) -> Seeded:
-    """Insert one detail per item: pending, with its item locked for a locking
-    operation — or, for an item the creator may not lock (``ItemLock.acquire``), already
-    decided (failed or ignored) with the reason."""
+    """Insert one detail per listed item: pending, with its item locked for a locking
+    operation — or already decided: a pre-failed row with its error, or an item the
+    creator may not lock (``ItemLock.acquire``) with the reason (failed or ignored)."""
     decided: Counter[str] = Counter()
-    for start in range(0, len(item_ids), INSERT_PAGE):
-        page = item_ids[start : start + INSERT_PAGE]
-        refused = await op.lock.acquire(session, batch.id, creator, page) if op.lock else {}
+    ids = listed.item_ids
+    for start in range(0, len(ids), INSERT_PAGE):
+        stop = min(start + INSERT_PAGE, len(ids))
+        pre = {
+            i: listed.errors[i] for i in range(start, stop) if listed.errors and listed.errors[i]
+        }
+        lockable = [ids[i] for i in range(start, stop) if i not in pre]
+        refused = await op.lock.acquire(session, batch.id, creator, lockable) if op.lock else {}
         now = utcnow()
         values = []
-        for offset, item_id in enumerate(page):
-            i = start + offset
-            outcome = refused.get(item_id)
+        for i in range(start, stop):
+            outcome = Outcome("failed", pre[i]) if i in pre else refused.get(ids[i])
             values.append(
                 {
                     "batch_id": batch.id,
-                    "item_id": item_id,
-                    "row": rows[i] if rows else None,
-                    "payload": payloads[i] if payloads else None,
+                    "item_id": ids[i],
+                    "row": listed.rows[i] if listed.rows else None,
+                    "payload": listed.payloads[i] if listed.payloads else None,
                     "status": outcome.status if outcome else DetailStatus.PENDING,
                     "error": outcome.error if outcome else None,
                     "retry_count": 0,
@@ -68,7 +66,7 @@ async def create_details(
             if outcome:
                 decided[outcome.status] += 1
         await insert_rows(session, _details, values)
-    return Seeded(len(item_ids), max(item_ids, default=None), decided["failed"], decided["ignored"])
+    return Seeded(len(ids), max(ids, default=None), decided["failed"], decided["ignored"])
 
 
 async def create_details_from(
@@ -83,7 +81,7 @@ async def create_details_from(
     so it keeps the portable path.)"""
     if session.get_bind().dialect.name != "postgresql":
         ids = list(await session.scalars(page))
-        return await create_details(session, batch, creator, op, ids)
+        return await create_details(session, batch, creator, op, Listed(ids))
     sub = page.subquery()
     insert_page = insert(_details).from_select(
         ["batch_id", "item_id", "status", "retry_count"],

@@ -64,9 +64,10 @@ async def _decide(
 
 
 async def _chunks(session: AsyncSession, user: User, r: Resolved) -> AsyncIterator[list[int]]:
-    if r.ids is not None:
-        for start in range(0, len(r.ids), DRY_CHUNK):
-            yield r.ids[start : start + DRY_CHUNK]
+    if r.listed is not None:
+        ids = r.listed.item_ids
+        for start in range(0, len(ids), DRY_CHUNK):
+            yield ids[start : start + DRY_CHUNK]
         return
     after = 0
     while True:

@@ -19,15 +19,34 @@ MAX_START_DELAY = timedelta(days=30)
 
 
 @dataclass
+class Listed:
+    """Targets listed one by one — an id list, or the rows of an Excel import with each
+    row's number and payload. ``errors[i]`` set makes item ``i`` a pre-failed row (it
+    did not validate): recorded ``failed`` with that sentence, never locked, never run.
+    Columns, not objects: a million ids stay a list of ints."""
+
+    item_ids: list[int]
+    rows: list[int | None] | None = None
+    payloads: list[dict[str, Any] | None] | None = None
+    errors: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass
 class Resolved:
-    """A validated create request: its operation, params and targets."""
+    """A validated create request: its operation, params and its source — exactly one
+    of ``listed`` (resolved now) or ``filter`` (resolved page by page while seeding)."""
 
     op: Operation
     params: dict[str, Any]
-    ids: list[int] | None
+    listed: Listed | None
     filter: dict[str, Any] | None
     total: int
     seed_until: int
+    source: str = "api"
+    is_single: bool = False
 
 
 async def resolve(
@@ -52,15 +71,15 @@ async def resolve(
                 fields=[{"loc": ["start_at"], "msg": "must be in the next 30 days"}],
             )
     flt: dict[str, Any] | None = None
-    ids: list[int] | None = None
+    listed: Listed | None = None
     seed_until = 0
     if req.ids is not None:
-        ids = list(dict.fromkeys(req.ids))
-        total = len(ids)
+        listed = Listed(list(dict.fromkeys(req.ids)))
+        total = len(listed)
     else:
         assert req.filter is not None
         flt = op.target.parse_filter(req.filter)
         total, seed_until = await op.target.count(session, user, flt)
     if total > settings.max_items:
         raise TooLarge(f"This batch would hold {total} items; the limit is {settings.max_items}.")
-    return Resolved(op, params, ids, flt, total, seed_until)
+    return Resolved(op, params, listed, flt, total, seed_until)

@@ -65,7 +65,8 @@ async def create_batch(
         creator_id=user.id,
         params=r.params,
         filter=r.filter,
-        source="api",
+        source=r.source,
+        is_single=r.is_single,
         idempotency_key=key,
         request_hash=fingerprint,
         total=r.total,
@@ -74,7 +75,7 @@ async def create_batch(
         failure_threshold=req.failure_threshold or cfg.failure_threshold,
         history_ttl=cfg.history_ttl,
         seed_until=r.seed_until,
-        seeding_done=r.ids is not None,
+        seeding_done=r.listed is not None,
         start_at=req.start_at,
         targets_resolved=not (scheduled and r.filter is not None),
         max_items_per_second=req.max_items_per_second,
@@ -90,8 +91,8 @@ async def create_batch(
             raise
         return existing, False
 
-    if r.ids:
-        seeded = await details.create_details(session, batch, user, op, r.ids)
+    if r.listed:
+        seeded = await details.create_details(session, batch, user, op, r.listed)
         batch.failed, batch.ignored = seeded.failed, seeded.ignored
     if r.total == 0 and not scheduled:
         batch.started_at = utcnow()

@@ -9,7 +9,7 @@ import abc
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from sqlalchemy import Select, func, select
+from sqlalchemy import ScalarSelect, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.engine.queries import instance_filter_clauses, task_filter_clauses
@@ -32,6 +32,11 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def matching(self, creator: User, flt: dict[str, Any]) -> Select[Any]:
         """``SELECT <item id>`` of everything the filter matches for this creator."""
+
+    @abc.abstractmethod
+    def title_of(self, item_id: Any) -> ScalarSelect[Any]:
+        """The item's title (its process's) for the column ``item_id`` — a correlated
+        scalar subquery, for the results export."""
 
     async def count(
         self, session: AsyncSession, creator: User, flt: dict[str, Any]
@@ -66,6 +71,14 @@ class Tasks(Target):
             .where(*clauses)
         )
 
+    def title_of(self, item_id: Any) -> ScalarSelect[Any]:
+        return (
+            select(ProcessInstance.title)
+            .join(Task, Task.instance_id == ProcessInstance.id)
+            .where(Task.id == item_id)
+            .scalar_subquery()
+        )
+
 
 class Instances(Target):
     """An instance filter selects the instances the creator can see; whether they may
@@ -77,6 +90,9 @@ class Instances(Target):
 
     def matching(self, creator: User, flt: dict[str, Any]) -> Select[Any]:
         return select(ProcessInstance.id).where(*instance_filter_clauses(creator, **flt))
+
+    def title_of(self, item_id: Any) -> ScalarSelect[Any]:
+        return select(ProcessInstance.title).where(ProcessInstance.id == item_id).scalar_subquery()
 
 
 TASKS = Tasks()
@@ -104,6 +120,16 @@ class Archives(Target):
                 )
             )
         return stmt
+
+    def title_of(self, item_id: Any) -> ScalarSelect[Any]:
+        """From the newest snapshot (the instance itself is gone)."""
+        return (
+            select(InstanceArchive.snapshot["instance"]["title"].as_string())
+            .where(InstanceArchive.instance_id == item_id)
+            .order_by(InstanceArchive.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
 
 
 ARCHIVES = Archives()

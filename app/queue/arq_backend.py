@@ -7,7 +7,7 @@ import logging
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 
-from app.queue.backend import QueueBackend, Wakeup, queue_name
+from app.queue.backend import PRIORITIES, QueueBackend, Wakeup, queue_name
 
 log = logging.getLogger("batchd.arq")
 
@@ -52,3 +52,15 @@ class ArqQueue(QueueBackend):
             )
         except Exception as exc:  # the database holds the work; recovery re-sends it
             log.warning("enqueue %s(%s) failed: %s", wakeup.job, wakeup.batch_id, exc)
+
+    async def depth(self) -> dict[str, int]:
+        """Jobs waiting per priority: ZCARD of each arq queue (deferred jobs included,
+        they sit in the same sorted set), one pipelined round trip."""
+        if self.pool is None:
+            await self.start()
+        assert self.pool is not None
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for priority in PRIORITIES:
+                pipe.zcard(queue_name(priority))
+            counts = await pipe.execute()
+        return {p: int(n) for p, n in zip(PRIORITIES, counts, strict=True)}

@@ -42,8 +42,10 @@ def build_runtime(
     run_jobs: bool = True,
     listen_progress: bool = True,
 ) -> Runtime:
+    from app import metrics
     from app.batches.jobs import JOBS, cron_schedule
 
+    metrics.configure(enabled=settings.metrics)
     queue: QueueBackend
     progress: LocalProgressBus
     if settings.redis_url:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from app.queue.backend import PRIORITIES, QueueBackend, Wakeup
@@ -38,6 +39,7 @@ class InProcessRunner(QueueBackend):
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._busy = 0
+        self._depth: Counter[str] = Counter()
 
     def bind(self, ctx: JobContext) -> None:
         self.ctx = ctx
@@ -57,6 +59,11 @@ class InProcessRunner(QueueBackend):
             self._queued.add(wakeup.key)
         rank = PRIORITIES.index(wakeup.priority) if wakeup.priority in PRIORITIES else 1
         self._queue.put_nowait((rank, next(self._seq), wakeup))
+        self._depth[PRIORITIES[rank]] += 1
+
+    async def depth(self) -> dict[str, int]:
+        """Wake-ups waiting per priority (deferred ones count once they are due)."""
+        return {p: self._depth[p] for p in PRIORITIES}
 
     async def start(self) -> None:
         if not self.run_jobs:
@@ -89,7 +96,8 @@ class InProcessRunner(QueueBackend):
     async def _consume(self) -> None:
         assert self.ctx is not None
         while True:
-            _, _, wakeup = await self._queue.get()
+            rank, _, wakeup = await self._queue.get()
+            self._depth[PRIORITIES[rank]] -= 1
             if wakeup.key is not None:
                 self._queued.discard(wakeup.key)
             if self.ctx.stopping.is_set():

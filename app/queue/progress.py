@@ -25,6 +25,12 @@ class LocalProgressBus:
     async def publish(self, batch_id: int) -> None:
         self.notify(batch_id)
 
+    def listener_count(self, batch_id: int | None = None) -> int:
+        """Listeners of one batch, or of all: a closed stream must leave none behind."""
+        if batch_id is not None:
+            return len(self._listeners.get(batch_id, ()))
+        return sum(len(events) for events in self._listeners.values())
+
     def notify(self, batch_id: int) -> None:
         for event in self._listeners.get(batch_id, ()):
             event.set()

@@ -2,15 +2,80 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field
+from pydantic_core import PydanticCustomError
 
+from app.batches.state import BatchStatus, DetailStatus
 from app.schemas.common import DbInt, Id, StrictModel
-from app.schemas.engine import UtcDatetime
+from app.schemas.engine import InstanceStatus, UtcDatetime
 
-Priority = Literal["high", "normal", "low"]
+TYPE_MAX = 50
+"""The longest batch type name accepted."""
+
+
+class Priority(enum.StrEnum):
+    """Which queue a batch's jobs go to: ``high`` work is never starved by ``low`` bulk work."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class BatchSource(enum.StrEnum):
+    """Where a batch came from: the JSON API or an imported Excel template."""
+
+    API = "api"
+    EXCEL = "excel"
+
+
+class OperationType(enum.StrEnum):
+    """The built-in operation types (DESIGN.md §2). The registry may hold more: a custom
+    type registered at run time is accepted and returned as a plain string, which is why
+    every ``type`` field is ``OperationType | string`` (an open enum) rather than this
+    enum alone. ``tests/test_openapi.py`` keeps this list equal to the built-ins."""
+
+    TASK_APPROVE = "task.approve"
+    INSTANCE_SUSPEND = "instance.suspend"
+    INSTANCE_RESUME = "instance.resume"
+    INSTANCE_TERMINATE = "instance.terminate"
+    INSTANCE_COMPLETE = "instance.complete"
+    INSTANCE_DELETE = "instance.delete"
+    INSTANCE_ARCHIVE_DELETE = "instance.archive_delete"
+    INSTANCE_SET_VARIABLES = "instance.set_variables"
+    INSTANCE_MIGRATE = "instance.migrate"
+
+
+def _type_name(value: Any) -> Any:
+    """Check a requested type's shape before the open-enum union sees it, so a bad value
+    is one error located at ``type`` (not one per union member). Whether the type is
+    registered is the service's question (422 ``unknown batch type``)."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    if len(value) > TYPE_MAX:
+        raise PydanticCustomError(
+            "string_too_long",
+            "String should have at most {max_length} characters",
+            {"max_length": TYPE_MAX},
+        )
+    return value
+
+
+TypeName = Annotated[
+    OperationType | Annotated[str, Field(max_length=TYPE_MAX)],
+    BeforeValidator(_type_name),
+    Field(
+        description=(
+            "An operation type: one of the built-ins, or a custom type registered on this server."
+        ),
+        examples=["task.approve"],
+    ),
+]
+"""A batch type as documented: a built-in ``OperationType`` or any registered custom
+type (a plain string)."""
 
 
 class TaskFilter(StrictModel):
@@ -26,7 +91,7 @@ class InstanceFilter(StrictModel):
     """An instance-operation filter: visible instances matching all given fields."""
 
     definition_key: str | None = Field(default=None, max_length=100)
-    status: Literal["active", "suspended", "completed", "rejected", "terminated"] | None = None
+    status: InstanceStatus | None = None
     keyword: str | None = Field(default=None, max_length=200)
     department_id: DbInt | None = None
     business_key: str | None = Field(default=None, max_length=200)
@@ -37,12 +102,57 @@ class InstanceFilter(StrictModel):
     """Instances created strictly before this moment (ISO 8601 with an offset)."""
 
 
+BATCH_EXAMPLE: dict[str, Any] = {
+    "id": 7,
+    "type": "task.approve",
+    "status": "running",
+    "priority": "normal",
+    "creator_id": 2,
+    "source": "api",
+    "params": {"decision": "approve", "comment": "ok"},
+    "filter": {"definition_key": "expense", "node_id": "manager"},
+    "total": 300,
+    "pending": 140,
+    "running": 0,
+    "success": 150,
+    "failed": 8,
+    "ignored": 2,
+    "cancelled": 0,
+    "progress": 0.5333,
+    "chunk_size": 100,
+    "max_retries": 3,
+    "failure_threshold": 0.5,
+    "created_at": "2026-04-09T08:00:00Z",
+    "started_at": "2026-04-09T08:00:01Z",
+    "updated_at": "2026-04-09T08:00:05Z",
+    "finished_at": None,
+    "error_file": None,
+    "progress_seq": 12,
+    "start_at": None,
+    "max_items_per_second": None,
+}
+"""The batch object of DESIGN.md §4, as documented on every batch response."""
+
+DETAIL_EXAMPLE: dict[str, Any] = {
+    "id": 7,
+    "item_id": 45,
+    "row": None,
+    "status": "failed",
+    "error": "Category must be one of travel, meals, other",
+    "retry_count": 0,
+    "payload": None,
+    "finished_at": "2026-04-09T08:00:04Z",
+}
+
+
 class BatchCreate(StrictModel):
-    type: str = Field(max_length=50)
+    """``POST /api/v1/batches``: exactly one of ``ids`` / ``filter``."""
+
+    type: TypeName
     ids: list[Id] | None = None
     filter: dict[str, Any] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    priority: Priority = "normal"
+    priority: Priority = Priority.NORMAL
     chunk_size: int | None = Field(default=None, ge=1, le=10_000)
     max_retries: int | None = Field(default=None, ge=0, le=100)
     failure_threshold: float | None = Field(default=None, gt=0, le=1)
@@ -65,14 +175,14 @@ class BatchOut(BaseModel):
     """The batch object (DESIGN.md §4), read straight from the ORM row; ``pending``,
     ``running`` and ``progress`` are derived from the counters."""
 
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [BATCH_EXAMPLE]})
 
     id: int
-    type: str
-    status: str
-    priority: str
+    type: TypeName
+    status: BatchStatus
+    priority: Priority
     creator_id: int
-    source: str
+    source: BatchSource
     params: dict[str, Any]
     filter: dict[str, Any] | None
     total: int
@@ -116,12 +226,16 @@ class BatchOut(BaseModel):
 
 
 class DetailOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    """One item of a batch and what happened to it."""
+
+    model_config = ConfigDict(
+        from_attributes=True, json_schema_extra={"examples": [DETAIL_EXAMPLE]}
+    )
 
     id: int
     item_id: int
     row: int | None
-    status: str
+    status: DetailStatus
     error: str | None
     retry_count: int
     payload: dict[str, Any] | None
@@ -157,7 +271,7 @@ class DryRunOut(BaseModel):
     ≤ 100 problems; nothing was written."""
 
     dry_run: Literal[True] = True
-    type: str
+    type: TypeName
     total: int
     success: int
     failed: int

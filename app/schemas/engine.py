@@ -9,6 +9,7 @@ problem is reported at once with its exact location.
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -16,12 +17,37 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.schemas.common import DbInt, FormBag, Id, StrictModel
 
-Role = Literal["admin", "user"]
 FieldType = Literal["text", "number", "date", "select", "multiselect", "bool"]
 FieldMode = Literal["hidden", "read", "write"]
-InstanceStatus = Literal["active", "suspended", "completed", "rejected", "terminated"]
-TaskStatus = Literal["pending", "completed", "cancelled"]
-Decision = Literal["approve", "reject"]
+
+
+# Named enums (not Literals) so OpenAPI has one reusable component per vocabulary and a
+# generated client one enum class, instead of an inline enum per field.
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    USER = "user"
+
+
+class InstanceStatus(enum.StrEnum):
+    """DESIGN.md §2: ``active`` until it completes, is rejected or is terminated."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    TERMINATED = "terminated"
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class Decision(enum.StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+
 
 # Keys and node ids appear in URL paths (/nodes/{key}/{node_id}/view), so keep them plain.
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -52,14 +78,14 @@ class OrmModel(BaseModel):
 
 class UserCreate(StrictModel):
     name: str = Field(min_length=1, max_length=200)
-    role: Role = "user"
+    role: Role = Role.USER
     department_id: DbInt | None = None
 
 
 class UserOut(OrmModel):
     id: int
     name: str
-    role: str
+    role: Role
     department_id: int | None
 
 
@@ -129,8 +155,8 @@ class TaskOut(OrmModel):
     instance_id: int
     node_id: str
     assignee_id: int
-    status: str
-    decision: str | None
+    status: TaskStatus
+    decision: Decision | None
     comment: str | None
     locked_by_batch_id: int | None
     created_at: datetime
@@ -144,7 +170,7 @@ class TaskListItem(TaskOut):
     business_key: str | None
     definition_key: str
     department_id: int | None
-    instance_status: str
+    instance_status: InstanceStatus
 
 
 class ProcessLogOut(OrmModel):
@@ -176,7 +202,7 @@ class InstanceOut(OrmModel):
     business_key: str | None
     department_id: int | None
     initiator_id: int
-    status: str
+    status: InstanceStatus
     current_node_id: str | None
     form_data: dict[str, Any]
     variables: dict[str, Any]

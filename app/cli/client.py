@@ -1,0 +1,623 @@
+"""``batchd batch …``: the client commands of DESIGN.md §5, over the HTTP API.
+
+Why a client at all when curl works: the commands parse ``key=value`` options into the
+request bodies, print rich tables (or, with ``--json``, the API's JSON as is), follow
+a new batch to its end, and turn every outcome into an exit code a script can use:
+0 done (or completed), 1 the watched batch ended aborted or cancelled, 2 a usage error,
+3 a server or network error (the server's sentence is printed on stderr).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import enum
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+
+from app.cli import ui
+from app.cli.base import cli, fail
+from app.cli.sse import StreamLost, WatchError, exit_code, follow_batch, stream_timeout, watch_batch
+from app.cli.watch import DEFAULT_URL
+
+SERVER_ERROR = 3
+
+batch_app = typer.Typer(
+    name="batch",
+    help="Create, inspect and control batches over the HTTP API.",
+    no_args_is_help=True,
+)
+cli.add_typer(batch_app, name="batch")
+
+
+class Priority(enum.StrEnum):
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+
+class DetailStatus(enum.StrEnum):
+    pending = "pending"
+    running = "running"
+    success = "success"
+    failed = "failed"
+    ignored = "ignored"
+    cancelled = "cancelled"
+
+
+class BatchStatus(enum.StrEnum):
+    scheduled = "scheduled"
+    created = "created"
+    seeding = "seeding"
+    running = "running"
+    suspended = "suspended"
+    completed = "completed"
+    cancelled = "cancelled"
+    aborted = "aborted"
+
+
+class ResultFormat(enum.StrEnum):
+    csv = "csv"
+    xlsx = "xlsx"
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass
+class Connection:
+    """Where and as whom: set by the group's options, overridable per command."""
+
+    url: str = DEFAULT_URL
+    token: str | None = None
+    as_json: bool = False
+
+
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="Base URL of the API.", show_default=False)
+]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="Bearer token.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON as is.")]
+IdArg = Annotated[int, typer.Argument(help="The batch id.", metavar="ID", min=1)]
+
+
+@batch_app.callback()
+def options(
+    ctx: typer.Context,
+    url: Annotated[
+        str, typer.Option("--url", help="Base URL of the API.", envvar="BATCHD_URL")
+    ] = DEFAULT_URL,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="Bearer token.", envvar="BATCHD_TOKEN", show_default=False),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create, inspect and control batches (--url/--token, or BATCHD_URL/BATCHD_TOKEN)."""
+    ctx.obj = Connection(url, token, as_json)
+
+
+class ServerError(Exception):
+    """A request the server refused, or one that never reached it: exit 3."""
+
+    def __init__(self, message: str, fields: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or []
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ServerError:
+        """The server's sentence (``detail``) and, for a 422, its fields."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        detail = body.get("detail") if isinstance(body, dict) else None
+        if not isinstance(detail, str):
+            detail = response.text.strip() or response.reason_phrase
+        code = body.get("error") if isinstance(body, dict) else None
+        suffix = f"HTTP {response.status_code}" + (f" {code}" if isinstance(code, str) else "")
+        fields = []
+        for f in (body.get("fields") if isinstance(body, dict) else None) or []:
+            if isinstance(f, dict):
+                loc = ".".join(str(p) for p in f.get("loc") or [])
+                fields.append(f"{loc}: {f.get('msg', '')}" if loc else str(f.get("msg", "")))
+        return cls(f"{detail} ({suffix})", fields)
+
+
+class Api:
+    """A synchronous httpx client that raises ``ServerError`` for any answer ≥ 400."""
+
+    def __init__(self, conn: Connection) -> None:
+        if not conn.token:
+            raise fail("pass --token or set BATCHD_TOKEN.")
+        self.conn = conn
+        self.token = conn.token
+        self.url = conn.url.rstrip("/")
+        self.client = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {conn.token}"},
+            timeout=httpx.Timeout(30.0, read=300.0),
+        )
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = self.client.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.url, exc) from exc
+        if response.status_code >= 400:
+            raise ServerError.from_response(response)
+        return response
+
+    @contextmanager
+    def stream(self, path: str, **kw: Any) -> Iterator[httpx.Response]:
+        try:
+            with self.client.stream("GET", path, **kw) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ServerError.from_response(response)
+                yield response
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.url, exc) from exc
+
+
+def _unreachable(url: str, exc: Exception) -> ServerError:
+    return ServerError(f"cannot reach {url}: {exc or exc.__class__.__name__}")
+
+
+@contextmanager
+def _api(ctx: typer.Context, url: str | None, token: str | None, as_json: bool) -> Iterator[Api]:
+    """The command's ``Api``; a ``ServerError`` anywhere inside becomes exit 3."""
+    group: Connection = ctx.obj if isinstance(ctx.obj, Connection) else Connection()
+    conn = Connection(url or group.url, token or group.token, as_json or group.as_json)
+    api = Api(conn)
+    try:
+        yield api
+    except ServerError as exc:
+        typer.echo(f"batchd: {exc}", err=True)
+        for line in exc.fields:
+            typer.echo(f"  {line}", err=True)
+        raise typer.Exit(SERVER_ERROR) from None
+    finally:
+        api.client.close()
+
+
+def _out() -> Console:
+    return Console()
+
+
+def _print_json(response: httpx.Response) -> None:
+    if response.content:
+        typer.echo(response.text)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_value(text: str) -> Any:
+    """A JSON scalar (number, true/false/null, "quoted string") if the text is one, else
+    the text itself: ``10`` → 10, ``true`` → True, ``travel`` → "travel"."""
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(name)
+
+    try:
+        value = json.loads(text, parse_constant=no_constants)
+    except ValueError:
+        return text
+    if isinstance(value, float) and not math.isfinite(value):
+        return text
+    return value if value is None or isinstance(value, bool | int | float | str) else text
+
+
+def set_dotted(target: dict[str, Any], key: str, value: Any, option: str) -> None:
+    """``form_data.category`` sets ``target["form_data"]["category"]``."""
+    parts = key.split(".")
+    if not all(parts):
+        raise typer.BadParameter(f"bad key {key!r}", param_hint=option)
+    node = target
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise typer.BadParameter(f"{key!r}: {part!r} is not an object", param_hint=option)
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_pairs(
+    pairs: list[str] | None, option: str, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``key=value`` options into an object (on top of ``base``)."""
+    out = copy.deepcopy(base or {})
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
+        set_dotted(out, key.strip(), parse_value(value), option)
+    return out
+
+
+def parse_ids(text: str, option: str = "--ids") -> list[int]:
+    """``1,2,3`` (commas and/or spaces) → [1, 2, 3]."""
+    ids: list[int] = []
+    for part in text.replace(",", " ").split():
+        try:
+            ids.append(int(part))
+        except ValueError:
+            raise typer.BadParameter(f"{part!r} is not an integer id", param_hint=option) from None
+    if not ids:
+        raise typer.BadParameter("no ids given", param_hint=option)
+    return ids
+
+
+def parse_params_json(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--params-json") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--params-json")
+    return value
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@batch_app.command("create")
+def create(
+    ctx: typer.Context,
+    type_: Annotated[
+        str, typer.Argument(help="Operation type, e.g. task.approve.", metavar="TYPE")
+    ],
+    ids: Annotated[
+        str | None, typer.Option("--ids", help="Item ids, comma-separated.", metavar="1,2,3")
+    ] = None,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="Select items by filter (repeat).", metavar="KEY=VALUE"),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="A param (repeat); a.b=v sets nested keys; JSON scalars are typed.",
+            metavar="KEY=VALUE",
+        ),
+    ] = None,
+    params_json: Annotated[
+        str | None,
+        typer.Option(
+            "--params-json", help="Params as a JSON object (--param adds to it).", metavar="JSON"
+        ),
+    ] = None,
+    priority: Annotated[Priority | None, typer.Option(help="Queue priority.")] = None,
+    start_suspended: Annotated[
+        bool, typer.Option("--start-suspended", help="Resolve and lock, run on activate.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Predict the outcome; write nothing.")
+    ] = False,
+    start_at: Annotated[
+        str | None,
+        typer.Option(
+            "--start-at", help="Start later (ISO 8601 with an offset).", metavar="ISO8601"
+        ),
+    ] = None,
+    max_rate: Annotated[
+        float | None,
+        typer.Option("--max-rate", help="At most N items per second.", metavar="N"),
+    ] = None,
+    chunk_size: Annotated[
+        int | None, typer.Option("--chunk-size", help="Items per chunk.", metavar="N", min=1)
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            help="Sent as Idempotency-Key: a repeat returns the same batch.",
+            metavar="KEY",
+        ),
+    ] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow the batch to its end.")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a batch (202), or with --dry-run predict it; --watch follows it to the end."""
+    if (ids is None) == (not filter_):
+        raise typer.BadParameter("pass exactly one of them.", param_hint="'--ids' / '--filter'")
+    if dry_run and watch:
+        raise typer.BadParameter(
+            "--dry-run writes nothing, so there is nothing to watch.", param_hint="'--watch'"
+        )
+    body: dict[str, Any] = {"type": type_}
+    if ids is not None:
+        body["ids"] = parse_ids(ids)
+    else:
+        body["filter"] = parse_pairs(filter_, "--filter")
+    params = parse_pairs(param, "--param", parse_params_json(params_json))
+    if params:
+        body["params"] = params
+    extras = {
+        "priority": priority.value if priority else None,
+        "start_suspended": start_suspended or None,
+        "dry_run": dry_run or None,
+        "start_at": start_at,
+        "max_items_per_second": max_rate,
+        "chunk_size": chunk_size,
+    }
+    body.update({k: v for k, v in extras.items() if v is not None})
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request("POST", "/api/v1/batches", json=body, headers=headers)
+        created = response.json()
+        if created.get("dry_run"):
+            if api.conn.as_json:
+                _print_json(response)
+            else:
+                ui.dry_run(_out(), created)
+            return
+        if not watch:
+            if api.conn.as_json:
+                _print_json(response)
+            else:
+                _print_created(created, replayed=response.status_code == 200)
+            return
+        if api.conn.as_json:
+            final = _follow_quietly(api, int(created["id"]))
+            typer.echo(json.dumps(final))
+            raise typer.Exit(exit_code(final))
+        _print_created(created, replayed=response.status_code == 200, hint=False)
+        code = asyncio.run(
+            watch_batch(
+                int(created["id"]),
+                api.url,
+                api.token,
+                refused_code=SERVER_ERROR,
+                lost_code=SERVER_ERROR,
+            )
+        )
+    raise typer.Exit(code)
+
+
+def _print_created(batch: dict[str, Any], *, replayed: bool, hint: bool = True) -> None:
+    verb = "already exists (same idempotency key)" if replayed else "created"
+    console = _out()
+    console.print(
+        f"Batch {batch.get('id')} {verb}: {batch.get('type')}, {batch.get('total')} items, "
+        f"status {ui._styled(batch.get('status'))}."
+    )
+    if hint:
+        console.print(f"Follow it: batchd watch {batch.get('id')}")
+
+
+def _follow_quietly(api: Api, batch_id: int) -> dict[str, Any]:
+    """``--json --watch``: no bar; reconnect notes on stderr; the final batch object."""
+
+    def note(reason: str, delay: float) -> None:
+        typer.echo(f"batchd: connection lost ({reason}); reconnecting in {delay:.1f}s", err=True)
+
+    async def run() -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=api.url, timeout=stream_timeout()) as client:
+            return await follow_batch(client, batch_id, api.token, on_reconnect=note)
+
+    try:
+        return asyncio.run(run())
+    except WatchError as exc:
+        raise ServerError(str(exc)) from None
+    except StreamLost as exc:
+        raise ServerError(f"giving up after {exc.attempts} retries: {exc.reason}") from None
+
+
+@batch_app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[BatchStatus | None, typer.Option(help="Only batches in this status.")] = None,
+    type_: Annotated[
+        str | None, typer.Option("--type", help="Only this operation type.", metavar="TYPE")
+    ] = None,
+    page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
+    page_size: Annotated[int, typer.Option(min=1, max=1000, help="Batches per page.")] = 50,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List batches, newest first (yours; an admin sees all)."""
+    params: dict[str, Any] = {"page": page, "page_size": page_size}
+    if status:
+        params["status"] = status.value
+    if type_:
+        params["type"] = type_
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request("GET", "/api/v1/batches", params=params)
+        if api.conn.as_json:
+            _print_json(response)
+        else:
+            _out().print(ui.batches_table(response.json()))
+
+
+@batch_app.command("show")
+def show(
+    ctx: typer.Context,
+    batch_id: IdArg,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One batch with its counters."""
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request("GET", f"/api/v1/batches/{batch_id}")
+        if api.conn.as_json:
+            _print_json(response)
+        else:
+            _out().print(ui.batch_table(response.json()))
+
+
+@batch_app.command("details")
+def details(
+    ctx: typer.Context,
+    batch_id: IdArg,
+    status: Annotated[DetailStatus | None, typer.Option(help="Only items in this status.")] = None,
+    page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
+    page_size: Annotated[int, typer.Option(min=1, max=1000, help="Items per page.")] = 50,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-item results (the error sentence of each failed item)."""
+    params: dict[str, Any] = {"page": page, "page_size": page_size}
+    if status:
+        params["status"] = status.value
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request("GET", f"/api/v1/batches/{batch_id}/details", params=params)
+        if api.conn.as_json:
+            _print_json(response)
+        else:
+            _out().print(ui.details_table(response.json()))
+
+
+@batch_app.command("retry")
+def retry(
+    ctx: typer.Context,
+    batch_id: IdArg,
+    items: Annotated[
+        str | None,
+        typer.Option("--items", help="Only these failed item ids.", metavar="1,2,3"),
+    ] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put failed items back to pending (items that used up their retries are let go)."""
+    kw: dict[str, Any] = {"json": {"item_ids": parse_ids(items, "--items")}} if items else {}
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request("POST", f"/api/v1/batches/{batch_id}/retry", **kw)
+        if api.conn.as_json:
+            _print_json(response)
+            return
+        body = response.json()
+        batch = body.get("batch", {})
+        _out().print(
+            f"Batch {batch_id}: {body.get('requeued', 0)} items back to pending, "
+            f"{body.get('exhausted', 0)} exhausted; status {ui._styled(batch.get('status'))}."
+        )
+
+
+def _lifecycle(ctx: typer.Context, batch_id: int, action: str, conn: tuple[Any, ...]) -> None:
+    with _api(ctx, *conn) as api:
+        response = api.request("POST", f"/api/v1/batches/{batch_id}/{action}")
+        if api.conn.as_json:
+            _print_json(response)
+        else:
+            status = response.json().get("status")
+            _out().print(f"Batch {batch_id} is {ui._styled(status)}.")
+
+
+@batch_app.command("suspend")
+def suspend(
+    ctx: typer.Context,
+    batch_id: IdArg,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pause: nothing new is claimed; chunks already running finish."""
+    _lifecycle(ctx, batch_id, "suspend", (url, token, as_json))
+
+
+@batch_app.command("activate")
+def activate(
+    ctx: typer.Context,
+    batch_id: IdArg,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resume a suspended batch (or start one created with --start-suspended)."""
+    _lifecycle(ctx, batch_id, "activate", (url, token, as_json))
+
+
+@batch_app.command("cancel")
+def cancel(
+    ctx: typer.Context,
+    batch_id: IdArg,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also delete the batch and its items.")
+    ] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel (pending items → cancelled, locks released), keeping the history."""
+    params = {"cascade": "true"} if purge else {}
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request("DELETE", f"/api/v1/batches/{batch_id}", params=params)
+        if api.conn.as_json:
+            _print_json(response)
+        elif response.status_code == 204:
+            _out().print(f"Batch {batch_id} purged.")
+        else:
+            body = response.json()
+            _out().print(
+                f"Batch {batch_id} is {ui._styled(body.get('status'))}: "
+                f"{body.get('cancelled', 0)} items cancelled."
+            )
+
+
+@batch_app.command("results")
+def results(
+    ctx: typer.Context,
+    batch_id: IdArg,
+    format_: Annotated[
+        ResultFormat, typer.Option("--format", help="csv or xlsx.")
+    ] = ResultFormat.csv,
+    status: Annotated[DetailStatus | None, typer.Option(help="Only items in this status.")] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="File to write, or - for stdout.", metavar="FILE")
+    ] = "-",
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every item's result as a file, streamed (flat memory however large the batch)."""
+    if output == "-" and format_ is ResultFormat.xlsx and sys.stdout.isatty():
+        raise typer.BadParameter(
+            "xlsx is binary: pass --output FILE (or pipe stdout).", param_hint="'--output'"
+        )
+    params = {"format": format_.value}
+    if status:
+        params["status"] = status.value
+    with _api(ctx, url, token, as_json) as api:
+        path = f"/api/v1/batches/{batch_id}/results"
+        if output == "-":
+            with api.stream(path, params=params) as response:
+                sink = sys.stdout.buffer
+                for chunk in response.iter_bytes():
+                    sink.write(chunk)
+                sink.flush()
+            return
+        target = Path(output)
+        partial = target.with_name(target.name + ".part")
+        written = 0
+        try:
+            with api.stream(path, params=params) as response, partial.open("wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+                    written += len(chunk)
+            os.replace(partial, target)  # never a half file under the real name
+        finally:
+            partial.unlink(missing_ok=True)
+        typer.echo(f"Wrote {written} bytes to {target}.", err=True)

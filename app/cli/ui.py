@@ -1,0 +1,233 @@
+"""Human output of the client commands: rich tables, the progress bar, one-line outcomes.
+
+Why apart from the commands: ``--json`` prints the API's JSON as is, so everything a
+person reads is here and nothing here is needed to script batchd.
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from app.batches.state import FINAL
+
+Body = dict[str, Any]
+
+NO_WRAP = {"type", "status", "success", "progress", "created"}
+FINISHED = ("success", "failed", "ignored", "cancelled")
+STATUS_STYLE = {
+    "completed": "green",
+    "success": "green",
+    "running": "cyan",
+    "failed": "red",
+    "aborted": "red",
+    "cancelled": "yellow",
+    "ignored": "yellow",
+    "suspended": "magenta",
+}
+
+
+def _styled(status: Any) -> str:
+    text = escape(str(status if status is not None else ""))
+    style = STATUS_STYLE.get(str(status))
+    return f"[{style}]{text}[/]" if style else text
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else escape(str(value))
+
+
+def describe(batch: Body) -> str:
+    """The progress bar's label: id, type, status and the outcome counters."""
+    return (
+        f"batch {batch.get('id')} {escape(str(batch.get('type', '')))} "
+        f"[bold]{escape(str(batch.get('status', '?')))}[/] "
+        f"[green]✓ {batch.get('success', 0)}[/] [red]✗ {batch.get('failed', 0)}[/] "
+        f"[yellow]↷ {batch.get('ignored', 0)}[/]"
+    )
+
+
+def print_outcome(console: Console, batch: Body) -> int:
+    """The last line of a watch; returns 0 for completed, 1 otherwise."""
+    status = batch.get("status")
+    console.print(
+        f"Batch {batch.get('id')} {status}: {batch.get('success', 0)} success, "
+        f"{batch.get('failed', 0)} failed, {batch.get('ignored', 0)} ignored, "
+        f"{batch.get('cancelled', 0)} cancelled (of {batch.get('total', 0)})."
+    )
+    return 0 if status == "completed" else 1
+
+
+class BatchProgress:
+    """A rich progress bar fed with batch objects (from SSE ``progress`` events)."""
+
+    def __init__(self, console: Console, batch_id: int) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.bar = self.progress.add_task(describe({"id": batch_id}), total=None)
+
+    def __enter__(self) -> BatchProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.stop()
+
+    def show(self, batch: Body) -> None:
+        total = int(batch.get("total") or 0)
+        done = sum(int(batch.get(k) or 0) for k in FINISHED)
+        final = batch.get("status") in FINAL
+        self.progress.update(
+            self.bar,
+            description=describe(batch),
+            total=total or 1,
+            completed=done if total else int(final),
+        )
+
+    def reconnecting(self, reason: str, delay: float) -> None:
+        self.progress.console.log(
+            f"connection lost ({escape(reason)}); reconnecting in {delay:.1f}s"
+        )
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def batch_table(batch: Body) -> Table:
+    """One batch as a two-column table (``batch show``, ``batch create``)."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("id", _cell(batch.get("id")))
+    table.add_row("type", _cell(batch.get("type")))
+    table.add_row("status", _styled(batch.get("status")))
+    table.add_row("priority", _cell(batch.get("priority")))
+    progress = batch.get("progress")
+    table.add_row(
+        "progress",
+        f"{float(progress):.1%}" if isinstance(progress, int | float) else _cell(progress),
+    )
+    table.add_row(
+        "items",
+        f"{batch.get('total', 0)} total · [green]{batch.get('success', 0)} success[/] · "
+        f"[red]{batch.get('failed', 0)} failed[/] · {batch.get('ignored', 0)} ignored · "
+        f"{batch.get('cancelled', 0)} cancelled · {batch.get('pending', 0)} pending",
+    )
+    for key in ("filter", "params"):
+        if batch.get(key):
+            table.add_row(key, _cell(json.dumps(batch[key], ensure_ascii=False)))
+    for key in (
+        "creator_id",
+        "chunk_size",
+        "max_retries",
+        "failure_threshold",
+        "max_items_per_second",
+        "start_at",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "error_file",
+    ):
+        if batch.get(key) is not None:
+            table.add_row(key, _cell(batch[key]))
+    return table
+
+
+def batches_table(page: Body) -> Table:
+    """A page of ``GET /batches``."""
+    table = Table(caption=page_caption(page), caption_justify="left")
+    for name, justify in (
+        ("id", "right"),
+        ("type", "left"),
+        ("status", "left"),
+        ("total", "right"),
+        ("success", "right"),
+        ("failed", "right"),
+        ("ignored", "right"),
+        ("progress", "right"),
+        ("created", "left"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=name in NO_WRAP)  # type: ignore[arg-type]
+    for b in page.get("items", []):
+        table.add_row(
+            _cell(b.get("id")),
+            _cell(b.get("type")),
+            _styled(b.get("status")),
+            _cell(b.get("total")),
+            _cell(b.get("success")),
+            _cell(b.get("failed")),
+            _cell(b.get("ignored")),
+            f"{float(b.get('progress') or 0):.0%}",
+            _cell(str(b.get("created_at") or "")[:16].replace("T", " ")),
+        )
+    return table
+
+
+def details_table(page: Body) -> Table:
+    """A page of ``GET /batches/{id}/details``: one row per item, errors in full."""
+    table = Table(caption=page_caption(page), caption_justify="left")
+    table.add_column("item", justify="right")
+    table.add_column("row", justify="right")
+    table.add_column("status")
+    table.add_column("retries", justify="right")
+    table.add_column("error", overflow="fold")
+    for d in page.get("items", []):
+        table.add_row(
+            _cell(d.get("item_id")),
+            _cell(d.get("row")),
+            _styled(d.get("status")),
+            _cell(d.get("retry_count")),
+            _cell(d.get("error")),
+        )
+    return table
+
+
+def page_caption(page: Body) -> str:
+    size = int(page.get("page_size") or 1)
+    total = int(page.get("total") or 0)
+    pages = max(1, -(-total // size))
+    return f"page {page.get('page', 1)} of {pages} · {total} in all"
+
+
+def dry_run(console: Console, body: Body) -> None:
+    """The prediction of ``--dry-run``: counts, then the first problems."""
+    console.print(
+        f"Dry run of {escape(str(body.get('type')))}: {body.get('total', 0)} items — "
+        f"[green]{body.get('success', 0)} would succeed[/], "
+        f"[red]{body.get('failed', 0)} would fail[/], "
+        f"[yellow]{body.get('ignored', 0)} would be ignored[/]. Nothing was written."
+    )
+    problems = body.get("problems") or []
+    if problems:
+        table = Table(title=f"First {len(problems)} problems", title_justify="left")
+        table.add_column("item", justify="right")
+        table.add_column("status")
+        table.add_column("error", overflow="fold")
+        for p in problems:
+            table.add_row(_cell(p.get("item_id")), _styled(p.get("status")), _cell(p.get("error")))
+        console.print(table)

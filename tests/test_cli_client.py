@@ -1,0 +1,418 @@
+"""``batchd batch …`` and ``batchd watch`` as a user runs them: a subprocess
+(``python -m app.cli``) against a real uvicorn server on a loopback port, on whichever
+backend the suite runs. Exit codes: 0 done/completed, 1 a watched batch that ended
+aborted or cancelled, 2 usage, 3 server or network error (with the server's sentence).
+
+The live server runs in the test's event loop, so every CLI run is an asyncio
+subprocess (a blocking call would starve the server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.cli.client import parse_ids, parse_pairs, parse_value
+from app.models import Task
+from tests.batch_helpers import count, expense_setup, wait_for
+from tests.conftest import Actor, LiveServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+APPROVE_ARGS = ("--param", "decision=approve", "--param", "form_data.category=travel")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def cli_env(url: str | None, token: str | None) -> dict[str, str]:
+    """The caller's environment minus every BATCH_*/BATCHD_*, plus the given ones."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCH_", "BATCHD_"))}
+    env.update(PYTHONUNBUFFERED="1", COLUMNS="200", NO_COLOR="1")
+    if url is not None:
+        env["BATCHD_URL"] = url
+    if token is not None:
+        env["BATCHD_TOKEN"] = token
+    return env
+
+
+async def start(url: str | None, token: str | None, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        *args,
+        cwd=ROOT,
+        env=cli_env(url, token),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish(proc: asyncio.subprocess.Process, wait_s: float = 120) -> Result:
+    out, err = await asyncio.wait_for(proc.communicate(), wait_s)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def batchd(url: str | None, token: str | None, *args: str) -> Result:
+    return await finish(await start(url, token, *args))
+
+
+@pytest.fixture
+async def ready(
+    live_server: LiveServer,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> tuple[LiveServer, list[int]]:
+    """The live server and 30 expense tasks waiting for alice (bob is finance)."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 30)
+    return live_server, setup.task_ids
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_values_are_json_scalars_or_strings() -> None:
+    assert [parse_value(v) for v in ("10", "2.5", "true", "null", '"10"', "travel")] == [
+        10,
+        2.5,
+        True,
+        None,
+        "10",
+        "travel",
+    ]
+    # Not scalars, not finite: kept as text.
+    assert [parse_value(v) for v in ("[1]", "{}", "NaN", "1e999", "")] == [
+        "[1]",
+        "{}",
+        "NaN",
+        "1e999",
+        "",
+    ]
+
+
+def test_pairs_nest_on_dotted_keys_over_a_base() -> None:
+    base = {"comment": "x", "form_data": {"city": "Rome"}}
+    got = parse_pairs(["form_data.category=travel", "decision=approve", "a=b=c"], "--param", base)
+    assert got == {
+        "comment": "x",
+        "decision": "approve",
+        "a": "b=c",
+        "form_data": {"city": "Rome", "category": "travel"},
+    }
+    assert base == {"comment": "x", "form_data": {"city": "Rome"}}  # not changed
+    assert parse_ids("1, 2,3 4") == [1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- create
+
+
+async def test_create_watch_follows_the_batch_to_completion(
+    ready: tuple[LiveServer, list[int]],
+    alice: Actor,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    server, ids = ready
+    r = await batchd(
+        server.url,
+        alice.token,
+        "batch",
+        "create",
+        "task.approve",
+        "--filter",
+        "definition_key=expense",
+        "--filter",
+        "node_id=manager",
+        *APPROVE_ARGS,
+        "--chunk-size",
+        "7",
+        "--watch",
+    )
+    assert r.code == 0, r.err
+    assert "created: task.approve, 30 items" in r.out
+    assert "completed: 30 success, 0 failed" in r.out
+    stmt = select(Task).where(
+        Task.id.in_(ids), Task.status == "completed", Task.decision == "approve"
+    )
+    assert await count(sessionmaker, stmt) == 30
+
+
+async def test_json_output_is_the_apis_json(
+    ready: tuple[LiveServer, list[int]], alice: Actor
+) -> None:
+    server, ids = ready
+    args = ("task.approve", "--ids", ",".join(map(str, ids[:5])), *APPROVE_ARGS)
+    created = await batchd(server.url, alice.token, "batch", "--json", "create", *args)
+    assert created.code == 0, created.err
+    batch = created.json
+    assert (batch["type"], batch["total"], batch["chunk_size"] > 0) == ("task.approve", 5, True)
+    assert batch["params"] == {"decision": "approve", "form_data": {"category": "travel"}}
+    await wait_for(alice, batch["id"])
+
+    # --json after the command name too; --watch --json prints only the final batch.
+    watched = await batchd(
+        server.url, alice.token, "batch", "create", *args[:1], "--ids", str(ids[5]),
+        *APPROVE_ARGS, "--watch", "--json",
+    )  # fmt: skip
+    assert watched.code == 0, watched.err
+    assert (watched.json["status"], watched.json["success"]) == ("completed", 1)
+
+    shown = await batchd(server.url, alice.token, "batch", "show", str(batch["id"]), "--json")
+    assert shown.code == 0 and shown.json["status"] == "completed"
+    listed = await batchd(server.url, alice.token, "batch", "list", "--json", "--page-size", "1")
+    assert listed.code == 0, listed.err
+    assert (listed.json["total"], listed.json["page_size"]) == (2, 1)
+    assert listed.json["items"][0]["id"] == watched.json["id"]  # newest first
+    details = await batchd(
+        server.url, alice.token, "batch", "details", str(batch["id"]), "--json", "--status",
+        "success",
+    )  # fmt: skip
+    assert details.code == 0 and details.json["total"] == 5
+    assert {d["item_id"] for d in details.json["items"]} == set(ids[:5])
+
+
+async def test_human_tables_and_failed_items(
+    ready: tuple[LiveServer, list[int]], alice: Actor
+) -> None:
+    server, ids = ready
+    created = await batchd(
+        server.url, alice.token, "batch", "--json", "create", "task.approve",
+        "--ids", f"{ids[0]},999999", *APPROVE_ARGS,
+    )  # fmt: skip
+    assert created.code == 0, created.err
+    batch_id = created.json["id"]
+    await wait_for(alice, batch_id)
+
+    shown = await batchd(server.url, alice.token, "batch", "show", str(batch_id))
+    assert shown.code == 0, shown.err
+    assert "completed" in shown.out and "1 success" in shown.out and "1 failed" in shown.out
+    listed = await batchd(server.url, alice.token, "batch", "list", "--status", "completed")
+    assert listed.code == 0 and "task.approve" in listed.out and "1 in all" in listed.out
+    failed = await batchd(
+        server.url, alice.token, "batch", "details", str(batch_id), "--status", "failed"
+    )
+    assert failed.code == 0, failed.err
+    assert "Task 999999 does not exist." in failed.out and "success" not in failed.out
+
+    retried = await batchd(server.url, alice.token, "batch", "retry", str(batch_id))
+    assert retried.code == 0, retried.err
+    assert f"Batch {batch_id}: 1 items back to pending" in retried.out
+
+
+async def test_lifecycle_commands(ready: tuple[LiveServer, list[int]], alice: Actor) -> None:
+    server, ids = ready
+
+    async def create_suspended(*items: int) -> int:
+        r = await batchd(
+            server.url, alice.token, "batch", "create", "task.approve", "--json",
+            "--ids", ",".join(map(str, items)), *APPROVE_ARGS, "--start-suspended",
+        )  # fmt: skip
+        assert r.code == 0, r.err
+        assert r.json["status"] == "suspended"
+        return int(r.json["id"])
+
+    first = await create_suspended(*ids[:3])
+    r = await batchd(server.url, alice.token, "batch", "activate", str(first))
+    assert r.code == 0, r.err
+    assert f"Batch {first} is" in r.out
+    done = await wait_for(alice, first)
+    assert done["status"] == "completed"
+
+    second = await create_suspended(*ids[3:6])
+    r = await batchd(server.url, alice.token, "batch", "suspend", str(second))
+    assert r.code == 3 and "suspend" in r.err.lower()  # already suspended: a 409 sentence
+    r = await batchd(server.url, alice.token, "batch", "cancel", str(second))
+    assert r.code == 0, r.err
+    assert f"Batch {second} is cancelled: 3 items cancelled." in r.out
+
+    r = await batchd(server.url, alice.token, "batch", "cancel", str(second), "--purge")
+    assert (r.code, r.out.strip()) == (0, f"Batch {second} purged."), r.err
+    r = await batchd(server.url, alice.token, "batch", "show", str(second))
+    assert r.code == 3 and f"Batch {second} does not exist." in r.err
+
+
+# --------------------------------------------------------------------------- errors
+
+
+async def test_errors_exit_3_with_the_servers_sentence(
+    ready: tuple[LiveServer, list[int]], alice: Actor
+) -> None:
+    server, ids = ready
+    r = await batchd(server.url, alice.token + "x", "batch", "list")
+    assert r.code == 3 and "The bearer token is not valid." in r.err and r.out == ""
+    r = await batchd(server.url, alice.token, "batch", "show", "424242")
+    assert r.code == 3 and "Batch 424242 does not exist." in r.err
+    r = await batchd(server.url, alice.token, "watch", "424242")
+    assert r.code == 2 and "Batch 424242 does not exist." in r.err  # watch keeps its old code
+
+    r = await batchd(
+        server.url, alice.token, "batch", "create", "task.approve", "--ids", str(ids[0]),
+        "--param", "decision=maybe",
+    )  # fmt: skip
+    assert r.code == 3, r.err
+    assert "Invalid params for task.approve" in r.err
+    assert "params.decision: Input should be 'approve' or 'reject'" in r.err
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    r = await batchd(closed, alice.token, "batch", "show", "1")
+    assert r.code == 3 and f"cannot reach {closed}" in r.err
+
+
+async def test_usage_errors_exit_2() -> None:
+    url = "http://127.0.0.1:9"  # never contacted
+    cases = [
+        ("batch", "create", "task.approve"),  # neither --ids nor --filter
+        ("batch", "create", "task.approve", "--ids", "1", "--filter", "status=pending"),
+        ("batch", "create", "task.approve", "--ids", "1,x"),
+        ("batch", "create", "task.approve", "--ids", "1", "--param", "novalue"),
+        ("batch", "create", "task.approve", "--ids", "1", "--params-json", "[1]"),
+        ("batch", "create", "task.approve", "--ids", "1", "--priority", "urgent"),
+        ("batch", "create", "task.approve", "--ids", "1", "--dry-run", "--watch"),
+        ("batch", "details", "1", "--status", "weird"),
+    ]
+    for args in cases:
+        r = await batchd(url, "tok", *args)
+        assert r.code == 2, (args, r.out, r.err)
+    r = await batchd(url, None, "batch", "list")
+    assert r.code == 2 and "BATCHD_TOKEN" in r.err
+
+
+async def test_global_options_before_the_command(
+    ready: tuple[LiveServer, list[int]], alice: Actor
+) -> None:
+    server, _ids = ready
+    r = await batchd(
+        None, None, "batch", "--url", server.url, "--token", alice.token, "--json", "list"
+    )
+    assert r.code == 0, r.err
+    assert r.json["total"] == 0
+    # A command's own --token wins over the environment's.
+    r = await batchd(server.url, "bd_wrong", "batch", "list", "--token", alice.token)
+    assert r.code == 0, r.err
+
+
+# --------------------------------------------------------------------------- watch
+
+
+async def test_watched_batch_cancelled_exits_1(
+    ready: tuple[LiveServer, list[int]], alice: Actor
+) -> None:
+    server, ids = ready
+    proc = await start(
+        server.url, alice.token, "batch", "create", "task.approve",
+        "--ids", ",".join(map(str, ids[:4])), *APPROVE_ARGS, "--start-suspended", "--watch",
+    )  # fmt: skip
+    # Find the batch the command made, then cancel it while the command watches.
+    deadline = asyncio.get_running_loop().time() + 60
+    batch_id = None
+    while batch_id is None:
+        listed = (await alice.get("/api/v1/batches")).json()["items"]
+        batch_id = listed[0]["id"] if listed else None
+        assert asyncio.get_running_loop().time() < deadline, "the batch was never created"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # let the stream connect (either way the watch must see the end)
+    r = await alice.delete(f"/api/v1/batches/{batch_id}")
+    assert r.status_code == 200, r.text
+    result = await finish(proc)
+    assert result.code == 1, (result.out, result.err)
+    assert f"Batch {batch_id} cancelled: 0 success" in result.out
+
+    again = await batchd(server.url, alice.token, "watch", str(batch_id))
+    assert again.code == 1 and f"Batch {batch_id} cancelled" in again.out
+
+
+# --------------------------------------------------------------------------- extensions
+
+
+async def test_dry_run_prints_the_prediction(
+    ready: tuple[LiveServer, list[int]],
+    alice: Actor,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    server, ids = ready
+    args = ("batch", "create", "task.approve", "--ids", f"{ids[0]},{ids[1]},999999")
+    r = await batchd(server.url, alice.token, *args, *APPROVE_ARGS, "--dry-run", "--json")
+    assert r.code == 0, r.err
+    body = r.json
+    assert (body["dry_run"], body["total"], body["success"], body["failed"]) == (True, 3, 2, 1)
+    assert body["problems"] == [
+        {"item_id": 999999, "status": "failed", "error": "Task 999999 does not exist."}
+    ]
+    human = await batchd(server.url, alice.token, *args, *APPROVE_ARGS, "--dry-run")
+    assert human.code == 0, human.err
+    assert "2 would succeed" in human.out and "Task 999999 does not exist." in human.out
+    assert (await alice.get("/api/v1/batches")).json()["total"] == 0  # nothing written
+
+
+async def test_start_at_and_max_rate_are_sent(
+    ready: tuple[LiveServer, list[int]], alice: Actor
+) -> None:
+    server, ids = ready
+    at = (datetime.now(UTC) + timedelta(hours=1)).isoformat(timespec="seconds")
+    r = await batchd(
+        server.url, alice.token, "batch", "create", "task.approve", "--json",
+        "--ids", str(ids[0]), *APPROVE_ARGS, "--start-at", at, "--max-rate", "25",
+        "--priority", "low",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    body = r.json
+    assert (body["status"], body["priority"], body["max_items_per_second"]) == (
+        "scheduled",
+        "low",
+        25,
+    )
+    assert datetime.fromisoformat(body["start_at"]) == datetime.fromisoformat(at)
+
+
+# --------------------------------------------------------------------------- results
+
+
+async def test_results_stream_to_stdout_or_a_file(
+    ready: tuple[LiveServer, list[int]], alice: Actor, tmp_path: Path
+) -> None:
+    server, ids = ready
+    created = await batchd(
+        server.url, alice.token, "batch", "--json", "create", "task.approve",
+        "--ids", f"{ids[0]},{ids[1]},999999", *APPROVE_ARGS, "--watch",
+    )  # fmt: skip
+    batch_id = created.json["id"]
+    r = await batchd(server.url, alice.token, "batch", "results", str(batch_id), "--format", "csv")
+    assert r.code == 0, r.err
+    lines = r.out.strip().splitlines()
+    assert "item_id" in lines[0] and len(lines) == 4
+    r = await batchd(
+        server.url, alice.token, "batch", "results", str(batch_id), "--status", "failed"
+    )
+    assert r.code == 0 and len(r.out.strip().splitlines()) == 2
+    assert "Task 999999 does not exist." in r.out
+
+    target = tmp_path / "results.xlsx"
+    r = await batchd(
+        server.url, alice.token, "batch", "results", str(batch_id), "--format", "xlsx",
+        "--output", str(target),
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    assert target.read_bytes()[:2] == b"PK" and not (tmp_path / "results.xlsx.part").exists()
+
+    r = await batchd(server.url, alice.token, "batch", "results", "424242", "-o", str(target))
+    assert r.code == 3 and "Batch 424242 does not exist." in r.err
