@@ -397,7 +397,7 @@ async def test_watch_gives_up_on_a_refused_request() -> None:
     refused = httpx.Response(404, json={"error": "NotFound", "detail": "Batch 7 does not exist."})
     server = ScriptedServer(refused)
     code, out = await _watch(server)
-    assert code == 2
+    assert code == 3
     assert "Batch 7 does not exist." in out and len(server.requests) == 1
 
 
@@ -407,7 +407,7 @@ async def test_watch_gives_up_after_bounded_retries() -> None:
         *([httpx.ConnectError("All connection attempts failed")] * 3),
     )
     code, out = await _watch(server)
-    assert code == 1
+    assert code == 3
     assert "giving up after 3 retries: All connection attempts failed" in out
     assert len(server.requests) == 4  # the stream that worked, then 3 retries
 
@@ -417,7 +417,7 @@ async def test_watch_reports_a_refusal_found_after_an_empty_stream() -> None:
     gone = httpx.Response(404, json={"error": "NotFound", "detail": "Batch 7 does not exist."})
     server = ScriptedServer([], probe=gone, probe_drops=1)  # a dead pooled connection first
     code, out = await _watch(server)
-    assert code == 2
+    assert code == 3
     assert "Batch 7 does not exist." in out
     assert len(server.requests) == 1 and server.probes == 2
 

@@ -88,9 +88,21 @@ def serve(
 
 
 @cli.command()
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve this worker's Prometheus metrics on this port "
+            "(or set BATCH_WORKER_METRICS_PORT).",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
+) -> None:
     """Run an arq worker on all three priority queues, plus the crons (needs Redis)."""
     settings = get_settings()
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
     if not settings.redis_url:
         raise fail(
             "`batchd worker` needs Redis: set BATCH_REDIS_URL (e.g. redis://127.0.0.1:6379/0). "

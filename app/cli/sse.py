@@ -141,14 +141,14 @@ async def watch_batch(
     transport: httpx.AsyncBaseTransport | None = None,
     max_failures: int = 20,
     backoff_cap: float = 5.0,
-    refused_code: int = 2,
-    lost_code: int = 1,
+    refused_code: int = 3,
+    lost_code: int = 3,
 ) -> int:
     """Follow a batch with a progress bar until it ends; return the exit code.
 
     0 = completed, 1 = aborted/cancelled, ``lost_code`` = the stream could not be
-    resumed, ``refused_code`` = a request the server refuses. (``batchd watch`` keeps
-    its historical 2/1; the client commands pass 3 for both: a server or network error.)
+    resumed, ``refused_code`` = a request the server refuses — 3 by default for both, a
+    server or network error, like every client command (DESIGN.md §5).
     """
     console = console or Console()
     err_console = err_console or Console(stderr=True)

@@ -1,7 +1,7 @@
 """``batchd watch BATCH_ID``: a live progress bar from the SSE stream.
 
-Its exit codes predate the client commands and stay as they were: 0 completed,
-1 aborted or cancelled (or the stream could not be resumed), 2 refused by the server.
+Exit codes as for every client command: 0 completed, 1 aborted or cancelled, 2 usage,
+3 a server or network error (refused, or the stream could not be resumed).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def watch(
         ),
     ] = None,
 ) -> None:
-    """Show a live progress bar for a batch; exit 0 if it completes, 1 if it does not."""
+    """Show a live progress bar for a batch; exit 0 if it completes, 1 if it does not,
+    3 on a server or network error."""
     if not token:
         raise fail("pass --token or set BATCHD_TOKEN (or BATCH_TOKEN).")
     try:
