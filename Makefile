@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-sqlite test-full lint bench clean
+.PHONY: install run test test-sqlite test-full lint bench bench-controls clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+bench-controls: install
+	$(BIN)/python -m bench.controls
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache batchd.db*

@@ -263,7 +263,7 @@ async def test_errors_exit_3_with_the_servers_sentence(
     r = await batchd(server.url, alice.token, "batch", "show", "424242")
     assert r.code == 3 and "Batch 424242 does not exist." in r.err
     r = await batchd(server.url, alice.token, "watch", "424242")
-    assert r.code == 2 and "Batch 424242 does not exist." in r.err  # watch keeps its old code
+    assert r.code == 3 and "Batch 424242 does not exist." in r.err  # watch: the same codes
 
     r = await batchd(
         server.url, alice.token, "batch", "create", "task.approve", "--ids", str(ids[0]),
