@@ -130,3 +130,6 @@ def apply_counts(batch: Batch, counts: dict[str, int]) -> None:
     batch.ignored = counts.get("ignored", 0)
     batch.cancelled = counts.get("cancelled", 0)
     batch.total = sum(counts.values())
+    # The error file is built from the failed details when it is downloaded (always the
+    # current one, also after a retry finishes); a finished batch names it.
+    batch.error_file = f"/api/v1/batches/{batch.id}/error-file" if batch.failed else None

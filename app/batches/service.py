@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches import details, locks, state
 from app.batches.dry_run import predict
-from app.batches.resolve import resolve
+from app.batches.resolve import Resolved, resolve
 from app.batches.state import BatchStatus, DetailStatus
 from app.config import Settings
 from app.db.base import utcnow
@@ -38,20 +38,24 @@ async def create_batch(
     req: BatchCreate,
     *,
     idempotency_key: str | None = None,
+    resolved: Resolved | None = None,
 ) -> tuple[Batch, bool]:
-    """Validate everything, then write the batch (and, for id lists, its details and
-    locks). Returns (batch, created); an existing batch for the same key is returned
+    """Validate everything, then write the batch (and, for listed targets, its details
+    and locks). Returns (batch, created); an existing batch for the same key is returned
     with created=False.
 
-    With ``start_at`` the batch is ``scheduled``: an id list is resolved (and locked)
-    now, a filter when the batch starts (its ``total`` until then is today's count)."""
+    ``resolved``: targets resolved by the caller (an Excel import: rows with payloads
+    and pre-failed rows) instead of ``req.ids`` / ``req.filter``; ``req`` still gives
+    the options (priority, chunk size, retries, start). With ``start_at`` the batch is
+    ``scheduled``: a listed source is resolved (and locked) now, a filter when the batch
+    starts (its ``total`` until then is today's count)."""
     key = idempotency_key or req.idempotency_key
     fingerprint = request_fingerprint(req) if key else None
     if key:
         existing = await _by_idempotency_key(session, user.id, key, fingerprint)
         if existing is not None:
             return existing, False
-    r = await resolve(session, settings, user, req)
+    r = resolved or await resolve(session, settings, user, req)
     op = r.op
     scheduled = req.start_at is not None
     status = BatchStatus.SCHEDULED if scheduled else BatchStatus.CREATED
