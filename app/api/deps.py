@@ -3,6 +3,7 @@ current user from the bearer token, settings, pagination and the queue backend."
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -41,11 +42,32 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 QueueDep = Annotated[QueueBackend, Depends(get_queue)]
 
 
+SESSION_COOKIE = "batchd_session"
+CSRF_COOKIE = "batchd_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def get_current_user(request: Request, session: SessionDep) -> User:
+    """The caller, from ``Authorization: Bearer <token>`` — or, for a browser (the
+    console, an ``EventSource``), from the HttpOnly session cookie that
+    ``POST /api/v1/session`` set. A cookie is sent by the browser on its own, so a
+    state-changing request authenticated by it must also carry the CSRF token in the
+    ``X-CSRF-Token`` header (double submit; the cookies are also ``SameSite=Strict``)."""
     header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Send 'Authorization: Bearer <token>'.")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Send 'Authorization: Bearer <token>'.")
+    else:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        if not token:
+            raise Unauthorized("Send 'Authorization: Bearer <token>' (or sign in).")
+        if request.method not in SAFE_METHODS:
+            expected = request.cookies.get(CSRF_COOKIE, "")
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+                raise Forbidden(f"Send the {CSRF_HEADER} header of your session.")
     user = await user_by_token(session, token.strip())
     if user is None:
         raise Unauthorized("The bearer token is not valid.")

@@ -10,17 +10,21 @@ from app.api import (
     definitions,
     events,
     health,
+    imports,
     instances,
     metrics,
     nodes,
     results,
+    session,
     tasks,
+    templates,
     users,
 )
 
 ALL: list[APIRouter] = [
     health.router,
     users.router,
+    session.router,
     definitions.router,
     instances.router,
     tasks.router,
@@ -28,6 +32,8 @@ ALL: list[APIRouter] = [
     archives.router,
     batches.router,
     results.router,
+    templates.router,
+    imports.router,
     events.router,
     metrics.router,
 ]

@@ -1,0 +1,83 @@
+"""/api/v1/session: sign a browser in with a bearer token (HttpOnly cookie), and out.
+
+Why: a browser's ``EventSource`` cannot send an ``Authorization`` header, and the
+console must never put a token in a URL. The cookie holds the same token the API
+already accepts (nothing new to revoke or expire); ``SameSite=Strict`` keeps other sites
+from sending it, and state-changing requests made with it need the CSRF token
+(``deps.get_current_user``). Signing in is refused from another origin, so a foreign
+page cannot sign a user into someone else's account either.
+"""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Request, Response
+from pydantic import Field
+
+from app.api.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep
+from app.engine.users import user_by_token
+from app.errors import Forbidden, Unauthorized
+from app.schemas.common import StrictModel, error_responses
+from app.schemas.engine import UserOut
+
+router = APIRouter(prefix="/api/v1", tags=["users"])
+
+
+class SignIn(StrictModel):
+    token: str = Field(min_length=1, max_length=200)
+
+
+class SessionOut(UserOut):
+    csrf_token: str = Field(description=f"Send it as the X-CSRF-Token header ({CSRF_COOKIE}).")
+
+
+@router.post(
+    "/session",
+    operation_id="sign_in",
+    summary="Sign a browser in (session cookie)",
+    response_model=SessionOut,
+    responses=error_responses(400, 401, 403, 413, 422),
+)
+async def sign_in(
+    body: SignIn, request: Request, response: Response, session: SessionDep
+) -> SessionOut:
+    """Check the token and set the ``batchd_session`` (HttpOnly) and ``batchd_csrf``
+    cookies; the answer carries the CSRF token too."""
+    origin = request.headers.get("origin")
+    if origin and urlsplit(origin).netloc != request.url.netloc:
+        raise Forbidden("Sign in from the service's own pages.")
+    user = await user_by_token(session, body.token.strip())
+    if user is None:
+        raise Unauthorized("The bearer token is not valid.")
+    csrf = secrets.token_urlsafe(32)
+    secure = request.url.scheme == "https"
+    for name, value, http_only in (
+        (SESSION_COOKIE, body.token.strip(), True),
+        (CSRF_COOKIE, csrf, False),
+    ):
+        response.set_cookie(
+            name, value, httponly=http_only, samesite="strict", secure=secure, path="/"
+        )
+    return SessionOut(
+        id=user.id,
+        name=user.name,
+        role=user.role,
+        department_id=user.department_id,
+        csrf_token=csrf,
+    )
+
+
+@router.delete(
+    "/session",
+    operation_id="sign_out",
+    summary="Sign a browser out",
+    status_code=204,
+    response_class=Response,
+)
+async def sign_out() -> Response:
+    response = Response(status_code=204)
+    for name in (SESSION_COOKIE, CSRF_COOKIE):
+        response.delete_cookie(name, path="/", samesite="strict")
+    return response
