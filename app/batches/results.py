@@ -2,9 +2,9 @@
 
 Rows are read in pages by detail id (keyset), each page in its own short transaction —
 no transaction stays open for the length of a download (on SQLite every transaction
-takes the write lock), and memory stays flat at any size: a CSV page is written and
-sent; an xlsx is built with openpyxl's write-only mode (rows go to a temporary file, in
-a thread so the event loop keeps serving), then streamed from disk and deleted.
+takes the write lock), and memory stays flat at any size. Each page is sent as soon as
+it is written: CSV directly, xlsx through ``app.excel.stream.XlsxStream`` (the sheet
+XML compressed as it is produced, in a thread so the event loop keeps serving).
 """
 
 from __future__ import annotations
@@ -12,23 +12,20 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import os
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from openpyxl import Workbook
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.excel.cells import csv_safe, text_cell
+from app.excel.cells import csv_safe
+from app.excel.stream import XlsxStream
 from app.models import Batch, BatchDetail
 from app.operations import get_operation
 
 COLUMNS = ("item_id", "row", "status", "error", "retry_count", "finished_at", "title")
 PAGE = 5_000
-FILE_CHUNK = 256 * 1024
 
 
 async def _pages(
@@ -83,29 +80,17 @@ async def csv_stream(
 async def xlsx_stream(
     sm: async_sessionmaker[AsyncSession], batch: Batch, status: str | None
 ) -> AsyncIterator[bytes]:
-    wb = Workbook(write_only=True)
-    ws = wb.create_sheet("Results")
-    ws.append(list(COLUMNS))
-    fd, path = tempfile.mkstemp(prefix="batchd-results-", suffix=".xlsx")
-    os.close(fd)
-    try:
-        async for page in _pages(sm, batch, status):
-            await asyncio.to_thread(_append, ws, page)
-        await asyncio.to_thread(wb.save, path)
-        with open(path, "rb") as f:  # noqa: ASYNC230 - local temp file, read in small chunks
-            while chunk := f.read(FILE_CHUNK):
-                yield chunk
-    finally:
-        os.unlink(path)
-
-
-def _append(ws: Any, page: Sequence[Any]) -> None:
-    for row in page:
-        ws.append([text_cell(ws, _naive_utc(v)) for v in row])
+    """Page by page through ``XlsxStream``: the first bytes leave with the first page."""
+    book = XlsxStream("Results", COLUMNS)
+    async for page in _pages(sm, batch, status):
+        chunk = await asyncio.to_thread(book.rows, [[_naive_utc(v) for v in row] for row in page])
+        if chunk:
+            yield chunk
+    yield book.close()
 
 
 def _naive_utc(value: Any) -> Any:
-    """Excel has no time zones: datetimes go in as UTC wall-clock time."""
+    """Datetimes in UTC (the export's one time zone)."""
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(UTC).replace(tzinfo=None)
     return value
