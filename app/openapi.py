@@ -66,6 +66,10 @@ TAGS: list[dict[str, str]] = [
     {"name": "definitions", "description": "Process definitions (versioned by key)."},
     {"name": "nodes", "description": "How each form field appears at a node (V2 view)."},
     {"name": "archives", "description": "Snapshots of deleted instances (admin)."},
+    {
+        "name": "excel",
+        "description": "Approval templates, filled templates imported as batches, error files.",
+    },
     {"name": "users", "description": "The caller, users and monitor grants."},
     {"name": "health", "description": "Liveness and readiness probes (no auth)."},
     {"name": "monitoring", "description": "Prometheus metrics (no auth)."},

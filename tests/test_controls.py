@@ -347,3 +347,59 @@ async def test_results_export_csv_and_xlsx(
     empty = await alice.get(url, params={"status": "cancelled"})
     assert empty.text.strip().splitlines() == [",".join(rows[0])]
     assert await details(alice, batch["id"])  # the batch itself is untouched
+
+
+async def test_results_never_show_the_title_of_an_item_the_creator_cannot_see(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    mine = (await expense_setup(sessionmaker, admin, alice, bob, 1)).task_ids
+    bobs = (await expense_setup(sessionmaker, admin, bob, alice, 1)).task_ids
+    batch = await create(alice, {"type": "task.approve", "ids": [*mine, *bobs], "params": APPROVE})
+    await wait_for(alice, batch["id"])
+    r = await alice.get(f"/api/v1/batches/{batch['id']}/results")
+    rows = {int(row[0]): row for row in list(csv.reader(io.StringIO(r.text)))[1:]}
+    assert rows[mine[0]][6] == "Trip 1"
+    assert rows[bobs[0]][3:] == [f"Task {bobs[0]} does not exist.", "0", rows[bobs[0]][5], ""]
+    suspend = await create(alice, {"type": "instance.suspend", "ids": [1, 2, 999]})
+    await wait_for(alice, suspend["id"])
+    r = await alice.get(f"/api/v1/batches/{suspend['id']}/results")
+    titles = {int(row[0]): row[6] for row in list(csv.reader(io.StringIO(r.text)))[1:]}
+    assert titles == {1: "Trip 1", 2: "", 999: ""}  # 2 is bob's process: hidden from alice
+
+
+async def test_dry_runs_of_archive_delete_and_migrate_write_and_lock_nothing(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    from app.models import InstanceArchive
+
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 2)
+    async with sessionmaker() as s:
+        s.add(InstanceArchive(instance_id=777, definition_key="expense", snapshot={"x": 1}))
+        await s.commit()
+    before = await _snapshot(sessionmaker)
+    r = await admin.post(
+        "/api/v1/batches",
+        json={"type": "instance.archive_delete", "ids": [777, 778], "dry_run": True},
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["success"], r.json()["failed"]) == (1, 1)
+    async with sessionmaker() as s:
+        assert await s.scalar(select(func.count()).select_from(InstanceArchive)) == 1
+    d = setup.definition
+    r = await admin.post(
+        "/api/v1/definitions", json={k: d[k] for k in ("key", "name", "form", "nodes")}
+    )
+    assert r.status_code == 201, r.text
+    r = await admin.post(
+        "/api/v1/batches",
+        json={
+            "type": "instance.migrate",
+            "filter": {"definition_key": "expense"},
+            "params": {"definition_key": "expense", "target_version": 2},
+            "dry_run": True,
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["total"], r.json()["success"]) == (2, 2)
+    after = await _snapshot(sessionmaker)
+    assert {k: v for k, v in after.items() if k != "process_definitions"} == before

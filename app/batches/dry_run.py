@@ -39,6 +39,10 @@ async def predict(session: AsyncSession, user: User, r: Resolved) -> DryRunOut:
                 problems.append(
                     Problem(item_id=item.item_id, status=outcome.status, error=outcome.error)
                 )
+        # End the read transaction between chunks: nothing was written (the savepoint
+        # was rolled back), and on SQLite every transaction holds the single write lock —
+        # a long dry run must not stop the batches running meanwhile.
+        await session.commit()
     return DryRunOut(
         type=r.op.type,
         total=sum(counts.values()),

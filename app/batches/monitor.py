@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details
+from app.batches import details, locks
 from app.batches.state import RUNNABLE, BatchStatus, DetailStatus, lock_batch, may_move, move
 from app.config import Settings
 from app.db.base import utcnow
@@ -85,8 +85,10 @@ async def finalize_if_done(ctx: JobContext, batch_id: int) -> bool:
 
 
 async def abort(ctx: JobContext, batch_id: int) -> None:
-    """Failure rate above the threshold: stop, pending items become cancelled."""
+    """Failure rate above the threshold: stop, pending items become cancelled. (Like a
+    cancel, it never overlaps a seed page, which would add pending items after.)"""
     async with ctx.unit() as session:
+        await locks.exclude_seeding(session, batch_id)
         await session.execute(
             update(BatchDetail)
             .where(BatchDetail.batch_id == batch_id, BatchDetail.status == DetailStatus.PENDING)

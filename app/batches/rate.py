@@ -36,6 +36,9 @@ HEARTBEAT_S = 5.0
 class Grant:
     items: int
     rate: float
+    ends_at: float
+    """``rate_next_at`` right after this reservation: a refund applies only while no
+    later reservation has been made (else it would overlap the next slot)."""
 
 
 async def pace(ctx: JobContext, batch_id: int) -> Grant | None:
@@ -67,18 +70,19 @@ async def pace(ctx: JobContext, batch_id: int) -> Grant | None:
     if next_at is None:
         return None
     await _wait_until(ctx, batch_id, next_at - items / rate)
-    return Grant(items, rate)
+    return Grant(items, rate, next_at)
 
 
 async def refund(ctx: JobContext, batch_id: int, grant: Grant, used: int) -> None:
-    """Hand back the part of a reservation the chunk did not use."""
+    """Hand back the part of a reservation the chunk did not use — only if it is still
+    the last one made (a refund must never pull a later slot forward)."""
     unused = grant.items - used
     if unused <= 0:
         return
     async with ctx.unit() as session:
         await session.execute(
             update(Batch)
-            .where(Batch.id == batch_id, Batch.rate_next_at.is_not(None))
+            .where(Batch.id == batch_id, Batch.rate_next_at == grant.ends_at)
             .values(rate_next_at=Batch.rate_next_at - unused / grant.rate)
         )
 

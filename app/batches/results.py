@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.excel.cells import csv_safe
 from app.excel.stream import XlsxStream
-from app.models import Batch, BatchDetail
+from app.models import Batch, BatchDetail, User
 from app.operations import get_operation
 
 COLUMNS = ("item_id", "row", "status", "error", "retry_count", "finished_at", "title")
@@ -31,7 +31,11 @@ PAGE = 5_000
 async def _pages(
     sm: async_sessionmaker[AsyncSession], batch: Batch, status: str | None
 ) -> AsyncIterator[Sequence[Any]]:
-    title = get_operation(batch.type).target.title_of(BatchDetail.item_id).label("title")
+    async with sm() as session:
+        creator = await session.get(User, batch.creator_id)
+    assert creator is not None  # users are never deleted
+    target = get_operation(batch.type).target
+    title = target.title_of(BatchDetail.item_id, creator).label("title")
     query = select(
         BatchDetail.id,
         BatchDetail.item_id,

@@ -264,25 +264,26 @@ async def cancel(
 ) -> Batch | None:
     """DELETE: cancel an active batch (pending items → cancelled), or give up the failed
     items of a finished one; either way release every lock. ``cascade`` also purges the
-    batch and its details (returns None)."""
+    batch and its details (returns None).
+
+    Both item updates always run, whatever status was read: the batch may finish, or be
+    auto-retried, between that read and the row lock. Pending items are cancelled and
+    failed ones exhausted (no retry takes them again; a cancelled batch cannot be retried
+    anyway), and the row locks these updates take keep a concurrent retry from
+    requeueing anything behind our back."""
     await locks.exclude_seeding(session, batch_id)  # no seed page commits meanwhile
     batch = await get_batch(session, user, batch_id)
     op = get_operation(batch.type)
-    now = utcnow()
-    was_active = not state.is_final(batch.status)
-    if was_active:
-        await session.execute(
-            update(BatchDetail)
-            .where(BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.PENDING)
-            .values(status=DetailStatus.CANCELLED, finished_at=now, error="Cancelled by the user.")
-        )
-    else:
-        # Give up: failed items become exhausted, so no retry (manual or automatic) takes them.
-        await session.execute(
-            update(BatchDetail)
-            .where(BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED)
-            .values(retry_count=batch.max_retries)
-        )
+    await session.execute(
+        update(BatchDetail)
+        .where(BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.PENDING)
+        .values(status=DetailStatus.CANCELLED, finished_at=utcnow(), error="Cancelled by the user.")
+    )
+    await session.execute(
+        update(BatchDetail)
+        .where(BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED)
+        .values(retry_count=batch.max_retries)
+    )
     if op.lock is not None:
         await op.lock.release_all(session, batch.id)
     await write_action_log(

@@ -124,7 +124,9 @@ class XlsxStream:
             ("xl/styles.xml", _STYLES),
         ):
             self._zip.writestr(name, body)
-        self._sheet = self._zip.open("xl/worksheets/sheet1.xml", "w", force_zip64=True)
+        # No zip64 headers: Excel rejects a streamed part that has them; a sheet stays
+        # far below 2 GiB (1 048 576 rows is Excel's own limit).
+        self._sheet = self._zip.open("xl/worksheets/sheet1.xml", "w")
         self._next_row = 1
         self._sheet.write(_SHEET_HEAD.encode())
         self._write([list(header)], style=' s="1"')

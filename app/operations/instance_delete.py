@@ -122,6 +122,7 @@ class DeleteArchives(Operation):
 
     type = "instance.archive_delete"
     target = ARCHIVES
+    supports_dry_run = True
 
     async def apply(
         self, session: AsyncSession, run: BatchRun, items: list[WorkItem]
@@ -130,11 +131,12 @@ class DeleteArchives(Operation):
         ids = sorted({i.item_id for i in items})
         keys: dict[int, set[str]] = defaultdict(set)
         if operator is not None and ids:
-            for instance_id, key in await session.execute(
-                select(InstanceArchive.instance_id, InstanceArchive.definition_key)
-                .where(id_in(session, InstanceArchive.instance_id, ids))
-                .with_for_update()
-            ):
+            query = select(InstanceArchive.instance_id, InstanceArchive.definition_key).where(
+                id_in(session, InstanceArchive.instance_id, ids)
+            )
+            if not run.dry_run:  # a prediction locks nothing
+                query = query.with_for_update()
+            for instance_id, key in await session.execute(query):
                 keys[instance_id].add(key)
         outcomes: list[Outcome] = []
         todo: list[int] = []
@@ -152,7 +154,7 @@ class DeleteArchives(Operation):
                 continue
             todo.append(item.item_id)
             outcomes.append(SUCCESS)
-        if todo:
+        if todo and not run.dry_run:
             await session.execute(
                 delete(InstanceArchive).where(id_in(session, InstanceArchive.instance_id, todo)),
                 execution_options={"synchronize_session": False},

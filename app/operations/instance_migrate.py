@@ -167,12 +167,12 @@ class MigrateInstances(InstanceOperation):
             and r.definition_id != plan.target_id
         ]
         if movable and target is not None:
-            result = await session.execute(
+            query = (
                 select(Task.id, Task.instance_id, Task.node_id)
                 .where(id_in(session, Task.instance_id, movable), Task.status == "pending")
                 .order_by(Task.id)
-                .with_for_update(of=Task)
             )
+            result = await session.execute(query if run.dry_run else query.with_for_update(of=Task))
             for task_id, instance_id, node_id in result:
                 plan.tasks.setdefault(instance_id, []).append((task_id, node_id))
         return plan

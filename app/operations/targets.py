@@ -6,16 +6,55 @@ asks which one it is."""
 from __future__ import annotations
 
 import abc
+import json
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from sqlalchemy import ScalarSelect, Select, func, select
+from sqlalchemy import ClauseElement, Executable, ScalarSelect, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
-from app.engine.queries import instance_filter_clauses, task_filter_clauses
+from app.engine.queries import (
+    instance_filter_clauses,
+    instance_visibility_clause,
+    task_filter_clauses,
+)
 from app.models import InstanceArchive, MonitorGrant, ProcessInstance, Task, User
 from app.schemas.batch import ArchiveFilter, InstanceFilter, TaskFilter
 from app.schemas.common import validate_part
+
+ESTIMATE_FROM = 200_000
+"""From this many rows on (the planner's estimate), a create request takes PostgreSQL's
+estimate as the filter's provisional ``total`` instead of counting: counting a million
+tasks joined with their processes took ~1 s of the POST. The seed job counts exactly
+before its first page (enforcing ``BATCH_MAX_ITEMS``), and ``total`` is the number of
+details once seeding ends."""
+
+
+class _Explain(Executable, ClauseElement):
+    """``EXPLAIN (FORMAT JSON) <select>`` with the select's own bound parameters."""
+
+    inherit_cache = False
+
+    def __init__(self, stmt: Select[Any]) -> None:
+        self.stmt = stmt
+
+
+@compiles(_Explain, "postgresql")
+def _compile_explain(element: _Explain, compiler: SQLCompiler, **kw: Any) -> str:
+    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.stmt, **kw)
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a create request learns about a filter: how many items (exact, or the
+    planner's estimate), the highest id to seed up to, and whether ``total`` is exact."""
+
+    total: int
+    seed_until: int
+    exact: bool = True
 
 
 class Target(abc.ABC):
@@ -34,9 +73,10 @@ class Target(abc.ABC):
         """``SELECT <item id>`` of everything the filter matches for this creator."""
 
     @abc.abstractmethod
-    def title_of(self, item_id: Any) -> ScalarSelect[Any]:
+    def title_of(self, item_id: Any, creator: User) -> ScalarSelect[Any]:
         """The item's title (its process's) for the column ``item_id`` — a correlated
-        scalar subquery, for the results export."""
+        scalar subquery, for the results export — and NULL for an item ``creator`` may
+        not see: an export never shows more than the item errors do."""
 
     async def count(
         self, session: AsyncSession, creator: User, flt: dict[str, Any]
@@ -46,6 +86,29 @@ class Target(abc.ABC):
         row = (await session.execute(select(func.count(), func.max(sub.c.id)))).one()
         return int(row[0]), int(row[1] or 0)
 
+    async def count_for_create(
+        self, session: AsyncSession, creator: User, flt: dict[str, Any], *, max_items: int
+    ) -> Counted:
+        """``count`` for a create request, quick at any size: below ``ESTIMATE_FROM``
+        estimated rows (and on SQLite) the exact count; above it, PostgreSQL's estimate
+        and the table's highest id (nothing newer can match; rows are seeded in id
+        order) — unless the estimate exceeds ``max_items``, when the matching rows are
+        counted up to ``max_items + 1`` so the limit is enforced exactly."""
+        if session.get_bind().dialect.name == "postgresql":
+            matching = self.matching(creator, flt)
+            estimate = await _estimated_rows(session, matching)
+            if estimate >= ESTIMATE_FROM:
+                if estimate > max_items:
+                    bounded = matching.limit(max_items + 1).subquery()
+                    n = int(await session.scalar(select(func.count()).select_from(bounded)) or 0)
+                    if n > max_items:  # refused: "more than max_items"
+                        return Counted(n, 0, exact=False)
+                col = type(self).id_column
+                top = await session.scalar(select(func.max(col)))
+                return Counted(estimate, int(top or 0), exact=False)
+        total, seed_until = await self.count(session, creator, flt)
+        return Counted(total, seed_until)
+
     def page_after(
         self, creator: User, flt: dict[str, Any], *, after: int, until: int, limit: int
     ) -> Select[Any]:
@@ -54,6 +117,13 @@ class Target(abc.ABC):
         return (
             self.matching(creator, flt).where(col > after, col <= until).order_by(col).limit(limit)
         )
+
+
+async def _estimated_rows(session: AsyncSession, stmt: Select[Any]) -> int:
+    plan = await session.scalar(_Explain(stmt))
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 class Tasks(Target):
@@ -71,13 +141,15 @@ class Tasks(Target):
             .where(*clauses)
         )
 
-    def title_of(self, item_id: Any) -> ScalarSelect[Any]:
-        return (
+    def title_of(self, item_id: Any, creator: User) -> ScalarSelect[Any]:
+        query = (
             select(ProcessInstance.title)
             .join(Task, Task.instance_id == ProcessInstance.id)
             .where(Task.id == item_id)
-            .scalar_subquery()
         )
+        if not creator.is_admin:
+            query = query.where(Task.assignee_id == creator.id)
+        return query.scalar_subquery()
 
 
 class Instances(Target):
@@ -91,8 +163,11 @@ class Instances(Target):
     def matching(self, creator: User, flt: dict[str, Any]) -> Select[Any]:
         return select(ProcessInstance.id).where(*instance_filter_clauses(creator, **flt))
 
-    def title_of(self, item_id: Any) -> ScalarSelect[Any]:
-        return select(ProcessInstance.title).where(ProcessInstance.id == item_id).scalar_subquery()
+    def title_of(self, item_id: Any, creator: User) -> ScalarSelect[Any]:
+        query = select(ProcessInstance.title).where(ProcessInstance.id == item_id)
+        if not creator.is_admin:
+            query = query.where(instance_visibility_clause(creator))
+        return query.scalar_subquery()
 
 
 TASKS = Tasks()
@@ -121,15 +196,18 @@ class Archives(Target):
             )
         return stmt
 
-    def title_of(self, item_id: Any) -> ScalarSelect[Any]:
+    def title_of(self, item_id: Any, creator: User) -> ScalarSelect[Any]:
         """From the newest snapshot (the instance itself is gone)."""
-        return (
-            select(InstanceArchive.snapshot["instance"]["title"].as_string())
-            .where(InstanceArchive.instance_id == item_id)
-            .order_by(InstanceArchive.id.desc())
-            .limit(1)
-            .scalar_subquery()
+        query = select(InstanceArchive.snapshot["instance"]["title"].as_string()).where(
+            InstanceArchive.instance_id == item_id
         )
+        if not creator.is_admin:
+            query = query.where(
+                InstanceArchive.definition_key.in_(
+                    select(MonitorGrant.definition_key).where(MonitorGrant.user_id == creator.id)
+                )
+            )
+        return query.order_by(InstanceArchive.id.desc()).limit(1).scalar_subquery()
 
 
 ARCHIVES = Archives()

@@ -164,8 +164,9 @@ class BatchCreate(StrictModel):
     start_at: UtcDatetime | None = None
     """Start later (ISO 8601 with an offset, in the future, at most 30 days ahead): the
     batch is ``scheduled`` until then; a filter is resolved when it starts."""
-    max_items_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
-    """A ceiling on this batch's throughput across every worker."""
+    max_items_per_second: float | None = Field(default=None, ge=0.1, le=1_000_000)
+    """A ceiling on this batch's throughput across every worker (at least 0.1 items/s, so
+    no executor waits longer than a job may run)."""
     dry_run: bool = False
     """Check every target as the operation would and answer with the prediction (200):
     nothing is written."""

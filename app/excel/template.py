@@ -1,0 +1,555 @@
+"""The approval template (DESIGN.md §4 "Excel template"): the caller's pending tasks at
+one node of the latest definition version, as a workbook to fill in and import.
+
+- ``xlsx``: sheet "Tasks", one row per task, the columns of
+  :func:`app.excel.layout.approval_columns` (the import reads the same layout back);
+- ``zip``: one workbook per task (``task-<id>.xlsx``), sheet "Task" with a vertical
+  ``Field | Value`` form in the same column order.
+
+Option lists live on a hidden sheet "Lists" that the validations reference, so a long
+option list never hits Excel's 255-character limit on inline lists. The sheets are
+protected without a password: protection here is a guard against editing the wrong
+column by accident, not security — any tool removes it, with or without a password —
+and the import checks every value again (read-only columns are never applied).
+
+Memory stays flat: the task ids are resolved once (≤ ``MAX_TASKS`` integers), rows are
+read in pages by id, each page in its own short transaction, and workbooks are built
+with openpyxl's write-only mode into a temporary file, in a thread, then streamed from
+disk and deleted — like the results export (app/batches/results.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tempfile
+import zipfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from copy import copy
+from dataclasses import dataclass, replace
+from datetime import date
+from typing import Any, Literal, TypeAlias
+
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.comments import Comment
+from openpyxl.styles import Font, PatternFill, Protection
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+from openpyxl.worksheet.datavalidation import DataValidation
+from openpyxl.worksheet.worksheet import Worksheet
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.engine.definitions import latest_definition
+from app.engine.forms import NUMBER_MAX, find_node
+from app.engine.queries import TASK_INSTANCE_JOIN, task_filter_clauses
+from app.errors import NotFound, TooLarge
+from app.excel.cells import text_cell
+from app.excel.layout import DECISIONS, Column, approval_columns
+from app.models import ProcessInstance, Task, User
+from app.schemas.common import TEXT_MAX
+
+Format = Literal["xlsx", "zip"]
+Sheet: TypeAlias = Any
+"""A ``WriteOnlyWorksheet`` (the 50 000-row sheet) or a ``Worksheet`` (a task's small
+form); openpyxl is untyped."""
+
+MAX_TASKS = 50_000
+"""The most tasks one xlsx template holds (well below ``BATCH_MAX_ITEMS``: a sheet a
+person fills in; 50 000 rows build in seconds with flat memory)."""
+ZIP_MAX_TASKS = 1_000
+"""The most tasks one zip holds: a workbook per task costs 10–20 ms to build (openpyxl
+writes a whole package each time), so 1 000 take 10–20 s before the first byte (5 000
+took 108 s in bench/excel_template.py); more belong in the xlsx variant."""
+PAGE = 2_000
+"""Task ids per query while building (also keeps ``IN (…)`` far below every driver's
+bind-parameter limit)."""
+FILE_CHUNK = 256 * 1024
+
+SHEET = "Tasks"
+FORM_SHEET = "Task"
+LISTS_SHEET = "Lists"
+FORM_HEADERS = ("Field", "Value")
+DATE_FORMAT = "yyyy-mm-dd"
+YES, NO = "yes", "no"
+EXCEL_DATE_MIN, EXCEL_DATE_MAX = 1, 2958465
+"""Excel serials of 1900-01-01 and 9999-12-31: "any date" for a date validation."""
+
+COMMENT_MAX = 2_000
+"""The longest approval comment (``ApproveParams.comment``, app/operations/tasks.py)."""
+
+UNLOCKED = Protection(locked=False)
+HEADER_FONT = Font(bold=True)
+REQUIRED_FONT = Font(bold=True, color="C00000")
+EDITABLE_FILL = PatternFill("solid", fgColor="E2EFDA")
+PROTECTED_FILL = PatternFill("solid", fgColor="D9D9D9")
+
+
+@dataclass(frozen=True)
+class TemplateSource:
+    """What a template shows, resolved in the request (so 404/413 come before any byte)."""
+
+    user_id: int
+    definition_id: int
+    definition_key: str
+    node_id: str
+    columns: list[Column]
+    task_ids: list[int]
+    """Ascending; at most ``MAX_TASKS`` (``ZIP_MAX_TASKS`` for zip)."""
+    skipped: int
+    """Requested ``task_ids`` that are not the caller's pending tasks at this node."""
+    extra: dict[str, Any]
+    """The request's ``filter`` (re-applied while reading, like the task list)."""
+
+    def clauses(self) -> list[ColumnElement[bool]]:
+        """The caller's own pending tasks at the node of this definition version —
+        for an admin too: a template is for deciding, and only the assignee decides."""
+        return [
+            Task.assignee_id == self.user_id,
+            Task.status == "pending",
+            Task.node_id == self.node_id,
+            ProcessInstance.definition_id == self.definition_id,
+            *task_filter_clauses(None, **self.extra),
+        ]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    id: int
+    title: str
+    department_id: int | None
+    form_data: dict[str, Any]
+
+
+def limit_for(fmt: Format) -> int:
+    return ZIP_MAX_TASKS if fmt == "zip" else MAX_TASKS
+
+
+async def resolve(
+    session: AsyncSession,
+    user: User,
+    *,
+    definition_key: str,
+    node_id: str,
+    fmt: Format,
+    filter: dict[str, Any] | None = None,
+    task_ids: Sequence[int] | None = None,
+) -> TemplateSource:
+    """The template's columns and task ids. 404 for an unknown definition or node;
+    413 beyond ``limit_for(fmt)`` tasks. Listed ids that are not the caller's pending
+    tasks at that node are left out and counted (``skipped``), never an error: a list
+    copied from yesterday's task list should still give today's template."""
+    definition = await latest_definition(session, definition_key)
+    if definition is None:
+        raise NotFound(f"Definition '{definition_key}' does not exist.")
+    found = find_node(definition.nodes, node_id)
+    if found is None:
+        raise NotFound(f"Definition '{definition_key}' has no node '{node_id}'.")
+    limit = limit_for(fmt)
+    source = TemplateSource(
+        user_id=user.id,
+        definition_id=definition.id,
+        definition_key=definition.key,
+        node_id=node_id,
+        columns=approval_columns(definition.form, found[1]),
+        task_ids=[],
+        skipped=0,
+        extra={k: v for k, v in (filter or {}).items() if v is not None},
+    )
+    base = select(Task.id).join(ProcessInstance, TASK_INSTANCE_JOIN).where(*source.clauses())
+    ids: list[int] = []
+    skipped = 0
+    if task_ids is None:
+        ids = list(await session.scalars(base.order_by(Task.id).limit(limit + 1)))
+    else:
+        wanted = sorted(set(task_ids))
+        if len(wanted) > limit:
+            raise too_many(len(wanted), fmt)
+        for i in range(0, len(wanted), PAGE):
+            chunk = wanted[i : i + PAGE]
+            ids += await session.scalars(base.where(Task.id.in_(chunk)).order_by(Task.id))
+        skipped = len(wanted) - len(ids)
+    if len(ids) > limit:
+        raise too_many(None, fmt)
+    return replace(source, task_ids=ids, skipped=skipped)
+
+
+def too_many(count: int | None, fmt: Format) -> TooLarge:
+    """The 413 for a template over ``limit_for(fmt)`` tasks (``count`` when known)."""
+    limit = limit_for(fmt)
+    what = f"{count} tasks" if count is not None else f"more than {limit} tasks"
+    hint = " Use format xlsx, or" if fmt == "zip" else ""
+    return TooLarge(
+        f"A {fmt} template holds at most {limit} tasks; this one would hold {what}.{hint} "
+        "Narrow the filter or split the task ids."
+    )
+
+
+async def _pages(
+    sm: async_sessionmaker[AsyncSession], source: TemplateSource
+) -> AsyncIterator[list[TaskData]]:
+    """The tasks, ``PAGE`` ids at a time, each page in its own short transaction. A
+    task decided since the request was resolved simply drops out."""
+    query = (
+        select(Task.id, ProcessInstance.title, ProcessInstance.department_id)
+        .add_columns(ProcessInstance.form_data)
+        .join(ProcessInstance, TASK_INSTANCE_JOIN)
+        .where(*source.clauses())
+        .order_by(Task.id)
+    )
+    for i in range(0, len(source.task_ids), PAGE):
+        chunk = source.task_ids[i : i + PAGE]
+        async with sm() as session:
+            rows = (await session.execute(query.where(Task.id.in_(chunk)))).all()
+        yield [TaskData(r[0], r[1], r[2], r[3] or {}) for r in rows]
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def display(spec: dict[str, Any] | None, value: Any) -> Any:
+    """A form value as the template shows it: dates as dates, bools as yes/no, a
+    multiselect as comma-separated text (the import reads all three back)."""
+    if value is None or value == "" or value == []:
+        return None
+    kind = (spec or {}).get("type", "text")
+    if kind == "bool" and isinstance(value, bool):
+        return YES if value else NO
+    if kind == "multiselect" and isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if kind == "date":
+        try:
+            return date.fromisoformat(str(value).strip()[:10])
+        except ValueError:
+            return str(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return value if isinstance(value, str) else str(value)
+
+
+def cell_value(column: Column, task: TaskData) -> Any:
+    if column.kind == "task_id":
+        return task.id
+    if column.kind == "title":
+        return task.title
+    if column.kind == "department":
+        return task.department_id
+    if column.kind in ("read", "write"):
+        return display(column.field, task.form_data.get(column.name))
+    return None  # decision, comment: the person filling in decides
+
+
+# ----------------------------------------------------------------------- validations
+
+
+@dataclass(frozen=True)
+class Lists:
+    """Option lists on the hidden sheet: one column each (row 1 names it)."""
+
+    columns: list[tuple[str, list[str]]]
+
+    @classmethod
+    def for_columns(cls, columns: Sequence[Column]) -> Lists:
+        found: list[tuple[str, list[str]]] = [("Decision", list(DECISIONS))]
+        for c in columns:
+            if c.kind != "write" or c.field is None:
+                continue
+            kind = c.field.get("type", "text")
+            if kind in ("select", "multiselect"):
+                found.append((c.name, [str(o) for o in c.field.get("options") or []]))
+            elif kind == "bool" and not any(name == "yes/no" for name, _ in found):
+                found.append(("yes/no", [YES, NO]))
+        return cls(found)
+
+    def range_of(self, name: str) -> str:
+        for i, (listed, options) in enumerate(self.columns, start=1):
+            if listed == name:
+                letter = get_column_letter(i)
+                return f"{LISTS_SHEET}!${letter}$2:${letter}${max(len(options), 1) + 1}"
+        raise KeyError(name)
+
+    def write(self, wb: Workbook) -> None:
+        ws = wb.create_sheet(LISTS_SHEET)
+        ws.sheet_state = "hidden"
+        ws.protection.sheet = True
+        ws.append([text_cell(ws, name) for name, _ in self.columns])
+        depth = max((len(options) for _, options in self.columns), default=0)
+        for row in range(depth):
+            ws.append(
+                [
+                    text_cell(ws, options[row] if row < len(options) else None)
+                    for _, options in self.columns
+                ]
+            )
+
+
+def validation_for(column: Column, lists: Lists) -> DataValidation | None:
+    """The data validation of an editable column (None: free text)."""
+    if column.kind == "decision":
+        return _list_validation(lists.range_of("Decision"), "Choose approve or reject.")
+    if column.kind == "comment":
+        return _text_validation(COMMENT_MAX)
+    if column.kind != "write" or column.field is None:
+        return None
+    spec = column.field
+    kind = spec.get("type", "text")
+    label = column.header
+    if kind == "select":
+        return _list_validation(lists.range_of(column.name), f"{label}: choose a listed value.")
+    if kind == "multiselect":
+        options = ", ".join(str(o) for o in spec.get("options") or [])
+        dv = _list_validation(
+            lists.range_of(column.name),
+            f"{label}: one or more of {options}, separated by commas.",
+        )
+        # Excel cannot pick several list entries: "information" lets typed
+        # comma-separated text through after a hint instead of refusing it.
+        dv.errorStyle = "information"
+        return dv
+    if kind == "bool":
+        return _list_validation(lists.range_of("yes/no"), f"{label}: choose yes or no.")
+    if kind == "number":
+        return DataValidation(
+            type="decimal",
+            operator="between",
+            formula1=str(-NUMBER_MAX),
+            formula2=str(NUMBER_MAX),
+            allow_blank=True,
+            showErrorMessage=True,
+            errorTitle="Not a number",
+            error=f"{label} must be a number.",
+        )
+    if kind == "date":
+        return DataValidation(
+            type="date",
+            operator="between",
+            formula1=str(EXCEL_DATE_MIN),
+            formula2=str(EXCEL_DATE_MAX),
+            allow_blank=True,
+            showErrorMessage=True,
+            errorTitle="Not a date",
+            error=f"{label} must be a date (YYYY-MM-DD).",
+        )
+    return _text_validation(TEXT_MAX)
+
+
+def _list_validation(formula: str, message: str) -> DataValidation:
+    return DataValidation(
+        type="list",
+        formula1=formula,
+        allow_blank=True,
+        showDropDown=False,  # (sic) False shows the in-cell dropdown arrow
+        showErrorMessage=True,
+        errorTitle="Not a listed value",
+        error=message,
+        showInputMessage=True,
+        prompt=message,
+    )
+
+
+def _text_validation(longest: int) -> DataValidation:
+    return DataValidation(
+        type="textLength",
+        operator="lessThanOrEqual",
+        formula1=str(longest),
+        allow_blank=True,
+        showErrorMessage=True,
+        errorTitle="Too long",
+        error=f"At most {longest} characters.",
+    )
+
+
+def header_comment(column: Column) -> str | None:
+    """The hint a header carries (a multiselect cannot be multi-picked in Excel)."""
+    if column.kind == "write" and column.field is not None:
+        spec = column.field
+        kind = spec.get("type", "text")
+        parts = ["Required." if column.required else "Editable."]
+        if kind == "multiselect":
+            options = ", ".join(str(o) for o in spec.get("options") or [])
+            parts.append(f"One or more of: {options} — separated by commas.")
+        elif kind == "select":
+            parts.append("Choose from the list.")
+        elif kind == "bool":
+            parts.append("yes or no.")
+        elif kind == "date":
+            parts.append("A date (YYYY-MM-DD).")
+        elif kind == "number":
+            parts.append("A number.")
+        return " ".join(parts)
+    if column.kind == "decision":
+        return "approve or reject: every row you import needs one."
+    if column.kind in ("task_id", "read"):
+        return "Read only."
+    return None
+
+
+def column_width(column: Column) -> float:
+    """Readable widths without measuring 50 000 rows (column widths are written before
+    the first row in write-only mode)."""
+    base = {"task_id": 10, "title": 40, "department": 12, "decision": 12, "comment": 40}
+    width = base.get(column.kind, 16)
+    if column.field is not None and column.field.get("type") == "multiselect":
+        width = 28
+    return float(min(max(width, len(column.header) + 4), 60))
+
+
+def _is_date(column: Column) -> bool:
+    return column.field is not None and column.field.get("type") == "date"
+
+
+def _style(ws: Sheet, *, editable: bool, is_date: bool) -> Any:
+    """A style array to copy into each cell of a column (setting styles cell by cell
+    would look them up 50 000 times)."""
+    proto = WriteOnlyCell(ws)
+    if editable:
+        proto.protection = UNLOCKED
+    if is_date:
+        proto.number_format = DATE_FORMAT
+    return proto._style
+
+
+def _cell(ws: Sheet, value: Any, style: Any) -> WriteOnlyCell:
+    cell = text_cell(ws, value)
+    cell._style = copy(style)
+    return cell
+
+
+def _header_cell(ws: Sheet, column: Column, text: str) -> WriteOnlyCell:
+    cell = text_cell(ws, text)
+    cell.font = REQUIRED_FONT if column.required and column.kind == "write" else HEADER_FONT
+    cell.fill = EDITABLE_FILL if column.editable else PROTECTED_FILL
+    hint = header_comment(column)
+    if hint:
+        cell.comment = Comment(hint, "batchd", width=260, height=90)
+    return cell
+
+
+def _protect(ws: Sheet) -> None:
+    """Locked cells stay locked; people may still resize columns and rows."""
+    ws.protection.sheet = True
+    ws.protection.formatColumns = False
+    ws.protection.formatRows = False
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class SheetWriter:
+    """The "Tasks" sheet of the xlsx template, appended page by page."""
+
+    def __init__(self, columns: list[Column]) -> None:
+        self.columns = columns
+        self.wb = Workbook(write_only=True)
+        self.ws: WriteOnlyWorksheet = self.wb.create_sheet(SHEET)
+        self.lists = Lists.for_columns(columns)
+        self.rows = 0
+        ws = self.ws
+        ws.freeze_panes = "A2"
+        _protect(ws)
+        for i, column in enumerate(columns, start=1):
+            ws.column_dimensions[get_column_letter(i)].width = column_width(column)
+        self.styles = [_style(ws, editable=c.editable, is_date=_is_date(c)) for c in columns]
+        ws.append([_header_cell(ws, c, c.header) for c in columns])
+
+    def append(self, page: Sequence[TaskData]) -> None:
+        ws, columns, styles = self.ws, self.columns, self.styles
+        for task in page:
+            ws.append(
+                [_cell(ws, cell_value(c, task), s) for c, s in zip(columns, styles, strict=True)]
+            )
+        self.rows += len(page)
+
+    def save(self, path: str) -> None:
+        last = max(self.rows + 1, 2)
+        for i, column in enumerate(self.columns, start=1):
+            dv = validation_for(column, self.lists) if column.editable else None
+            if dv is not None:
+                letter = get_column_letter(i)
+                dv.add(f"{letter}2:{letter}{last}")
+                self.ws.data_validations.append(dv)
+        self.lists.write(self.wb)
+        self.wb.save(path)
+
+
+def task_form(columns: list[Column], task: TaskData) -> bytes:
+    """One task as a vertical form workbook: sheet "Task", ``Field | Value``, one row per
+    column of the layout in the same order; write fields carry the same validations.
+
+    A normal (not write-only) workbook: for a dozen cells, write-only mode's temporary
+    file per sheet costs more than it saves."""
+    wb = Workbook()
+    ws = wb.active
+    assert isinstance(ws, Worksheet)
+    ws.title = FORM_SHEET
+    lists = Lists.for_columns(columns)
+    ws.freeze_panes = "A2"
+    _protect(ws)
+    longest = max((len(c.header) for c in columns), default=10)
+    ws.column_dimensions["A"].width = float(min(longest + 4, 60))
+    ws.column_dimensions["B"].width = 40.0
+    ws.append([_plain_header(ws, h) for h in FORM_HEADERS])
+    for row, column in enumerate(columns, start=2):
+        name = _header_cell(ws, column, column.header)
+        style = _style(ws, editable=column.editable, is_date=_is_date(column))
+        ws.append([name, _cell(ws, cell_value(column, task), style)])
+        dv = validation_for(column, lists) if column.editable else None
+        if dv is not None:
+            dv.add(f"B{row}")
+            ws.data_validations.append(dv)
+    lists.write(wb)
+    buf = io.BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
+def _plain_header(ws: Sheet, text: str) -> WriteOnlyCell:
+    cell = text_cell(ws, text)
+    cell.font = HEADER_FONT
+    return cell
+
+
+async def xlsx_stream(
+    sm: async_sessionmaker[AsyncSession], source: TemplateSource
+) -> AsyncIterator[bytes]:
+    writer = SheetWriter(source.columns)
+
+    async def build(path: str) -> None:
+        async for page in _pages(sm, source):
+            await asyncio.to_thread(writer.append, page)
+        await asyncio.to_thread(writer.save, path)
+
+    async for chunk in _built_file(build, ".xlsx"):
+        yield chunk
+
+
+async def zip_stream(
+    sm: async_sessionmaker[AsyncSession], source: TemplateSource
+) -> AsyncIterator[bytes]:
+    async def build(path: str) -> None:
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            async for page in _pages(sm, source):
+                await asyncio.to_thread(_zip_page, archive, source.columns, page)
+
+    async for chunk in _built_file(build, ".zip"):
+        yield chunk
+
+
+def _zip_page(archive: zipfile.ZipFile, columns: list[Column], page: Sequence[TaskData]) -> None:
+    for task in page:
+        archive.writestr(f"task-{task.id}.xlsx", task_form(columns, task))
+
+
+async def _built_file(build: Callable[[str], Any], suffix: str) -> AsyncIterator[bytes]:
+    """Build into a temporary file, stream it, delete it (also when the client goes)."""
+    fd, path = tempfile.mkstemp(prefix="batchd-template-", suffix=suffix)
+    os.close(fd)
+    try:
+        await build(path)
+        with open(path, "rb") as f:  # noqa: ASYNC230 - local temp file, read in small chunks
+            while chunk := f.read(FILE_CHUNK):
+                yield chunk
+    finally:
+        os.unlink(path)
