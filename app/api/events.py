@@ -6,21 +6,15 @@ sequence moves (coalesced to at most ~10 a second; ``id:`` is that sequence), a
 ``end`` event, after which the stream closes. ``Last-Event-ID`` resumes: the current
 state is sent at once only if it moved since that id.
 
-Scale: however many streams watch one batch, one ``BatchWatch`` task per batch and
-process listens on the progress bus and re-reads the row (on a nudge, or every
-``BATCH_POLL_TIME`` without one) with a short session of its own; the streams only
-wait on it. So a waiting client holds no database connection, 200 clients cost one
-read per change, and when the last client of a batch leaves its watch task and bus
-listener go with it.
+Scale: the streams of one batch share one reader (``app.queue.watch``), so a waiting
+client holds no database connection and 200 clients cost one read per change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
@@ -31,15 +25,12 @@ from app import metrics
 from app.api.deps import get_current_user
 from app.batches import service
 from app.batches.state import FINAL
-from app.models import Batch, User
+from app.models import User
+from app.queue.watch import BatchWatches
 from app.schemas.batch import BatchOut
 from app.schemas.common import IdPath, error_responses
 
-log = logging.getLogger("batchd.events")
-
 router = APIRouter(prefix="/api/v1", tags=["batches"])
-
-MIN_EVENT_GAP_S = 0.1
 
 
 def parse_event_id(raw: str | None) -> int | None:
@@ -75,99 +66,20 @@ async def _load(session: AsyncSession, user: User, batch_id: int) -> BatchOut:
     return service.to_out(await service.get_batch(session, user, batch_id))
 
 
-@dataclass(eq=False)
-class BatchWatch:
-    """The latest known state of one batch, shared by every stream that watches it.
-
-    ``changed`` is replaced (and the old one set) on each new state, so a stream that
-    took the event before looking at ``current`` never misses an update."""
-
-    batch_id: int
-    current: BatchOut
-    gone: bool = False
-    subscribers: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-    def offer(self, batch: BatchOut) -> None:
-        """Take a state if it is newer than the one held, and wake the streams."""
-        if batch.progress_seq < self.current.progress_seq or batch == self.current:
-            return
-        self.current = batch
-        self._wake()
-
-    def vanish(self) -> None:
-        self.gone = True
-        self._wake()
-
-    def _wake(self) -> None:
-        old, self.changed = self.changed, asyncio.Event()
-        old.set()
-
-
-def _watches(app: FastAPI) -> dict[int, BatchWatch]:
+def _watches(app: FastAPI) -> BatchWatches:
     """This app's watches (kept on ``app.state``: per app, per event loop)."""
-    watches: dict[int, BatchWatch] | None = getattr(app.state, "batch_watches", None)
+    watches: BatchWatches | None = getattr(app.state, "batch_watches", None)
     if watches is None:
-        watches = app.state.batch_watches = {}
+        state = app.state
+        watches = state.batch_watches = BatchWatches(
+            state.sessionmaker, state.progress, state.settings.poll_time
+        )
     return watches
 
 
 def watch_count(app: FastAPI) -> int:
     """Batches being watched right now (0 once every stream has closed)."""
     return len(_watches(app))
-
-
-def _subscribe(app: FastAPI, start: BatchOut) -> BatchWatch:
-    watches = _watches(app)
-    watch = watches.get(start.id)
-    if watch is None:
-        watch = watches[start.id] = BatchWatch(start.id, start)
-        watch.task = asyncio.create_task(_follow(app, watch), name=f"batchd-watch-{start.id}")
-    else:
-        watch.offer(start)
-    watch.subscribers += 1
-    return watch
-
-
-def _unsubscribe(app: FastAPI, watch: BatchWatch) -> None:
-    watch.subscribers -= 1
-    if watch.subscribers > 0:
-        return
-    watches = _watches(app)
-    if watches.get(watch.batch_id) is watch:
-        del watches[watch.batch_id]
-    if watch.task is not None:
-        watch.task.cancel()
-
-
-async def _follow(app: FastAPI, watch: BatchWatch) -> None:
-    """Re-read the batch on each nudge (at most every ``MIN_EVENT_GAP_S``: that is the
-    coalescing) or every ``poll_time`` without one, until it is final or gone."""
-    poll = app.state.settings.poll_time
-    try:
-        await _follow_loop(app, watch, poll)
-    finally:  # however it ended, no stream may wait on a watch nobody updates
-        watch.vanish()
-
-
-async def _follow_loop(app: FastAPI, watch: BatchWatch, poll: float) -> None:
-    async with app.state.progress.listen(watch.batch_id) as nudged:
-        while watch.current.status not in FINAL and not watch.gone:
-            nudged.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(nudged.wait(), timeout=poll)
-            await asyncio.sleep(MIN_EVENT_GAP_S)
-            try:
-                async with app.state.sessionmaker() as session:
-                    batch = await session.get(Batch, watch.batch_id, populate_existing=True)
-                    if batch is None:  # purged meanwhile: nothing more will happen
-                        watch.vanish()
-                        return
-                    watch.offer(service.to_out(batch))
-            except Exception as exc:  # the database blinked: keep watching, try again
-                log.warning("batch %s watch: read failed: %r", watch.batch_id, exc)
-                await asyncio.sleep(poll)
 
 
 @router.get(
@@ -184,7 +96,8 @@ async def batch_events(
     seen = parse_event_id(last_event_id)
     current = start.batch
     ping = request.app.state.settings.sse_ping_interval
-    watch = None if current.status in FINAL else _subscribe(request.app, current)
+    watches = _watches(request.app)
+    watch = None if current.status in FINAL else watches.subscribe(current)
     metrics.sse_opened()
     try:
         while True:
@@ -208,4 +121,4 @@ async def batch_events(
     finally:
         metrics.sse_closed()
         if watch is not None:
-            _unsubscribe(request.app, watch)
+            watches.unsubscribe(watch)

@@ -1,0 +1,121 @@
+"""Watching batches for their event streams: one reader per batch and process, shared
+by every stream that watches it (app/api/events.py serves the streams).
+
+However many streams watch one batch, one ``BatchWatch`` task listens on the progress
+bus and re-reads the row — on a nudge (at most every ``MIN_EVENT_GAP_S``: that is the
+coalescing) or every ``BATCH_POLL_TIME`` without one — with a short session of its own;
+the streams only wait on it. So a waiting client holds no database connection, 200
+clients cost one read per change, and when the last client of a batch leaves, its watch
+task and bus listener go with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.batches import service
+from app.batches.state import FINAL
+from app.models import Batch
+from app.queue.progress import LocalProgressBus
+from app.schemas.batch import BatchOut
+
+log = logging.getLogger("batchd.events")
+
+MIN_EVENT_GAP_S = 0.1
+
+
+@dataclass(eq=False)
+class BatchWatch:
+    """The latest known state of one batch, shared by every stream that watches it.
+
+    ``changed`` is replaced (and the old one set) on each new state, so a stream that
+    took the event before looking at ``current`` never misses an update."""
+
+    batch_id: int
+    current: BatchOut
+    gone: bool = False
+    subscribers: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def offer(self, batch: BatchOut) -> None:
+        """Take a state if it is newer than the one held, and wake the streams."""
+        if batch.progress_seq < self.current.progress_seq or batch == self.current:
+            return
+        self.current = batch
+        self._wake()
+
+    def vanish(self) -> None:
+        self.gone = True
+        self._wake()
+
+    def _wake(self) -> None:
+        old, self.changed = self.changed, asyncio.Event()
+        old.set()
+
+
+class BatchWatches:
+    """The watches of one process (one event loop)."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        progress: LocalProgressBus,
+        poll_time: float,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.progress = progress
+        self.poll_time = poll_time
+        self._watches: dict[int, BatchWatch] = {}
+
+    def __len__(self) -> int:
+        """Batches being watched right now (0 once every stream has closed)."""
+        return len(self._watches)
+
+    def subscribe(self, start: BatchOut) -> BatchWatch:
+        watch = self._watches.get(start.id)
+        if watch is None:
+            watch = self._watches[start.id] = BatchWatch(start.id, start)
+            watch.task = asyncio.create_task(self._follow(watch), name=f"batchd-watch-{start.id}")
+        else:
+            watch.offer(start)
+        watch.subscribers += 1
+        return watch
+
+    def unsubscribe(self, watch: BatchWatch) -> None:
+        watch.subscribers -= 1
+        if watch.subscribers > 0:
+            return
+        if self._watches.get(watch.batch_id) is watch:
+            del self._watches[watch.batch_id]
+        if watch.task is not None:
+            watch.task.cancel()
+
+    async def _follow(self, watch: BatchWatch) -> None:
+        try:
+            await self._follow_loop(watch)
+        finally:  # however it ended, no stream may wait on a watch nobody updates
+            watch.vanish()
+
+    async def _follow_loop(self, watch: BatchWatch) -> None:
+        async with self.progress.listen(watch.batch_id) as nudged:
+            while watch.current.status not in FINAL and not watch.gone:
+                nudged.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(nudged.wait(), timeout=self.poll_time)
+                await asyncio.sleep(MIN_EVENT_GAP_S)
+                try:
+                    async with self.sessionmaker() as session:
+                        batch = await session.get(Batch, watch.batch_id, populate_existing=True)
+                        if batch is None:  # purged meanwhile: nothing more will happen
+                            watch.vanish()
+                            return
+                        watch.offer(service.to_out(batch))
+                except Exception as exc:  # the database blinked: keep watching, try again
+                    log.warning("batch %s watch: read failed: %r", watch.batch_id, exc)
+                    await asyncio.sleep(self.poll_time)
