@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     """Every other request body over this is a 413 before it is parsed; 16 MiB holds a
     JSON list of 1 000 000 ids."""
+    max_import_rows: int = Field(default=50_000, ge=1)
+    """An imported workbook with more task rows (or a zip with more workbooks) is a 413."""
+    max_zip_members: int = Field(default=5_000, ge=1)
+    """An upload (an .xlsx is a zip too) with more members than this is a 413."""
+    max_uncompressed_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    """The declared uncompressed size of an upload's members (nested workbooks of a zip
+    included) over this is a 413, checked before anything is extracted: zip bombs."""
 
     # Extensions (not in DESIGN.md §5, all optional).
     recover_interval: float = Field(default=10, gt=0)

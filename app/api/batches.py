@@ -13,7 +13,6 @@ from fastapi.openapi.models import Example
 from app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
 from app.batches import service
 from app.batches.state import BatchStatus, DetailStatus
-from app.errors import NotFound
 from app.schemas.batch import (
     BatchCreate,
     BatchOut,
@@ -242,22 +241,3 @@ async def delete_batch(
     if batch is None:
         return Response(status_code=204)
     return service.to_out(batch)
-
-
-@router.get(
-    "/batches/{batch_id}/error-file",
-    operation_id="get_batch_error_file",
-    summary="Download the failed items as xlsx",
-    response_class=Response,
-    responses={
-        200: {
-            "description": "The failed items as an Excel workbook.",
-            "content": {XLSX: {"schema": {"type": "string", "format": "binary"}}},
-        },
-        **error_responses(401, 404),
-    },
-)
-async def error_file(batch_id: BatchId, session: SessionDep, user: CurrentUser) -> Response:
-    """The xlsx of failed items (404 while there is none)."""
-    batch = await service.get_batch(session, user, batch_id)
-    raise NotFound(f"Batch {batch.id} has no error file.")

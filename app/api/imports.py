@@ -1,7 +1,141 @@
-"""Excel: placeholder router (filled in by the Excel work)."""
+"""POST /api/v1/batches/import: a filled approval template becomes a ``task.approve``
+batch with one detail per row (DESIGN.md §4 "Excel template").
+
+The file is checked and read in a thread (openpyxl read-only, so memory stays flat and
+the event loop keeps serving); every row is validated as an approval would be before
+the batch is written, in the request's one transaction — a rejected upload writes
+nothing."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+from typing import Annotated
 
-router = APIRouter(prefix="/api/v1", tags=["excel"])
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import CurrentUser, SessionDep, SettingsDep
+from app.batches import service
+from app.batches.resolve import Resolved
+from app.errors import AppError, NotFound, TooLarge, ValidationFailed
+from app.excel import error_file
+from app.excel.importer import Parsed, parse_upload, validate
+from app.operations import get_operation
+from app.schemas.batch import BatchCreate, BatchOut, Priority
+from app.schemas.common import IdPath, error_responses
+
+router = APIRouter(prefix="/api/v1", tags=["batches"])
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    code = "UnsupportedMediaType"
+
+
+def multipart_only(request: Request) -> None:
+    """A body that is not multipart/form-data is a 415 (not a confusing missing field)."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise UnsupportedMediaType(
+            "Send the workbook as multipart/form-data with a 'file' part.",
+            fields=[{"loc": ["file"], "msg": "multipart/form-data expected"}],
+        )
+
+
+IMPORT_DESCRIPTION = """\
+Upload a filled approval template: an **.xlsx** (first sheet, headers in row 1, one row
+per task; headers match by label or field name in any order, unknown columns such as
+an error file's `Error` are ignored) or a **.zip** of vertical per-task workbooks
+(`Field | Value`). Every row is checked as an approval would be: valid rows become
+pending items carrying their row's decision, comment and values; invalid rows become
+`failed` items at once with `row N: <why>` (and never lock their task). A blank
+Decision is an error; a blank field cell leaves the field as it is.
+
+413 past `BATCH_MAX_UPLOAD_BYTES`, `BATCH_MAX_IMPORT_ROWS`, `BATCH_MAX_ZIP_MEMBERS` or
+`BATCH_MAX_UNCOMPRESSED_BYTES`; 422 for a file that is not a readable workbook / zip or
+has no Task ID or Decision column. Nothing is written for a rejected upload."""
+
+
+@router.post(
+    "/batches/import",
+    operation_id="import_batch",
+    summary="Import a filled approval template as a task.approve batch",
+    description=IMPORT_DESCRIPTION,
+    status_code=202,
+    response_model=BatchOut,
+    responses=error_responses(400, 401, 413, 415, 422),
+    dependencies=[Depends(multipart_only)],
+)
+async def import_batch(
+    session: SessionDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    file: Annotated[UploadFile, File(description="The .xlsx workbook or .zip of workbooks.")],
+    priority: Annotated[Priority, Form()] = Priority.NORMAL,
+) -> BatchOut:
+    """Parse (in a thread), validate every row, then create the batch with its rows."""
+    size = file.size if file.size is not None else await asyncio.to_thread(_size_of, file)
+    if size > settings.max_upload_bytes:
+        raise TooLarge(
+            f"The file is larger than the upload limit of {settings.max_upload_bytes} bytes."
+        )
+    parsed: Parsed = await asyncio.to_thread(parse_upload, file.file, settings)
+    if not parsed.records:
+        raise ValidationFailed(
+            "The file holds no task rows.", fields=[{"loc": ["file"], "msg": "no task rows"}]
+        )
+    listed = await validate(session, user, parsed)
+    resolved = Resolved(
+        op=get_operation("task.approve"),
+        params={},
+        listed=listed,
+        filter=None,
+        total=len(listed),
+        seed_until=0,
+        source="excel",
+        is_single=parsed.is_single,
+    )
+    req = BatchCreate(type="task.approve", ids=[], priority=priority, params={})
+    batch, _created = await service.create_batch(session, settings, user, req, resolved=resolved)
+    return service.to_out(batch)
+
+
+def _size_of(file: UploadFile) -> int:
+    file.file.seek(0, 2)
+    size = file.file.tell()
+    file.file.seek(0)
+    return size
+
+
+@router.get(
+    "/batches/{batch_id}/error-file",
+    operation_id="get_batch_error_file",
+    summary="Download the failed items as xlsx (fix and import again)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": (
+                "The failed items as an Excel workbook: an imported batch's rows with "
+                "their original values, an API task.approve batch's tasks in their "
+                "node's layout, other types item_id and title — each with an Error column."
+            ),
+            "content": {XLSX: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **error_responses(401, 404, 422),
+    },
+)
+async def get_batch_error_file(
+    request: Request, batch_id: IdPath, session: SessionDep, user: CurrentUser
+) -> StreamingResponse:
+    """Built from the failed details when asked (404 while there are none), streamed."""
+    batch = await service.get_batch(session, user, batch_id)
+    if not await error_file.has_failed(session, batch):
+        raise NotFound(f"Batch {batch.id} has no failed items, so no error file.")
+    name = f"batch-{batch.id}-errors.xlsx"
+    return StreamingResponse(
+        error_file.error_file_stream(request.app.state.sessionmaker, batch),
+        media_type=XLSX,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

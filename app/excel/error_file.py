@@ -1,0 +1,252 @@
+"""``GET /batches/{id}/error-file``: the failed items of a batch as an xlsx that can be
+fixed and imported again (DESIGN.md §4 "Excel template").
+
+Built on demand from the failed details, so it is always the current one (also after
+a retry finishes):
+
+- an Excel batch: each failed row's original cells (``payload["cells"]``) in the
+  original column order, then ``Error``;
+- an API ``task.approve`` batch: the failed tasks in the layout of their node
+  (``app.excel.layout``; the node of the first failed task the creator can see), their
+  current values with the batch's form data, decision and comment, then ``Error`` — a
+  task the creator cannot see shows only its id and its error;
+- any other type: item_id, title, Error.
+
+The import ignores the ``Error`` column, so a fixed file imports as it is. Details are
+read page by page in short transactions and written with openpyxl's write-only mode
+to a temporary file (in a thread), which is then streamed and deleted, as the results
+export does. Formula-looking text is written as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from openpyxl import Workbook
+from sqlalchemy import exists, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.batches.state import DetailStatus
+from app.engine.forms import find_node
+from app.excel.cells import text_cell
+from app.excel.layout import ERROR, Column, approval_columns
+from app.models import Batch, BatchDetail, ProcessDefinition, ProcessInstance, Task, User
+from app.operations import get_operation
+
+PAGE = 2_000
+FILE_CHUNK = 256 * 1024
+
+
+async def has_failed(session: AsyncSession, batch: Batch) -> bool:
+    return bool(
+        await session.scalar(
+            select(
+                exists().where(
+                    BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED
+                )
+            )
+        )
+    )
+
+
+async def _failed_pages(
+    sm: async_sessionmaker[AsyncSession], batch: Batch, columns: Sequence[Any]
+) -> AsyncIterator[Sequence[Any]]:
+    """Failed details in detail-id order, a page per short transaction; each row is
+    (detail id, *columns)."""
+    query = select(BatchDetail.id, *columns).where(
+        BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED
+    )
+    after = 0
+    while True:
+        async with sm() as session:
+            rows = (
+                await session.execute(
+                    query.where(BatchDetail.id > after).order_by(BatchDetail.id).limit(PAGE)
+                )
+            ).all()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
+
+
+def _error_of(row: int | None, error: str | None) -> str:
+    """The detail's error, with its row when the sentence does not already say it."""
+    text = error or "Failed."
+    return text if row is None or text.startswith("row ") else f"row {row}: {text}"
+
+
+async def error_file_stream(
+    sm: async_sessionmaker[AsyncSession], batch: Batch
+) -> AsyncIterator[bytes]:
+    """The workbook, built in a temporary file and streamed. Values are shown as the
+    batch's creator may see them (like the results export): an error file never shows
+    more than the item errors do."""
+    async with sm() as session:
+        creator = await session.get(User, batch.creator_id)
+    assert creator is not None  # users are never deleted
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("Errors")
+    fd, path = tempfile.mkstemp(prefix="batchd-errors-", suffix=".xlsx")
+    os.close(fd)
+    try:
+        if batch.source == "excel":
+            await _excel_rows(sm, batch, ws)
+        elif batch.type == "task.approve":
+            await _approval_rows(sm, batch, creator, ws)
+        else:
+            await _plain_rows(sm, batch, creator, ws)
+        await asyncio.to_thread(wb.save, path)
+        with open(path, "rb") as f:  # noqa: ASYNC230 - local temp file, read in small chunks
+            while chunk := f.read(FILE_CHUNK):
+                yield chunk
+    finally:
+        os.unlink(path)
+
+
+def _append(ws: Any, rows: list[list[Any]]) -> None:
+    for values in rows:
+        ws.append([text_cell(ws, v) for v in values])
+
+
+def _cells(payload: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    raw = (payload or {}).get("cells") or []
+    return [(str(c[0]), c[1]) for c in raw if isinstance(c, list) and len(c) == 2]
+
+
+async def _excel_rows(sm: async_sessionmaker[AsyncSession], batch: Batch, ws: Any) -> None:
+    """Original cells in the original order (the union of every failed row's headers:
+    one list for a sheet, the workbooks' fields for a zip), then Error."""
+    cols = (BatchDetail.item_id, BatchDetail.row, BatchDetail.error, BatchDetail.payload)
+    headers: dict[str, None] = {}
+    async for page in _failed_pages(sm, batch, (BatchDetail.payload,)):
+        for r in page:
+            headers.update(dict.fromkeys(h for h, _ in _cells(r.payload) if h != ERROR))
+    names = list(headers) or ["Task ID"]
+    await asyncio.to_thread(_append, ws, [[*names, ERROR]])
+    async for page in _failed_pages(sm, batch, cols):
+        out = []
+        for _id, item_id, row, error, payload in page:
+            cells = dict(_cells(payload))
+            values = [cells.get(h) for h in names] if cells else [item_id]
+            out.append([*values, _error_of(row, error)])
+        await asyncio.to_thread(_append, ws, out)
+
+
+async def _approval_rows(
+    sm: async_sessionmaker[AsyncSession], batch: Batch, creator: User, ws: Any
+) -> None:
+    params = batch.params or {}
+    cols = (
+        BatchDetail.item_id,
+        BatchDetail.row,
+        BatchDetail.error,
+        Task.assignee_id,
+        Task.node_id,
+        ProcessInstance.definition_id,
+        ProcessInstance.title,
+        ProcessInstance.department_id,
+        ProcessInstance.form_data,
+    )
+
+    def visible(r: Any) -> bool:
+        return r.definition_id is not None and (creator.is_admin or r.assignee_id == creator.id)
+
+    columns: list[Column] | None = None
+    async for page in _failed_pages_joined(sm, batch, cols):
+        if columns is None:
+            columns = await _node_columns(sm, next((r for r in page if visible(r)), None))
+            await asyncio.to_thread(_append, ws, [[*(c.header for c in columns), ERROR]])
+        rows = [
+            [
+                *_approval_values(columns, r if visible(r) else None, r.item_id, params),
+                _error_of(None, r.error),
+            ]
+            for r in page
+        ]
+        await asyncio.to_thread(_append, ws, rows)
+
+
+async def _failed_pages_joined(
+    sm: async_sessionmaker[AsyncSession], batch: Batch, columns: Sequence[Any]
+) -> AsyncIterator[Sequence[Any]]:
+    query = (
+        select(BatchDetail.id, *columns)
+        .outerjoin(Task, Task.id == BatchDetail.item_id)
+        .outerjoin(ProcessInstance, ProcessInstance.id == Task.instance_id)
+        .where(BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED)
+    )
+    after = 0
+    while True:
+        async with sm() as session:
+            rows = (
+                await session.execute(
+                    query.where(BatchDetail.id > after).order_by(BatchDetail.id).limit(PAGE)
+                )
+            ).all()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
+
+
+async def _node_columns(sm: async_sessionmaker[AsyncSession], first: Any) -> list[Column]:
+    if first is None:
+        return approval_columns([], {"fields": {}})
+    async with sm() as session:
+        definition = await session.get(ProcessDefinition, first.definition_id)
+    form = (definition.form if definition else None) or []
+    found = find_node((definition.nodes if definition else None) or [], first.node_id)
+    return approval_columns(form, found[1] if found else {"fields": {}})
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return None
+    return value
+
+
+def _approval_values(
+    columns: list[Column], r: Any | None, item_id: int, params: dict[str, Any]
+) -> list[Any]:
+    """One task's row: current values (the batch's form data over them), the batch's
+    decision and comment; only the id for a task the creator cannot see."""
+    form_data = {**((r.form_data if r is not None else None) or {})}
+    if r is not None:
+        form_data.update(params.get("form_data") or {})
+    values: list[Any] = []
+    for c in columns:
+        if c.kind == "task_id":
+            values.append(item_id)
+        elif c.kind == "decision":
+            values.append(params.get("decision") or "approve")
+        elif c.kind == "comment":
+            values.append(params.get("comment"))
+        elif r is None:
+            values.append(None)
+        elif c.kind == "title":
+            values.append(r.title)
+        elif c.kind == "department":
+            values.append(r.department_id)
+        else:
+            values.append(_cell(form_data.get(c.name)))
+    return values
+
+
+async def _plain_rows(
+    sm: async_sessionmaker[AsyncSession], batch: Batch, creator: User, ws: Any
+) -> None:
+    target = get_operation(batch.type).target
+    title = target.title_of(BatchDetail.item_id, creator).label("title")
+    await asyncio.to_thread(_append, ws, [["item_id", "title", ERROR]])
+    cols = (BatchDetail.item_id, BatchDetail.row, BatchDetail.error, title)
+    async for page in _failed_pages(sm, batch, cols):
+        rows = [[item_id, t, _error_of(row, error)] for _id, item_id, row, error, t in page]
+        await asyncio.to_thread(_append, ws, rows)

@@ -1,0 +1,501 @@
+"""Importing a filled approval template (DESIGN.md §4 "Excel template"): an .xlsx with
+one row per task, or a .zip of vertical per-task workbooks, becomes the rows of a
+``task.approve`` batch.
+
+Two steps. ``parse_upload`` (blocking, run in a thread) checks the file — a zip at all,
+member count and declared uncompressed size *before* anything is extracted (zip bombs;
+``zipfile`` never inflates a member past its declared size), row count — and reads the
+first sheet with openpyxl's read-only mode, so memory stays flat whatever the sheet
+holds. ``validate`` then checks every row as an approval would be checked, with the
+engine's own dry run, so a row's error is exactly the sentence the batch would have
+given, prefixed with its row ("row 7: Category must be one of travel, meals, other").
+
+One sheet is for one node: its columns (``app.excel.layout``) are those of the node of
+the first row whose task the caller can see; a task at another node fails. A zip's
+workbooks are one task each, so each is read against its own task's node.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from typing import IO, Any
+
+from openpyxl import load_workbook
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.batches.resolve import Listed
+from app.config import Settings
+from app.db.bulk import id_in
+from app.engine.approval import ApprovalInput, Outcome, approve_tasks
+from app.engine.forms import find_node
+from app.errors import TooLarge, ValidationFailed
+from app.excel.layout import (
+    DECISION,
+    DECISIONS,
+    ERROR,
+    TASK_ID,
+    Column,
+    approval_columns,
+    match_headers,
+)
+from app.models import ProcessDefinition, ProcessInstance, Task, User
+from app.schemas.common import ID_MAX, unstorable
+
+MAX_COLUMNS = 1_000
+"""A header row wider than this is not an approval template (a node has few fields)."""
+COMMENT_MAX = 2_000
+"""The longest comment ``task.approve`` accepts (``ApproveParams.comment``)."""
+EXCEL_MAX_ROWS = 1_048_576
+CHECK_PAGE = 500
+"""Rows decided by one engine dry run (the event loop is never held long)."""
+ZIP_MAGIC = b"PK\x03\x04"
+EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+OLE_MAGIC = b"\xd0\xcf\x11\xe0"
+"""An encrypted (password-protected) .xlsx, or an old .xls, is an OLE compound file."""
+
+_TASK_ID_COLUMN = Column("task_id", TASK_ID)
+_DECISION_COLUMN = Column("decision", DECISION, required=True)
+
+
+@dataclass
+class Record:
+    """One task row as read: its number (the sheet row, or the workbook's position in a
+    zip), where it came from, and its (header, value) cells in sheet order."""
+
+    row: int
+    where: str
+    cells: list[tuple[str, Any]]
+
+
+@dataclass
+class Parsed:
+    records: list[Record]
+    is_single: bool
+    """The zip format (one vertical workbook per task)."""
+
+
+@dataclass
+class _Row:
+    """A record on its way to a detail."""
+
+    record: Record
+    task_id: int | None = None
+    error: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    decision_ok: bool = True
+    duplicate: bool = False
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _bad_file(detail: str) -> ValidationFailed:
+    return ValidationFailed(detail, fields=[{"loc": ["file"], "msg": detail}])
+
+
+def parse_upload(data: IO[bytes], settings: Settings) -> Parsed:
+    """Read an uploaded .xlsx or .zip (blocking: call it in a thread). 422 for anything
+    that is not one of them, 413 past the row / member / uncompressed-size limits;
+    nothing is extracted before the declared sizes are checked."""
+    data.seek(0)
+    magic = data.read(4)
+    data.seek(0)
+    if not magic:
+        raise _bad_file("The file is empty; upload an .xlsx workbook or a .zip of workbooks.")
+    if magic == OLE_MAGIC:
+        raise _bad_file(
+            "The file is a password-protected workbook or an old .xls file; "
+            "save it as an .xlsx without a password."
+        )
+    if magic not in (ZIP_MAGIC, EMPTY_ZIP_MAGIC):
+        raise _bad_file("The file is not an .xlsx workbook or a .zip of workbooks.")
+    try:
+        archive = zipfile.ZipFile(data)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _bad_file("The file is not a readable .xlsx workbook or .zip.") from exc
+    with archive:
+        budget = _Budget(settings.max_uncompressed_bytes)
+        _check_members(archive, settings, budget, "The upload")
+        names = set(archive.namelist())
+        if "xl/workbook.xml" in names or "[Content_Types].xml" in names:
+            wb = _open_workbook(data)
+            try:
+                return Parsed(_horizontal(wb.worksheets[0], settings.max_import_rows), False)
+            finally:
+                wb.close()
+        return Parsed(_zip_of_workbooks(archive, settings, budget), True)
+
+
+@dataclass
+class _Budget:
+    """The uncompressed bytes an upload may still declare (its nested workbooks too)."""
+
+    left: int
+
+    def spend(self, n: int, limit: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise TooLarge(
+                f"The upload would unpack to more than {limit} bytes "
+                "(BATCH_MAX_UNCOMPRESSED_BYTES); it was not extracted."
+            )
+
+
+def _check_members(
+    archive: zipfile.ZipFile, settings: Settings, budget: _Budget, what: str
+) -> None:
+    members = archive.infolist()
+    if len(members) > settings.max_zip_members:
+        raise TooLarge(
+            f"{what} holds {len(members)} files; the limit is {settings.max_zip_members} "
+            "(BATCH_MAX_ZIP_MEMBERS)."
+        )
+    budget.spend(sum(m.file_size for m in members), settings.max_uncompressed_bytes)
+
+
+def _open_workbook(stream: IO[bytes]) -> Any:
+    """A workbook in read-only mode (rows are streamed from the zip, memory stays flat);
+    close it when done."""
+    try:
+        wb = load_workbook(stream, read_only=True, data_only=True)
+        if not wb.worksheets:
+            raise ValueError("no worksheet")
+    except Exception as exc:  # openpyxl raises many kinds on a corrupt file
+        raise _bad_file("The file is not a readable .xlsx workbook.") from exc
+    return wb
+
+
+def _rows(sheet: Any, *, first: int, last: int, width: int) -> Any:
+    """Rows ``first``..``last``, ``width`` cells each. Explicit bounds: without them
+    openpyxl reads the whole sheet once more just to learn its size when the file
+    does not state it (a write-only openpyxl file does not)."""
+    try:
+        yield from sheet.iter_rows(
+            min_row=first, max_row=last, max_col=max(width, 1), values_only=True
+        )
+    except (TooLarge, ValidationFailed):
+        raise
+    except Exception as exc:
+        raise _bad_file("The workbook could not be read; it may be damaged.") from exc
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _header(value: Any) -> str | None:
+    return None if _blank(value) else str(value).strip()
+
+
+def _horizontal(sheet: Any, limit: int) -> list[Record]:
+    """One task per row; headers in row 1 (trailing blank ones dropped)."""
+    first = next(_rows(sheet, first=1, last=1, width=MAX_COLUMNS + 1), None)
+    headers = [_header(h) for h in first or ()]
+    while headers and headers[-1] is None:
+        headers.pop()
+    if not headers:
+        raise _bad_file("The sheet is empty: row 1 must hold the column headers.")
+    if len(headers) > MAX_COLUMNS:
+        raise _bad_file("The sheet has more columns than any template has.")
+    _require_columns(headers, "The sheet")
+    rows = _rows(sheet, first=2, last=EXCEL_MAX_ROWS, width=len(headers))
+    return _horizontal_rows(rows, headers, limit)
+
+
+def _horizontal_rows(rows: Any, headers: list[str | None], limit: int) -> list[Record]:
+    records: list[Record] = []
+    width = len(headers)
+    for number, values in enumerate(rows, start=2):
+        values = values[:width]
+        if all(_blank(v) for v in values):
+            continue
+        if len(records) >= limit:
+            raise TooLarge(f"The sheet holds more than {limit} task rows (BATCH_MAX_IMPORT_ROWS).")
+        cells = [
+            (h, _plain(values[i] if i < len(values) else None))
+            for i, h in enumerate(headers)
+            if h is not None
+        ]
+        records.append(Record(number, f"row {number}", cells))
+    return records
+
+
+def _require_columns(headers: list[str | None], what: str) -> None:
+    missing = [
+        c.header for c in (_TASK_ID_COLUMN, _DECISION_COLUMN) if not any(map(c.matches, headers))
+    ]
+    if missing:
+        names = " and ".join(missing)
+        raise _bad_file(f"{what} has no {names} column; it is not an approval template.")
+
+
+def _zip_of_workbooks(
+    archive: zipfile.ZipFile, settings: Settings, budget: _Budget
+) -> list[Record]:
+    """One vertical workbook per task (Field | Value), in zip order."""
+    members = [
+        m
+        for m in archive.infolist()
+        if not m.is_dir()
+        and m.filename.lower().endswith(".xlsx")
+        and not m.filename.startswith("__MACOSX/")
+        and not m.filename.rsplit("/", 1)[-1].startswith("~$")
+    ]
+    if not members:
+        raise _bad_file("The zip holds no .xlsx workbooks.")
+    if len(members) > settings.max_import_rows:
+        raise TooLarge(
+            f"The zip holds {len(members)} workbooks; the limit is "
+            f"{settings.max_import_rows} task rows (BATCH_MAX_IMPORT_ROWS)."
+        )
+    records: list[Record] = []
+    for position, member in enumerate(members, start=1):
+        name = member.filename.rsplit("/", 1)[-1]
+        try:
+            raw = archive.read(member)
+        except Exception as exc:
+            raise _bad_file(f"{name} in the zip could not be read.") from exc
+        try:
+            inner = zipfile.ZipFile(io.BytesIO(raw))
+        except zipfile.BadZipFile as exc:
+            raise _bad_file(f"{name} in the zip is not an .xlsx workbook.") from exc
+        with inner:
+            _check_members(inner, settings, budget, name)
+        try:
+            wb = _open_workbook(io.BytesIO(raw))
+        except ValidationFailed as exc:
+            raise _bad_file(f"{name} in the zip is not a readable .xlsx workbook.") from exc
+        try:
+            cells = _vertical_cells(wb.worksheets[0])
+        finally:
+            wb.close()
+        _require_columns([h for h, _ in cells], name)
+        records.append(Record(position, f"row {position} ({name})", cells))
+        del raw
+    return records
+
+
+def _vertical_cells(sheet: Any) -> list[tuple[str, Any]]:
+    """Column A names the field, column B holds its value; a "Field | Value" header row
+    and rows without a field name are skipped."""
+    cells: list[tuple[str, Any]] = []
+    for values in _rows(sheet, first=1, last=MAX_COLUMNS + 2, width=2):
+        name = _header(values[0]) if values else None
+        if name is None or (not cells and name.casefold() == "field"):
+            continue
+        cells.append((name, _plain(values[1] if len(values) > 1 else None)))
+        if len(cells) > MAX_COLUMNS:
+            raise _bad_file("A workbook in the zip has more rows than any template has fields.")
+    return cells
+
+
+def _plain(value: Any) -> Any:
+    """A cell as JSON: dates ISO (a date without a time of day as YYYY-MM-DD), text
+    stripped of surrounding blanks, and errors / NaN as their text."""
+    if isinstance(value, datetime):
+        return value.date().isoformat() if value.time() == time(0) else value.isoformat()
+    if isinstance(value, (date, time)):
+        return value.isoformat()
+    if isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class _TaskInfo:
+    definition_id: int
+    node_id: str
+    assignee_id: int | None
+
+
+async def validate(session: AsyncSession, user: User, parsed: Parsed) -> Listed:
+    """Every record as an approval: valid ones become pending items with their row
+    payload, the others pre-failed items with "row N: <why>" — all with the row's
+    original cells (``payload["cells"]``) so the error file can repeat them."""
+    rows = [_Row(r) for r in parsed.records]
+    first_row: dict[int, int] = {}
+    for row in rows:
+        _parse_task_id(row)
+        if row.task_id is not None and row.error is None:
+            earlier = first_row.setdefault(row.task_id, row.record.row)
+            if earlier != row.record.row:
+                row.error = f"task {row.task_id} is already in row {earlier}"
+                row.duplicate = True
+    infos = await _task_infos(session, [r.task_id for r in rows if r.task_id is not None])
+    visible = {
+        tid: info
+        for tid, info in infos.items()
+        if user.is_admin or (info.assignee_id is not None and info.assignee_id == user.id)
+    }
+    layouts = _Layouts(session)
+    sheet_node: tuple[int, str] | None = None
+    if not parsed.is_single:
+        sheet_node = next(
+            (
+                (visible[r.task_id].definition_id, visible[r.task_id].node_id)
+                for r in rows
+                if r.task_id in visible
+            ),
+            None,
+        )
+    for row in rows:
+        tid = row.task_id
+        own = visible.get(tid) if tid is not None else None
+        node = (
+            sheet_node
+            if not parsed.is_single
+            else ((own.definition_id, own.node_id) if own else None)
+        )
+        columns = await layouts.columns(node)
+        _read_payload(row, columns)
+        here = (own.definition_id, own.node_id) if own else None
+        if row.error is None and here is not None and node is not None and here != node:
+            row.error = (
+                f"Task {tid} is at step {await layouts.node_name(here)}, not at step "
+                f"{await layouts.node_name(node)} like this sheet."
+            )
+    await _engine_check(session, user, rows)
+    listed = Listed(item_ids=[], rows=[], payloads=[], errors=[])
+    assert listed.rows is not None and listed.payloads is not None and listed.errors is not None
+    for row in rows:
+        listed.item_ids.append(row.task_id or 0)
+        listed.rows.append(row.record.row)
+        row.payload["cells"] = [[h, v] for h, v in row.record.cells if h != ERROR]
+        listed.payloads.append(row.payload)
+        listed.errors.append(f"{row.record.where}: {row.error}" if row.error else None)
+    return listed
+
+
+def _parse_task_id(row: _Row) -> None:
+    raw = next((v for h, v in row.record.cells if _TASK_ID_COLUMN.matches(h)), None)
+    if _blank(raw):
+        row.error = "Task ID is required"
+        return
+    value: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str) and raw.strip().isdigit() and len(raw.strip()) <= 19:
+        value = int(raw.strip())
+    if value is None or not 1 <= value <= ID_MAX:
+        row.error = f"Task ID must be a whole number, not {str(raw)[:50]!r}"
+        return
+    row.task_id = value
+
+
+def _read_payload(row: _Row, columns: list[Column]) -> None:
+    """The row's decision, comment and write-field values (a blank cell leaves a field
+    as it is); a bad decision or an unstorable value is the row's error."""
+    cells = row.record.cells
+    found = match_headers([h for h, _ in cells], columns)
+    form_data: dict[str, Any] = {}
+    decision: str | None = None
+    comment: Any = None
+    for index, column in found.items():
+        value = cells[index][1]
+        if column.kind == "decision":
+            decision = None if _blank(value) else str(value).strip().casefold()
+        elif column.kind == "comment":
+            comment = None if _blank(value) else str(value)
+        elif column.kind == "write" and not _blank(value):
+            form_data[column.name] = value
+    row.payload = {"decision": decision, "comment": comment, "form_data": form_data}
+    if row.error is not None:
+        return
+    if decision is None:
+        row.error, row.decision_ok = "Decision is required (approve or reject)", False
+    elif decision not in DECISIONS:
+        row.error, row.decision_ok = "Decision must be approve or reject", False
+    elif comment is not None and len(comment) > COMMENT_MAX:
+        row.error = f"Comment may be at most {COMMENT_MAX} characters"
+    else:
+        problem = unstorable(form_data)
+        if problem:
+            row.error = problem
+
+
+async def _engine_check(session: AsyncSession, user: User, rows: list[_Row]) -> None:
+    """The engine's own dry run for every row with a task (first occurrence): who may
+    decide, pending, not locked, process active, and the form rules. The gate's answer
+    ("does not exist", "already completed", "locked") comes before the sheet's own
+    complaints, so a row never reveals anything about a task the caller cannot see."""
+    checked = [r for r in rows if r.task_id is not None and not r.duplicate]
+    for start in range(0, len(checked), CHECK_PAGE):
+        page = checked[start : start + CHECK_PAGE]
+        inputs = [
+            ApprovalInput(
+                task_id=r.task_id or 0,
+                decision=r.payload["decision"] if r.decision_ok else "approve",
+                comment=r.payload["comment"],
+                form_data=r.payload["form_data"],
+            )
+            for r in page
+        ]
+        outcomes = await approve_tasks(session, user.id, inputs, dry_run=True)
+        for row, outcome in zip(page, outcomes, strict=True):
+            if outcome.status != "success" and (_gate(outcome) or row.error is None):
+                row.error = outcome.error or "The task cannot be decided."
+
+
+def _gate(outcome: Outcome) -> bool:
+    return outcome.status == "ignored" or outcome.kind in ("not_found", "forbidden", "locked")
+
+
+async def _task_infos(session: AsyncSession, ids: list[int]) -> dict[int, _TaskInfo]:
+    unique = sorted(set(ids))
+    found: dict[int, _TaskInfo] = {}
+    for start in range(0, len(unique), 5_000):
+        page = unique[start : start + 5_000]
+        result = await session.execute(
+            select(Task.id, ProcessInstance.definition_id, Task.node_id, Task.assignee_id)
+            .join(ProcessInstance, ProcessInstance.id == Task.instance_id)
+            .where(id_in(session, Task.id, page))
+        )
+        for tid, def_id, node_id, assignee in result:
+            found[tid] = _TaskInfo(def_id, node_id, assignee)
+    return found
+
+
+class _Layouts:
+    """The columns and name of each (definition, node), loaded once."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.definitions: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        self.cache: dict[tuple[int, str] | None, list[Column]] = {}
+
+    async def _definition(self, def_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        if def_id not in self.definitions:
+            d = await self.session.get(ProcessDefinition, def_id)
+            self.definitions[def_id] = (d.form or [], d.nodes or []) if d else ([], [])
+        return self.definitions[def_id]
+
+    async def _node(self, key: tuple[int, str]) -> dict[str, Any] | None:
+        _form, nodes = await self._definition(key[0])
+        found = find_node(nodes, key[1])
+        return found[1] if found else None
+
+    async def columns(self, key: tuple[int, str] | None) -> list[Column]:
+        if key not in self.cache:
+            node = await self._node(key) if key else None
+            form = (await self._definition(key[0]))[0] if key and node else []
+            self.cache[key] = approval_columns(form, node or {"fields": {}})
+        return self.cache[key]
+
+    async def node_name(self, key: tuple[int, str]) -> str:
+        node = await self._node(key)
+        return str((node or {}).get("name") or key[1])
