@@ -82,10 +82,12 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
 
 def _include_routers(app: FastAPI) -> None:
     from app.api import routers
+    from app.web import install_console
 
     for router in routers.ALL:
         app.include_router(router)
     install_openapi(app, routers.ALL)
+    install_console(app)  # the web console at / (HTML, kept out of the OpenAPI document)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -25,6 +25,7 @@ def demo_banner(base_url: str, users: list[tuple[str, str, str]]) -> str:
     lines = [
         "=" * DEMO_BANNER_WIDTH,
         f"batchd demo is running at {base_url}",
+        f"Web console: {base_url}/  (sign in with a token below)",
         f"API docs: {base_url}/docs",
         "",
         "Demo users (tokens are re-issued on every start):",

@@ -1,0 +1,223 @@
+"""The console's page routes: thin Jinja2 shells (the browser fills them from the JSON
+API) plus the static files they use, all kept out of the OpenAPI document.
+
+Why shells instead of server-rendered data: every list, filter, preview and action is
+already an API call with its own checks and error sentences; rendering the same data
+again on the server would be a second place for visibility rules to drift. The server
+only answers "who is this" (to redirect an unsigned visitor to sign-in, show the
+right navigation, and give a 404 page for a batch the viewer may not see).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from app.api.deps import SESSION_COOKIE
+from app.batches import service
+from app.engine.users import granted_keys, user_by_token
+from app.errors import NotFound
+
+HERE = Path(__file__).parent
+STATIC_URL = "/console/static"
+STATIC_NAME = "console-static"
+templates = Jinja2Templates(directory=HERE / "templates")
+
+CSP = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        # Pico CSS draws its check marks and select arrows as data: SVG images.
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "form-action 'self'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+"""No inline script or style anywhere: every behaviour is in /console/static/*.js."""
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+router = APIRouter(include_in_schema=False)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The signed-in user as the pages need them (navigation, admin-only columns)."""
+
+    id: int
+    name: str
+    role: str
+    department_id: int | None
+    monitor_keys: list[str] = field(default_factory=list)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def may_operate(self) -> bool:
+        """Instance operations: admins, or users with a monitor grant."""
+        return self.is_admin or bool(self.monitor_keys)
+
+
+async def current_viewer(request: Request) -> Viewer | None:
+    """The user of the session cookie, or None (no cookie, or a token no longer valid)."""
+    token = request.cookies.get(SESSION_COOKIE, "").strip()
+    if not token:
+        return None
+    async with request.app.state.sessionmaker() as session:
+        user = await user_by_token(session, token)
+        if user is None:
+            return None
+        keys = sorted(await granted_keys(session, user.id))
+        return Viewer(user.id, user.name, str(user.role), user.department_id, keys)
+
+
+def safe_next(value: str | None) -> str:
+    """Only a path on this site may follow sign-in (no open redirect to another host)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/tasks"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return "/tasks"
+    return value
+
+
+def to_sign_in(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/sign-in?next={quote(target, safe='/')}", status_code=303)
+
+
+def page(
+    request: Request,
+    template: str,
+    *,
+    viewer: Viewer | None,
+    title: str,
+    script: str | None = None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    """Render a page with the console's security headers (CSP without inline code)."""
+    response = templates.TemplateResponse(
+        request,
+        template,
+        {"viewer": viewer, "title": title, "script": script, "static": STATIC_URL, **context},
+        status_code=status_code,
+    )
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+@router.get("/")
+async def home(request: Request) -> Response:
+    """The console's front door: tasks for a signed-in user, sign-in otherwise."""
+    viewer = await current_viewer(request)
+    return RedirectResponse("/tasks" if viewer else "/sign-in", status_code=303)
+
+
+@router.get("/sign-in")
+async def sign_in_page(request: Request, next: str | None = None) -> Response:
+    viewer = await current_viewer(request)
+    target = safe_next(next)
+    if viewer is not None:
+        return RedirectResponse(target, status_code=303)
+    return page(
+        request, "sign_in.html", viewer=None, title="Sign in", script="sign_in.js", next=target
+    )
+
+
+@router.get("/tasks")
+async def tasks_page(request: Request) -> Response:
+    viewer = await current_viewer(request)
+    if viewer is None:
+        return to_sign_in(request)
+    return page(request, "tasks.html", viewer=viewer, title="My tasks", script="tasks.js")
+
+
+@router.get("/batches")
+async def batches_page(request: Request) -> Response:
+    viewer = await current_viewer(request)
+    if viewer is None:
+        return to_sign_in(request)
+    title = "All batches" if viewer.is_admin else "My batches"
+    return page(request, "batches.html", viewer=viewer, title=title, script="batches.js")
+
+
+@router.get("/batches/{batch_id}")
+async def batch_page(request: Request, batch_id: str) -> Response:
+    """A batch the viewer may not see gets the same 404 page as one that does not exist."""
+    viewer = await current_viewer(request)
+    if viewer is None:
+        return to_sign_in(request)
+    if not batch_id.isdigit() or len(batch_id) > 18:
+        return not_found(request, viewer, f"There is no batch {batch_id!r}.")
+    async with request.app.state.sessionmaker() as session:
+        user = await user_by_token(session, request.cookies[SESSION_COOKIE].strip())
+        try:
+            assert user is not None
+            await service.get_batch(session, user, int(batch_id))
+        except NotFound as exc:
+            return not_found(request, viewer, str(exc))
+    return page(
+        request,
+        "batch.html",
+        viewer=viewer,
+        title=f"Batch {batch_id}",
+        script="batch.js",
+        batch_id=int(batch_id),
+    )
+
+
+@router.get("/instances")
+async def instances_page(request: Request) -> Response:
+    viewer = await current_viewer(request)
+    if viewer is None:
+        return to_sign_in(request)
+    if not viewer.may_operate:
+        return page(
+            request,
+            "message.html",
+            viewer=viewer,
+            title="Not allowed",
+            status_code=403,
+            heading="Instance operations are for operators",
+            message=(
+                "You need a monitor grant on a process definition (ask an admin) to "
+                "run instance operations."
+            ),
+        )
+    return page(request, "instances.html", viewer=viewer, title="Instances", script="instances.js")
+
+
+def not_found(request: Request, viewer: Viewer | None, message: str) -> HTMLResponse:
+    return page(
+        request,
+        "message.html",
+        viewer=viewer,
+        title="Not found",
+        status_code=404,
+        heading="Not found",
+        message=message,
+    )
+
+
+def install_console(app: FastAPI) -> None:
+    """Mount the console on ``app``: its pages and ``/console/static``."""
+    app.include_router(router)
+    app.mount(STATIC_URL, StaticFiles(directory=HERE / "static"), name=STATIC_NAME)

@@ -1,0 +1,192 @@
+// One batch: counters, live progress (EventSource), rate and time left, the actions its
+// state allows, and the per-item results with their error sentences.
+import {
+  $, $$, api, h, badge, flash, showError, fmtDate, fmtNumber, renderPager, download,
+  FINAL, finishedCount,
+} from "./common.js";
+
+const id = Number($("#main").dataset.batchId);
+const PAGE_SIZE = 50;
+const RATE_WINDOW_MS = 15000;
+let batch = null;
+let source = null;
+let samples = []; // [time ms, finished]
+let detailPage = 1;
+let cancelArmed = null;
+
+// ------------------------------------------------------------------ progress
+
+function rate() {
+  if (samples.length < 2) return null;
+  const [t0, f0] = samples[0];
+  const [t1, f1] = samples[samples.length - 1];
+  if (t1 - t0 < 500 || f1 <= f0) return null;
+  return ((f1 - f0) * 1000) / (t1 - t0);
+}
+
+function duration(seconds) {
+  if (!Number.isFinite(seconds)) return "—";
+  if (seconds < 1) return "under a second";
+  const s = Math.round(seconds);
+  const m = Math.floor(s / 60);
+  const hrs = Math.floor(m / 60);
+  if (hrs) return `${hrs} h ${m % 60} min`;
+  if (m) return `${m} min ${s % 60} s`;
+  return `${s} s`;
+}
+
+function render(b) {
+  batch = b;
+  const done = finishedCount(b);
+  const now = Date.now();
+  samples.push([now, done]);
+  samples = samples.filter(([t]) => now - t <= RATE_WINDOW_MS);
+  $("#batch-type").textContent = b.type;
+  $("#batch-status").replaceWith(Object.assign(badge(b.status), { id: "batch-status" }));
+  $("#batch-progress").value = b.progress;
+  const pct = Math.round(b.progress * 100);
+  let text = `${pct}% — ${fmtNumber(done)} of ${fmtNumber(b.total)} items done.`;
+  const r = rate();
+  if (!FINAL.has(b.status) && b.status !== "suspended") {
+    text += r ? ` ${r.toFixed(r < 10 ? 1 : 0)} items/s, about ${duration(b.pending / r)} left.` : " Measuring the rate…";
+  } else if (b.started_at && b.finished_at) {
+    const secs = (new Date(b.finished_at) - new Date(b.started_at)) / 1000;
+    text += ` Took ${duration(secs)}.`;
+  }
+  if (b.status === "scheduled" && b.start_at) text += ` Starts ${fmtDate(b.start_at)}.`;
+  $("#progress-text").textContent = text;
+  $("#counters").replaceChildren(...[
+    ["Total", b.total], ["Pending", b.pending], ["Success", b.success], ["Failed", b.failed],
+    ["Ignored", b.ignored], ["Cancelled", b.cancelled],
+  ].map(([label, n]) => h("div", { class: `counter c-${label.toLowerCase()}` }, h("dt", {}, label), h("dd", {}, fmtNumber(n)))));
+  renderActions(b);
+  renderFacts(b);
+}
+
+function renderActions(b) {
+  const show = {
+    suspend: ["scheduled", "created", "seeding", "running"].includes(b.status),
+    activate: b.status === "suspended",
+    retry: b.failed > 0 && b.status !== "cancelled",
+    cancel: !FINAL.has(b.status),
+    "error-file": b.failed > 0,
+  };
+  for (const button of $$("#batch-actions button")) button.hidden = !show[button.dataset.action];
+}
+
+function renderFacts(b) {
+  const facts = [
+    ["Priority", b.priority], ["Source", b.source], ["Creator", b.creator_id],
+    ["Created", fmtDate(b.created_at)], ["Started", fmtDate(b.started_at)],
+    ["Finished", fmtDate(b.finished_at)], ["Chunk size", b.chunk_size],
+    ["Max retries", b.max_retries], ["Failure threshold", b.failure_threshold ?? "none"],
+    ["Rate limit", b.max_items_per_second ? `${b.max_items_per_second} items/s` : "none"],
+  ];
+  const json = (value) => h("pre", {}, JSON.stringify(value, null, 2));
+  $("#facts").replaceChildren(
+    ...facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, String(v)))),
+    h("div", { class: "wide" }, h("dt", {}, "Parameters"), h("dd", {}, json(b.params))),
+    b.filter ? h("div", { class: "wide" }, h("dt", {}, "Filter"), h("dd", {}, json(b.filter))) : null);
+}
+
+function follow() {
+  if (source) source.close();
+  source = null;
+  if (!batch || FINAL.has(batch.status)) return;
+  source = new EventSource(`/api/v1/batches/${id}/events`);
+  source.addEventListener("progress", (e) => render(JSON.parse(e.data)));
+  source.addEventListener("end", (e) => {
+    render(JSON.parse(e.data));
+    source.close();
+    source = null;
+    loadDetails();
+  });
+}
+
+async function refresh() {
+  render(await api(`/batches/${id}`));
+  follow();
+}
+
+// ------------------------------------------------------------------ details
+
+async function loadDetails() {
+  const status = $("#detail-status").value;
+  const tbody = $("#detail-table tbody");
+  try {
+    const data = await api(`/batches/${id}/details`, { query: { status, page: detailPage, page_size: PAGE_SIZE } });
+    tbody.replaceChildren(...(data.items.length ? data.items.map((d) => h("tr", { dataset: { status: d.status } },
+      h("td", {}, d.item_id), h("td", {}, d.row ?? "—"), h("td", {}, badge(d.status)),
+      h("td", { class: "error-text" }, d.error || ""), h("td", {}, d.retry_count), h("td", {}, fmtDate(d.finished_at))))
+      : [h("tr", {}, h("td", { colspan: 6, class: "muted" }, status ? `No ${status} items.` : "No items yet."))]));
+    $("#detail-summary").textContent = `${fmtNumber(data.total)} item${data.total === 1 ? "" : "s"}${status ? ` ${status}` : ""}.`;
+    renderPager($("#detail-pager"), data, (n) => { detailPage = n; loadDetails(); });
+  } catch (e) {
+    showError(e);
+  }
+}
+
+// ------------------------------------------------------------------ actions
+
+const ACTIONS = {
+  async suspend() {
+    await api(`/batches/${id}/suspend`, { method: "POST" });
+    flash("Batch suspended.");
+  },
+  async activate() {
+    await api(`/batches/${id}/activate`, { method: "POST" });
+    flash("Batch activated.");
+  },
+  async retry() {
+    const out = await api(`/batches/${id}/retry`, { method: "POST", json: {} });
+    flash(`${fmtNumber(out.requeued)} failed item${out.requeued === 1 ? "" : "s"} queued again` +
+      (out.exhausted ? ` (${fmtNumber(out.exhausted)} have no retries left).` : "."));
+    samples = [];
+  },
+  async cancel(button) {
+    if (cancelArmed !== button) {
+      cancelArmed = button;
+      button.textContent = "Really cancel? Click again";
+      setTimeout(() => { if (cancelArmed === button) { cancelArmed = null; button.textContent = "Cancel batch"; } }, 5000);
+      return false;
+    }
+    cancelArmed = null;
+    button.textContent = "Cancel batch";
+    await api(`/batches/${id}`, { method: "DELETE" });
+    flash("Batch cancelled; its pending items will not run.");
+  },
+  async "error-file"() {
+    try {
+      await download(`/batches/${id}/error-file`);
+    } catch (e) {
+      if (e.status === 404) { flash("There is no error file: no item failed.", "error"); return false; }
+      throw e;
+    }
+    return false;
+  },
+};
+
+for (const button of $$("#batch-actions button")) {
+  button.addEventListener("click", async () => {
+    button.setAttribute("aria-busy", "true");
+    try {
+      const changed = await ACTIONS[button.dataset.action](button);
+      if (changed !== false) {
+        await refresh();
+        await loadDetails();
+      }
+    } catch (e) {
+      showError(e);
+    } finally {
+      button.removeAttribute("aria-busy");
+    }
+  });
+}
+
+$("#detail-status").addEventListener("change", () => { detailPage = 1; loadDetails(); });
+window.addEventListener("pagehide", () => source && source.close());
+
+const initial = new URLSearchParams(location.search).get("status");
+if (initial) $("#detail-status").value = initial;
+refresh().catch(showError);
+loadDetails();
