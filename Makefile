@@ -42,3 +42,7 @@ bench-controls: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache batchd.db*
+
+# Refresh the README's console screenshots (the browser tests, writing to docs/).
+screenshots: install
+	BATCHD_SCREENSHOTS=docs/screenshots env -u BATCH_TEST_DATABASE_URL -u BATCH_TEST_REDIS_URL $(BIN)/pytest tests/test_console.py

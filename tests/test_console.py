@@ -4,12 +4,15 @@ the app under uvicorn (the embedded default: SQLite + the in-process runner).
 Why a browser and not an HTTP client: the pages are shells filled by JavaScript from
 the JSON API, so only a browser shows that sign-in, the CSRF header, EventSource
 progress and the actions really work (and that the CSP lets them). Each scenario also
-saves a screenshot of its page under docs/screenshots/ for the README.
+saves a screenshot of its page under build/screenshots/ (git-ignored), or under the
+folder ``BATCHD_SCREENSHOTS`` names — ``make screenshots`` refreshes the README's copies
+in docs/screenshots/.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,7 +28,8 @@ from tests.batch_helpers import create, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor, LiveServer
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = Path(os.environ.get("BATCHD_SCREENSHOTS") or ROOT / "build" / "screenshots")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -130,7 +134,7 @@ async def console(browser: Browser, live_server: LiveServer) -> AsyncIterator[Co
 
 
 async def shot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(SCREENSHOTS.mkdir, parents=True, exist_ok=True)
     await page.screenshot(
         path=str(SCREENSHOTS / f"{name}.png"), full_page=True, animations="disabled"
     )
