@@ -277,3 +277,22 @@ async def test_set_variables_params_are_checked_before_anything_is_written(
         assert r.json()["error"] == "ValidationError"
     async with sessionmaker() as s:
         assert await s.scalar(select(func.count()).select_from(Batch)) == 0
+
+
+async def test_set_variables_tells_true_from_one_on_both_backends(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 2)
+    ids = await _instances(sessionmaker, setup.task_ids)
+    async with sessionmaker() as s:
+        await s.execute(
+            update(ProcessInstance).where(ProcessInstance.id.in_(ids)).values(variables={"a": 1})
+        )
+        await s.commit()
+    batch = await create(
+        admin, {"type": "instance.set_variables", "ids": ids, "params": {"variables": {"a": True}}}
+    )
+    done = await wait_for(admin, batch["id"])
+    assert (done["success"], done["ignored"]) == (2, 0)
+    rows = await _rows(sessionmaker, ids)
+    assert all(rows[i].variables["a"] is True for i in ids)  # not 1 (1 == True in Python)

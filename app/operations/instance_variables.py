@@ -63,7 +63,7 @@ class SetVariables(InstanceOperation):
             )
         current = row.variables or {}
         wanted: dict[str, Any] = run.params["variables"]
-        if all(k in current and current[k] == v for k, v in wanted.items()):
+        if all(k in current and _same(current[k], v) for k, v in wanted.items()):
             return ignored(f"Process {row.id} already has these variables.")
         return SUCCESS
 
@@ -82,6 +82,12 @@ class SetVariables(InstanceOperation):
     def pg_update(self, run: BatchRun) -> PgUpdate:
         wanted: dict[str, Any] = run.params["variables"]
         return PgUpdate(_MERGE, {"patch": json.dumps(wanted)}, _message(wanted))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: ``1``, ``1.0`` and ``true`` differ (Python's ``==`` says
+    ``1 == True``), so both backends decide the same items."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _message(variables: dict[str, Any]) -> str:
