@@ -86,15 +86,8 @@ async def start_due(ctx: JobContext) -> None:
         due = (
             await session.execute(
                 update(Batch)
-                .where(
-                    Batch.status == BatchStatus.SCHEDULED,
-                    Batch.start_at <= now,
-                )
-                .values(
-                    status=BatchStatus.CREATED,
-                    updated_at=now,
-                    progress_seq=Batch.progress_seq + 1,
-                )
+                .where(Batch.status == BatchStatus.SCHEDULED, Batch.start_at <= now)
+                .values(**state.move_values(BatchStatus.CREATED, now))
                 .returning(*_WAKE_COLUMNS)
             )
         ).all()

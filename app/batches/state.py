@@ -27,7 +27,7 @@ import enum
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -111,6 +111,22 @@ def move(batch: Batch, target: BatchStatus, *, why: str = "") -> None:
     elif batch.finished_at is not None:
         batch.finished_at = None  # run again (retry)
     touch(batch, now)
+
+
+def move_values(target: BatchStatus, now: Any = None) -> dict[str, Any]:
+    """``move`` for a set-based ``UPDATE batches … WHERE status IN sources_of(target)``:
+    the same status, timestamps and progress sequence, as column values."""
+    now = now or utcnow()
+    values: dict[str, Any] = {
+        "status": target.value,
+        "updated_at": now,
+        "progress_seq": Batch.progress_seq + 1,
+    }
+    if target in RUNNABLE:
+        values["started_at"] = func.coalesce(Batch.started_at, now)
+    if target in FINAL:
+        values["finished_at"] = now
+    return values
 
 
 def touch(batch: Batch, now: Any = None) -> None:
