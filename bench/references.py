@@ -4,6 +4,11 @@
   (``approve_tasks`` with one ``ApprovalInput``; ``SuspendInstances().apply`` with one
   ``WorkItem``), sequential — the Camunda 7 / PHP per-job model. No batch bookkeeping
   at all, so it is a generous baseline.
+- **concurrent baseline** (the PHP model, faithfully): one transaction per item that
+  applies it through the same engine code, writes that item's result as a
+  ``batch_details`` row and bumps the batch's counters (``UPDATE batches SET success =
+  success + 1 …``), run concurrently under ``asyncio.Semaphore(BATCH_MAX_CONCURRENCY)``
+  on one pool of that many connections (the PHP service's coroutine cap).
 - **ceiling**: the minimal set-based SQL for the same state changes on plain asyncpg,
   no framework, in chunks of batchd's chunk size, one transaction per chunk, either on
   one connection or on ``parallel`` connections taking chunks from a shared queue.
@@ -21,10 +26,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.base import utcnow
 from app.db.session import transaction
-from app.engine.approval import ApprovalInput, approve_tasks
+from app.engine.approval import ApprovalInput, Outcome, approve_tasks
+from app.models import Batch, BatchDetail
 from app.operations.instances import SuspendInstances
 from app.operations.registry import BatchRun, WorkItem
 from bench.data import APPROVE_PARAMS
@@ -60,6 +68,99 @@ async def baseline_suspend(
         if outcome.status != "success":
             raise RuntimeError(f"baseline suspend of instance {instance_id}: {outcome}")
     return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------- concurrent baseline
+
+ItemFn = Callable[[AsyncSession, int], Awaitable[Outcome]]
+
+
+async def _baseline_batch(sm: async_sessionmaker[AsyncSession], type_: str, creator: int) -> int:
+    """The batch row the per-item transactions report into (created outside the timing,
+    as the PHP service's batch creation would be)."""
+    async with transaction(sm) as session:
+        batch = Batch(
+            type=type_, status="running", creator_id=creator, params={}, chunk_size=1, total=0
+        )
+        session.add(batch)
+        await session.flush()
+        return batch.id
+
+
+async def _concurrent(
+    sm: async_sessionmaker[AsyncSession],
+    batch_id: int,
+    item_ids: Sequence[int],
+    concurrency: int,
+    apply_one: ItemFn,
+) -> float:
+    """Seconds to run every item in its own transaction — apply, its detail row, the
+    batch counters — at most ``concurrency`` at a time; raises if any item fails."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(item_id: int) -> None:
+        async with gate, transaction(sm) as session:
+            outcome = await apply_one(session, item_id)
+            session.add(
+                BatchDetail(
+                    batch_id=batch_id,
+                    item_id=item_id,
+                    status=outcome.status,
+                    error=outcome.error,
+                    retry_count=0,
+                    finished_at=utcnow(),
+                )
+            )
+            await session.flush()
+            column = {"success": Batch.success, "ignored": Batch.ignored}.get(
+                outcome.status, Batch.failed
+            )
+            await session.execute(
+                update(Batch)
+                .where(Batch.id == batch_id)
+                .values({column: column + 1, Batch.updated_at: utcnow()})
+            )
+        if outcome.status != "success":
+            raise RuntimeError(f"concurrent baseline, item {item_id}: {outcome}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in item_ids))
+    return time.perf_counter() - t0
+
+
+async def concurrent_baseline_approve(
+    sm: async_sessionmaker[AsyncSession], actor_id: int, task_ids: Sequence[int], concurrency: int
+) -> float:
+    form = APPROVE_PARAMS["form_data"]
+    batch_id = await _baseline_batch(sm, "task.approve", actor_id)
+
+    async def apply_one(session: AsyncSession, task_id: int) -> Outcome:
+        [outcome] = await approve_tasks(
+            session,
+            actor_id,
+            [ApprovalInput(task_id, "approve", None, dict(form))],
+            batch_id=batch_id,
+        )
+        return outcome
+
+    return await _concurrent(sm, batch_id, task_ids, concurrency, apply_one)
+
+
+async def concurrent_baseline_suspend(
+    sm: async_sessionmaker[AsyncSession],
+    admin_id: int,
+    instance_ids: Sequence[int],
+    concurrency: int,
+) -> float:
+    op = SuspendInstances()
+    batch_id = await _baseline_batch(sm, "instance.suspend", admin_id)
+    run = BatchRun(batch_id=batch_id, creator_id=admin_id, params={})
+
+    async def apply_one(session: AsyncSession, instance_id: int) -> Outcome:
+        [outcome] = await op.apply(session, run, [WorkItem(0, instance_id)])
+        return outcome
+
+    return await _concurrent(sm, batch_id, instance_ids, concurrency, apply_one)
 
 
 # --------------------------------------------------------------------------- ceiling

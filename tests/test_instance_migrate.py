@@ -313,12 +313,14 @@ async def test_a_chunk_costs_the_same_few_statements_at_any_size(
                 seen.append(args[2])
 
         async with sessionmaker() as s:
-            engine = s.get_bind()
-            event.listen(engine, "before_cursor_execute", count)
+            # This session's connection only: background crons share the engine.
+            connection = (await s.connection()).sync_connection
+            assert connection is not None
+            event.listen(connection, "before_cursor_execute", count)
             try:
                 outcomes = await op.apply(s, run, [WorkItem(detail_id=i, item_id=i) for i in chunk])
             finally:
-                event.remove(engine, "before_cursor_execute", count)
+                event.remove(connection, "before_cursor_execute", count)
             await s.commit()
         assert {o.status for o in outcomes} == {"success"}
         return len(seen)

@@ -67,7 +67,7 @@ async def test_200_subscribers_all_get_end(
         # Every stream is open and waiting: one watch, one bus listener, no connection.
         assert watch_count(app) == 1
         assert app.state.progress.listener_count(batch_id) == 1
-        assert app.state.engine.pool.checkedout() <= 1
+        assert app.state.engine.pool.checkedout() <= 2  # a passing read, a cron pass
 
         act = await client.post(f"/api/v1/batches/{batch_id}/activate", headers=alice.headers)
         assert act.status_code == 200, act.text

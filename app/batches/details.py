@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select
+from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches.resolve import Listed
@@ -16,7 +18,9 @@ from app.db.bulk import insert_rows, update_rows
 from app.engine.approval import Outcome
 from app.models import Batch, BatchDetail, User
 from app.operations import Operation
+from app.operations.registry import BatchRun, BulkSql
 
+log = logging.getLogger("batchd.seeding")
 _details = cast(Table, BatchDetail.__table__)
 INSERT_PAGE = 5_000
 
@@ -30,6 +34,10 @@ class Seeded:
     last_item_id: int | None
     failed: int = 0
     ignored: int = 0
+    success: int = 0
+    fused: bool = False
+    """``success``: items a fused seed page applied (``create_details_from(…, run=…)``);
+    ``fused``: the page was one (only stragglers were left pending)."""
 
 
 async def create_details(
@@ -70,7 +78,13 @@ async def create_details(
 
 
 async def create_details_from(
-    session: AsyncSession, batch: Batch, creator: User, op: Operation, page: Select[Any]
+    session: AsyncSession,
+    batch: Batch,
+    creator: User,
+    op: Operation,
+    page: Select[Any],
+    *,
+    run: BatchRun | None = None,
 ) -> Seeded:
     """Seed the items ``page`` selects (one id column): one pending detail each, locks as
     in ``create_details``.
@@ -78,7 +92,14 @@ async def create_details_from(
     On PostgreSQL the ids never travel through Python for an operation without locks:
     one ``INSERT … SELECT`` answers only the count and the highest id; a locking one
     gets the ids back (``RETURNING``) for the lock ``UPDATE``. (SQLite runs in-process,
-    so it keeps the portable path.)"""
+    so it keeps the portable path.)
+
+    With ``run`` (PostgreSQL, a batch that may run now), an operation that offers it
+    is applied to the page as it is seeded: ``fuse_at_seed`` types through their
+    ``bulk_sql``, ``task.approve`` through ``apply_at_seed``. Each applied item's detail
+    is written once, already ``success``; the rest is seeded as usual (pending, locked)
+    for the executor, which decides it and says why. If the fused statement fails, the
+    page is seeded plainly."""
     if session.get_bind().dialect.name != "postgresql":
         ids = list(await session.scalars(page))
         return await create_details(session, batch, creator, op, Listed(ids))
@@ -89,6 +110,18 @@ async def create_details_from(
             literal(batch.id, BigInteger), sub.c.id, literal("pending"), literal(0, BigInteger)
         ).order_by(sub.c.id),
     )
+    if run is not None:
+        try:
+            async with session.begin_nested():
+                fused = await _seed_fused(session, batch, creator, op, page, run)
+            if fused is not None:
+                return fused
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            # The fast path itself failed: seed this page plainly (the executor applies
+            # it item by item if it must), as the executor does with its fused claim.
+            log.warning("batch %s: fused seed page failed (%s); seeding plainly", batch.id, exc)
     if op.lock is None:
         ins = insert_page.returning(_details.c.item_id).cte("ins")
         count, last = (await session.execute(select(func.count(), func.max(ins.c.item_id)))).one()
@@ -111,6 +144,114 @@ async def create_details_from(
     return Seeded(
         len(detail_of), max(detail_of, default=None), decided["failed"], decided["ignored"]
     )
+
+
+_SEED_AND_APPLY = """
+WITH claimed AS (
+    SELECT item_id FROM unnest(CAST(:seed_ids AS BIGINT[])) AS u(item_id)
+), {ctes}, seeded AS (
+    INSERT INTO batch_details (batch_id, item_id, status, retry_count, finished_at)
+    SELECT CAST(:seed_batch AS BIGINT), c.item_id,
+           CASE WHEN a.id IS NULL THEN 'pending' ELSE 'success' END, 0,
+           CASE WHEN a.id IS NULL THEN NULL ELSE CAST(:seed_now AS TIMESTAMPTZ) END
+    FROM claimed AS c LEFT JOIN applied AS a ON a.id = c.item_id
+    ORDER BY c.item_id
+    RETURNING item_id, status
+)
+SELECT count(*) AS n, max(item_id) AS last,
+       count(*) FILTER (WHERE status = 'success') AS applied
+FROM seeded
+"""
+
+
+async def _seed_fused(
+    session: AsyncSession,
+    batch: Batch,
+    creator: User,
+    op: Operation,
+    page: Select[Any],
+    run: BatchRun,
+) -> Seeded | None:
+    """The fused seed page, or None when ``op`` offers none."""
+    apply_at_seed = getattr(op, "apply_at_seed", None)
+    if op.lock is None and getattr(op, "fuse_at_seed", False):
+        bulk = await op.bulk_sql(session, run)
+        return await _seed_and_apply(session, batch, page, bulk) if bulk is not None else None
+    if op.lock is not None and apply_at_seed is not None:
+        return await _seed_locked_and_apply(session, batch, creator, op, page, run)
+    return None
+
+
+_INSERT_DECIDED = """
+WITH seeded AS (
+    INSERT INTO batch_details (batch_id, item_id, status, retry_count, finished_at)
+    SELECT CAST(:batch AS BIGINT), u.item_id, u.status, 0,
+           CASE WHEN u.status = 'pending' THEN NULL ELSE CAST(:now AS TIMESTAMPTZ) END
+    FROM unnest(CAST(:ids AS BIGINT[]), CAST(:statuses AS VARCHAR[])) AS u(item_id, status)
+    ORDER BY u.item_id
+    RETURNING id, item_id, status
+)
+SELECT id, item_id FROM seeded WHERE status = 'pending'
+"""
+
+
+async def _seed_locked_and_apply(
+    session: AsyncSession,
+    batch: Batch,
+    creator: User,
+    op: Operation,
+    page: Select[Any],
+    run: BatchRun,
+) -> Seeded:
+    """A locking type's fused seed page (``task.approve``): ``apply_at_seed`` applies
+    what certainly passes; the details are inserted at once with their status (success,
+    or pending); only the pending ones are locked (or refused, as when seeding plainly)."""
+    assert op.lock is not None
+    ids = list(await session.scalars(page))
+    if not ids:
+        return Seeded(0, None, fused=True)
+    applied: set[int] = await op.apply_at_seed(session, run, ids)  # type: ignore[attr-defined]
+    statuses = ["success" if i in applied else "pending" for i in ids]
+    pending = (
+        await session.execute(
+            text(_INSERT_DECIDED),
+            {"batch": batch.id, "ids": ids, "statuses": statuses, "now": utcnow()},
+        )
+    ).all()
+    detail_of = {item_id: detail_id for detail_id, item_id in pending}
+    refused = await op.lock.acquire(session, batch.id, creator, list(detail_of))
+    await update_rows(
+        session,
+        _details,
+        [
+            {"id": detail_of[item_id], "status": outcome.status, "error": outcome.error}
+            for item_id, outcome in refused.items()
+        ],
+        constants={"finished_at": utcnow()},
+    )
+    decided = Counter(o.status for o in refused.values())
+    return Seeded(
+        len(ids), max(ids), decided["failed"], decided["ignored"], len(applied), fused=True
+    )
+
+
+async def _seed_and_apply(
+    session: AsyncSession, batch: Batch, page: Select[Any], fused: BulkSql
+) -> Seeded:
+    """A lock-free type's seed page that also applies the operation's fast path: one
+    statement applies it to the page's items and inserts every detail once — ``success``
+    for the items applied, ``pending`` for the rest (the executor's ``apply`` decides
+    those and says why). Saves writing every detail twice (pending, then its result) and
+    claiming it. Same transaction as the page's cursor update, so a crash leaves nothing
+    half-done."""
+    ids = list(await session.scalars(page))
+    if not ids:
+        return Seeded(0, None, fused=True)
+    stmt = text(_SEED_AND_APPLY.format(ctes=fused.ctes)).bindparams(
+        **fused.params, seed_ids=ids, seed_batch=batch.id, seed_now=utcnow()
+    )
+    count, last, applied = (await session.execute(stmt)).one()
+    return Seeded(int(count), last, success=int(applied), fused=True)
 
 
 async def status_counts(session: AsyncSession, batch_id: int) -> dict[str, int]:

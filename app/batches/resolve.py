@@ -73,13 +73,20 @@ async def resolve(
     flt: dict[str, Any] | None = None
     listed: Listed | None = None
     seed_until = 0
+    exact = True
     if req.ids is not None:
         listed = Listed(list(dict.fromkeys(req.ids)))
         total = len(listed)
     else:
         assert req.filter is not None
         flt = op.target.parse_filter(req.filter)
-        total, seed_until = await op.target.count(session, user, flt)
+        if req.dry_run:  # it evaluates every item anyway: the exact count costs little
+            total, seed_until = await op.target.count(session, user, flt)
+        else:  # quick at any size: an estimate at scale, counted exactly by the seed job
+            limit = settings.max_items
+            counted = await op.target.count_for_create(session, user, flt, max_items=limit)
+            total, seed_until, exact = counted.total, counted.seed_until, counted.exact
     if total > settings.max_items:
-        raise TooLarge(f"This batch would hold {total} items; the limit is {settings.max_items}.")
+        size = f"{total}" if exact else f"more than {settings.max_items}"
+        raise TooLarge(f"This batch would hold {size} items; the limit is {settings.max_items}.")
     return Resolved(op, params, listed, flt, total, seed_until)

@@ -386,6 +386,150 @@ FROM done
 """
 
 
+async def approve_at_seed(
+    session: AsyncSession,
+    actor_id: int,
+    batch_id: int,
+    params: dict[str, Any],
+    task_ids: list[int],
+) -> set[int]:
+    """PostgreSQL: approve (or reject), in one statement, every task of ``task_ids`` that
+    certainly passes every rule of ``approve_tasks`` with the batch's shared ``params``;
+    return their ids. The rest is left untouched for ``approve_tasks`` to decide (and say
+    why). Used by a ``task.approve`` filter batch while it seeds a page (no per-row
+    payloads): no lock, no claim and no second write of the detail for those items.
+
+    The shared form data is checked once per (definition, step) in Python — fields,
+    write mode, types, options, normalised values; a step where it fails is left out
+    entirely. What depends on each process is checked in SQL on rows locked ``FOR
+    UPDATE`` (task and process, as ``approve_tasks`` locks them): the task is pending,
+    the actor's and free of other batches' locks, the process active, the step's required
+    fields not in the form data already hold a value, and no other task of the same
+    process is in the page."""
+    decision = params.get("decision", "approve")
+    if not task_ids or decision not in DECISIONS:
+        return set()
+    next_assignee = params.get("next_assignee_id")
+    if next_assignee is not None and await session.get(User, next_assignee) is None:
+        return set()
+    update: dict[str, Any] = params.get("form_data") or {}
+    steps = (
+        await session.execute(
+            select(ProcessInstance.definition_id, Task.node_id)
+            .join(ProcessInstance, ProcessInstance.id == Task.instance_id)
+            .where(id_in(session, Task.id, task_ids))
+            .distinct()
+        )
+    ).all()
+    definitions = definitions_for(session)
+    await definitions.load(session, {def_id for def_id, _ in steps})
+    groups: list[tuple[Any, ...]] = []
+    for def_id, node_id in steps:
+        found = definitions.node(def_id, node_id)
+        if found is None:
+            continue  # a step that no longer exists: approve_tasks says so
+        index, _node, rules = found
+        if decision == "reject":
+            groups.append((def_id, node_id, None, None, "rejected", node_id, {}, []))
+            continue
+        merged, errors = rules.merge({}, update)
+        if any(e.field in update for e in errors):
+            continue  # the shared form data itself is refused here: every item fails alike
+        required = [e.field for e in errors]
+        patch = {name: merged[name] for name in update}
+        nodes = definitions.nodes(def_id)
+        if index + 1 < len(nodes):
+            nxt = nodes[index + 1]
+            assignee = next_assignee or nxt["assignee_id"]
+            groups.append(
+                (def_id, node_id, nxt["id"], assignee, "active", nxt["id"], patch, required)
+            )
+        else:
+            groups.append((def_id, node_id, None, None, "completed", None, patch, required))
+    if not groups:
+        return set()
+    columns = list(zip(*groups, strict=True))
+    # A plan for these very arrays: after five runs asyncpg's prepared statement would
+    # switch to a generic plan, which joined tasks and processes by scanning them all
+    # (measured: 44 µs → 250 µs per item from the sixth page on).
+    await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    applied = await session.scalars(
+        text(_SEED_APPROVE_PG),
+        {
+            "ids": task_ids,
+            "actor": actor_id,
+            "batch": batch_id,
+            "now": utcnow(),
+            "decision": decision,
+            "comment": params.get("comment"),
+            "action": "task.approved" if decision == "approve" else "task.rejected",
+            "g_def": list(columns[0]),
+            "g_node": list(columns[1]),
+            "g_next_node": list(columns[2]),
+            "g_next_assignee": list(columns[3]),
+            "g_status": list(columns[4]),
+            "g_current": list(columns[5]),
+            "g_patch": [json.dumps(p) for p in columns[6]],
+            "g_required": [json.dumps(r) for r in columns[7]],
+        },
+    )
+    return set(applied)
+
+
+_SEED_APPROVE_PG = """
+WITH g AS (
+    SELECT * FROM unnest(
+        CAST(:g_def AS BIGINT[]), CAST(:g_node AS VARCHAR[]), CAST(:g_next_node AS VARCHAR[]),
+        CAST(:g_next_assignee AS BIGINT[]), CAST(:g_status AS VARCHAR[]),
+        CAST(:g_current AS VARCHAR[]), CAST(:g_patch AS JSONB[]), CAST(:g_required AS JSONB[])
+    ) AS g(def_id, node_id, next_node, next_assignee, status, current_node, patch, required)
+), cand AS (
+    SELECT t.id, t.instance_id, g.next_node, g.next_assignee, g.status, g.current_node,
+           g.patch
+    FROM tasks AS t
+    JOIN process_instances AS p ON p.id = t.instance_id
+    JOIN g ON g.def_id = p.definition_id AND g.node_id = t.node_id
+    WHERE t.id = ANY(CAST(:ids AS BIGINT[]))
+      AND t.status = 'pending' AND t.assignee_id = CAST(:actor AS BIGINT)
+      AND (t.locked_by_batch_id IS NULL OR t.locked_by_batch_id = CAST(:batch AS BIGINT))
+      AND p.status = 'active'
+      AND NOT EXISTS (
+          SELECT FROM jsonb_array_elements_text(g.required) AS r(name)
+          WHERE COALESCE(p.form_data -> r.name, 'null'::jsonb)
+                IN ('null'::jsonb, '""'::jsonb, '[]'::jsonb)
+      )
+    FOR UPDATE OF t, p
+), uniq AS (
+    SELECT * FROM cand
+    WHERE instance_id IN (SELECT instance_id FROM cand GROUP BY instance_id HAVING count(*) = 1)
+), done AS (
+    UPDATE tasks
+    SET status = 'completed', decision = CAST(:decision AS VARCHAR),
+        comment = CAST(:comment AS TEXT), completed_at = CAST(:now AS TIMESTAMPTZ),
+        locked_by_batch_id = NULL
+    WHERE id = ANY(ARRAY(SELECT id FROM uniq))
+    RETURNING id
+), moved AS (
+    UPDATE process_instances AS p
+    SET form_data = COALESCE(p.form_data, '{}'::jsonb) || u.patch, status = u.status,
+        current_node_id = u.current_node, updated_at = CAST(:now AS TIMESTAMPTZ)
+    FROM uniq AS u
+    WHERE p.id = u.instance_id AND p.id = ANY(ARRAY(SELECT instance_id FROM uniq))
+), created AS (
+    INSERT INTO tasks (instance_id, node_id, assignee_id, status, created_at)
+    SELECT instance_id, next_node, next_assignee, 'pending', CAST(:now AS TIMESTAMPTZ)
+    FROM uniq WHERE next_node IS NOT NULL
+), logged AS (
+    INSERT INTO process_logs (instance_id, task_id, actor_id, batch_id, action, message,
+                              created_at)
+    SELECT instance_id, id, CAST(:actor AS BIGINT), CAST(:batch AS BIGINT),
+           CAST(:action AS VARCHAR), CAST(:comment AS TEXT), CAST(:now AS TIMESTAMPTZ)
+    FROM uniq
+)
+SELECT id FROM done
+"""
+
+
 async def approve_one(
     session: AsyncSession,
     user: User,

@@ -33,6 +33,12 @@ before its first page (enforcing ``BATCH_MAX_ITEMS``), and ``total`` is the numb
 details once seeding ends."""
 
 
+ESTIMATE_SLACK = 1.1
+"""An estimate up to 10 % over ``BATCH_MAX_ITEMS`` is not counted at creation (estimates
+wobble; a million-item batch at the default limit of a million would otherwise be
+counted in the POST): the seed job's exact count enforces the limit."""
+
+
 class _Explain(Executable, ClauseElement):
     """``EXPLAIN (FORMAT JSON) <select>`` with the select's own bound parameters."""
 
@@ -92,13 +98,15 @@ class Target(abc.ABC):
         """``count`` for a create request, quick at any size: below ``ESTIMATE_FROM``
         estimated rows (and on SQLite) the exact count; above it, PostgreSQL's estimate
         and the table's highest id (nothing newer can match; rows are seeded in id
-        order) — unless the estimate exceeds ``max_items``, when the matching rows are
-        counted up to ``max_items + 1`` so the limit is enforced exactly."""
+        order) — unless the estimate exceeds ``max_items`` by more than
+        ``ESTIMATE_SLACK``, when the matching rows are counted up to ``max_items + 1``
+        (a request that large is refused here). Either way the seed job counts exactly
+        before its first page and refuses a batch over the limit."""
         if session.get_bind().dialect.name == "postgresql":
             matching = self.matching(creator, flt)
             estimate = await _estimated_rows(session, matching)
             if estimate >= ESTIMATE_FROM:
-                if estimate > max_items:
+                if estimate > max_items * ESTIMATE_SLACK:
                     bounded = matching.limit(max_items + 1).subquery()
                     n = int(await session.scalar(select(func.count()).select_from(bounded)) or 0)
                     if n > max_items:  # refused: "more than max_items"

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.engine.approval import ApprovalInput, Outcome, approve_tasks
+from app.engine.approval import ApprovalInput, Outcome, approve_at_seed, approve_tasks
 from app.operations.locks import TASK_LOCK
 from app.operations.registry import BatchRun, Operation, WorkItem, register
 from app.operations.targets import TASKS
@@ -38,6 +38,14 @@ class ApproveTasks(Operation):
             batch_id=None if run.dry_run else run.batch_id,
             dry_run=run.dry_run,
         )
+
+    async def apply_at_seed(
+        self, session: AsyncSession, run: BatchRun, item_ids: list[int]
+    ) -> set[int]:
+        """PostgreSQL, a filter batch's seed page (no per-row payloads): approve in one
+        statement what certainly passes with the shared params (``approve_at_seed``);
+        the rest is locked and left pending for ``apply``."""
+        return await approve_at_seed(session, run.creator_id, run.batch_id, run.params, item_ids)
 
     @staticmethod
     def _input(params: dict[str, Any], item: WorkItem) -> ApprovalInput:
