@@ -81,8 +81,12 @@ async def execute(ctx: JobContext, batch_id: int) -> None:
     process shuts down, or the time slice ends (then it re-enqueues itself)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.settings.slice_seconds
+    limited = await rate.is_limited(ctx, batch_id)  # fixed at creation: read once
     while not ctx.stopping.is_set():
-        grant = await rate.pace(ctx, batch_id)
+        grant = await rate.pace(ctx, batch_id) if limited else None
+        if grant is not None and ctx.stopping.is_set():  # shut down while waiting
+            await rate.refund(ctx, batch_id, grant, 0)
+            break
         started = loop.time()
         async with ctx.semaphore:
             turn = await run_next_chunk(ctx, batch_id, limit=grant.items if grant else None)

@@ -41,6 +41,14 @@ class Grant:
     later reservation has been made (else it would overlap the next slot)."""
 
 
+async def is_limited(ctx: JobContext, batch_id: int) -> bool:
+    """Whether the batch has a rate limit (set at creation, never changed): executors
+    ask once per job, not before every chunk."""
+    async with ctx.sessionmaker() as session:
+        rate = await session.scalar(select(Batch.max_items_per_second).where(Batch.id == batch_id))
+    return rate is not None
+
+
 async def pace(ctx: JobContext, batch_id: int) -> Grant | None:
     """Reserve the next slot of a rate-limited batch and wait for it; None when the
     batch has no limit (or is not runnable: the chunk's own check will stop)."""

@@ -55,13 +55,17 @@ class SeededPage:
 async def seed(ctx: JobContext, batch_id: int) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SEED_SLICE_S
+    priority = "normal"  # until the first page says
     while not ctx.stopping.is_set():
         try:
             page = await seed_page(ctx, batch_id)
         except DBAPIError:
             # The database blinked: come back soon rather than after BATCH_START_TIMEOUT.
-            await ctx.queue.enqueue(Wakeup("seed", batch_id, defer=SEED_RETRY_DELAY_S))
+            retry = Wakeup("seed", batch_id, priority, defer=SEED_RETRY_DELAY_S)
+            await ctx.queue.enqueue(retry)
             raise
+        if page is not None:
+            priority = page.priority
         if page is None or page.done or page.stop:
             return
         if loop.time() > deadline:
