@@ -130,6 +130,23 @@ async def create_details_from(
         await session.execute(insert_page.returning(_details.c.id, _details.c.item_id))
     ).all()
     detail_of = {item_id: detail_id for detail_id, item_id in inserted}
+    decided = await _lock_pending(session, batch, creator, op, detail_of)
+    return Seeded(
+        len(detail_of), max(detail_of, default=None), decided["failed"], decided["ignored"]
+    )
+
+
+async def _lock_pending(
+    session: AsyncSession,
+    batch: Batch,
+    creator: User,
+    op: Operation,
+    detail_of: dict[int, int],
+) -> Counter[str]:
+    """Lock the items of just-inserted pending details ({item id: detail id}); a detail
+    whose item the creator may not lock takes its outcome at once. Returns the counts
+    of those outcomes by status."""
+    assert op.lock is not None
     refused = await op.lock.acquire(session, batch.id, creator, list(detail_of))
     await update_rows(
         session,
@@ -140,10 +157,7 @@ async def create_details_from(
         ],
         constants={"finished_at": utcnow()},
     )
-    decided = Counter(o.status for o in refused.values())
-    return Seeded(
-        len(detail_of), max(detail_of, default=None), decided["failed"], decided["ignored"]
-    )
+    return Counter(o.status for o in refused.values())
 
 
 _SEED_AND_APPLY = """
@@ -173,11 +187,10 @@ async def _seed_fused(
     run: BatchRun,
 ) -> Seeded | None:
     """The fused seed page, or None when ``op`` offers none."""
-    apply_at_seed = getattr(op, "apply_at_seed", None)
-    if op.lock is None and getattr(op, "fuse_at_seed", False):
+    if op.lock is None and op.fuse_at_seed:
         bulk = await op.bulk_sql(session, run)
         return await _seed_and_apply(session, batch, page, bulk) if bulk is not None else None
-    if op.lock is not None and apply_at_seed is not None:
+    if op.lock is not None and op.applies_at_seed:
         return await _seed_locked_and_apply(session, batch, creator, op, page, run)
     return None
 
@@ -206,11 +219,10 @@ async def _seed_locked_and_apply(
     """A locking type's fused seed page (``task.approve``): ``apply_at_seed`` applies
     what certainly passes; the details are inserted at once with their status (success,
     or pending); only the pending ones are locked (or refused, as when seeding plainly)."""
-    assert op.lock is not None
     ids = list(await session.scalars(page))
     if not ids:
         return Seeded(0, None, fused=True)
-    applied: set[int] = await op.apply_at_seed(session, run, ids)  # type: ignore[attr-defined]
+    applied = await op.apply_at_seed(session, run, ids)
     statuses = ["success" if i in applied else "pending" for i in ids]
     pending = (
         await session.execute(
@@ -219,17 +231,7 @@ async def _seed_locked_and_apply(
         )
     ).all()
     detail_of = {item_id: detail_id for detail_id, item_id in pending}
-    refused = await op.lock.acquire(session, batch.id, creator, list(detail_of))
-    await update_rows(
-        session,
-        _details,
-        [
-            {"id": detail_of[item_id], "status": outcome.status, "error": outcome.error}
-            for item_id, outcome in refused.items()
-        ],
-        constants={"finished_at": utcnow()},
-    )
-    decided = Counter(o.status for o in refused.values())
+    decided = await _lock_pending(session, batch, creator, op, detail_of)
     return Seeded(
         len(ids), max(ids), decided["failed"], decided["ignored"], len(applied), fused=True
     )

@@ -79,10 +79,7 @@ _LOGGED = """, logged AS (
 class InstanceOperation(Operation):
     target = INSTANCES
     supports_dry_run = True
-    fuse_at_seed: ClassVar[bool] = True
-    """``bulk_sql`` reads only ``claimed.item_id``: a seed page may apply it while it
-    inserts the details (``details.create_details_from``), writing each applied item's
-    detail once, already ``success``."""
+    fuse_at_seed = True
     verb: ClassVar[str]
     """For "You may not <verb> processes of <key>."."""
     columns: ClassVar[tuple[Any, ...]] = ()

@@ -67,6 +67,9 @@ class Operation(abc.ABC):
     supports_dry_run: ClassVar[bool] = False
     """``apply`` honours ``run.dry_run`` (decides without writing). Otherwise a dry run
     applies for real inside a savepoint that is rolled back: correct, but slower."""
+    fuse_at_seed: ClassVar[bool] = False
+    """A lock-free type whose ``bulk_sql`` reads only ``claimed.item_id``: a seed page may
+    apply it while inserting the details (``details.create_details_from``)."""
     lock: ClassVar[ItemLock | None] = None
     """The lock details hold on their items while the batch runs, if any. Such an
     operation clears the lock of every item it applies successfully (in the same
@@ -93,6 +96,18 @@ class Operation(abc.ABC):
         """Apply the operation to a chunk with a handful of bulk statements; one outcome per
         item, in order. Must be idempotent: an item already in the target state is
         ``ignored``. May raise on a database error: the executor then isolates items."""
+
+    async def apply_at_seed(
+        self, session: AsyncSession, run: BatchRun, item_ids: list[int]
+    ) -> set[int]:
+        """A locking type's seed-page fast path (offered by overriding it): apply what
+        certainly passes and return those ids; the rest is locked and left pending for
+        ``apply``."""
+        return set()
+
+    @property
+    def applies_at_seed(self) -> bool:
+        return type(self).apply_at_seed is not Operation.apply_at_seed
 
     async def bulk_sql(self, session: AsyncSession, run: BatchRun) -> BulkSql | None:
         """The PostgreSQL fast path (see ``BulkSql``), or None to claim and ``apply``."""
