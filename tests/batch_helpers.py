@@ -94,3 +94,33 @@ async def count(sm: async_sessionmaker[AsyncSession], stmt: Any) -> int:
 def assert_counters_consistent(batch: dict[str, Any]) -> None:
     finished = batch["success"] + batch["failed"] + batch["ignored"] + batch["cancelled"]
     assert finished + batch["pending"] + batch["running"] == batch["total"], batch
+
+
+async def statements_of_chunk(
+    sm: async_sessionmaker[AsyncSession], op: Any, run: Any, item_ids: list[int]
+) -> int:
+    """Apply ``op`` to one chunk and count the statements it sent (BEGIN aside), on this
+    session's connection only: background crons share the engine. Every item must
+    succeed."""
+    from sqlalchemy import event
+
+    from app.operations import WorkItem
+
+    seen: list[str] = []
+
+    def count(*args: Any) -> None:
+        if not args[2].startswith("BEGIN"):
+            seen.append(args[2])
+
+    async with sm() as session:
+        connection = (await session.connection()).sync_connection
+        assert connection is not None
+        event.listen(connection, "before_cursor_execute", count)
+        try:
+            items = [WorkItem(detail_id=i, item_id=i) for i in item_ids]
+            outcomes = await op.apply(session, run, items)
+        finally:
+            event.remove(connection, "before_cursor_execute", count)
+        await session.commit()
+    assert {o.status for o in outcomes} == {"success"}
+    return len(seen)

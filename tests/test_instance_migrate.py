@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.models import Batch, ProcessDefinition, ProcessInstance, ProcessLog, Task
-from app.operations import BatchRun, WorkItem, get_operation
-from tests.batch_helpers import create, details, expense_setup, wait_for
+from app.operations import BatchRun, get_operation
+from tests.batch_helpers import create, details, expense_setup, statements_of_chunk, wait_for
 from tests.conftest import Actor
 from tests.factories import approve, create_definition, expense_definition, start_instance
 
@@ -306,24 +306,7 @@ async def test_a_chunk_costs_the_same_few_statements_at_any_size(
     run = BatchRun(batch_id=0, creator_id=admin.id, params=params)
 
     async def statements(chunk: list[int]) -> int:
-        seen: list[str] = []
-
-        def count(*args: Any) -> None:
-            if not args[2].startswith("BEGIN"):
-                seen.append(args[2])
-
-        async with sessionmaker() as s:
-            # This session's connection only: background crons share the engine.
-            connection = (await s.connection()).sync_connection
-            assert connection is not None
-            event.listen(connection, "before_cursor_execute", count)
-            try:
-                outcomes = await op.apply(s, run, [WorkItem(detail_id=i, item_id=i) for i in chunk])
-            finally:
-                event.remove(connection, "before_cursor_execute", count)
-            await s.commit()
-        assert {o.status for o in outcomes} == {"success"}
-        return len(seen)
+        return await statements_of_chunk(sessionmaker, op, run, chunk)
 
     small = await statements([ids[0], ids[3]])  # one at finance, one at manager
     large = await statements([ids[1], ids[2], *ids[4:]])
