@@ -14,6 +14,9 @@ from openpyxl import Workbook, load_workbook
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batches import details as details_module
+from app.batches import spool
+from app.excel import importer
 from app.excel.layout import ERROR, approval_columns
 from app.models import Batch, BatchDetail, ProcessInstance, Task
 from tests.batch_helpers import count, create, details, expense_setup, wait_for
@@ -87,15 +90,18 @@ async def instance_of(sm: async_sessionmaker[AsyncSession], task_id: int) -> Pro
         return instance
 
 
-async def test_round_trip_with_every_row_error(
-    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
-) -> None:
-    s = await expense_setup(sessionmaker, admin, alice, bob, 9)
-    t = s.task_ids
-    # A task alice decides at another node (of another definition): wrong node.
+async def strangers(
+    sm: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+    definition: dict[str, Any],
+) -> tuple[int, int]:
+    """Two tasks no row of alice's sheet may approve: one hers at another node (of
+    another definition) — wrong node — and one of bob's at the sheet's node."""
     other = await create_definition(admin, expense_definition(alice.id, alice.id, key="claims"))
     [elsewhere] = await bulk_tasks(
-        sessionmaker,
+        sm,
         definition_id=other["id"],
         definition_key="claims",
         node_id="finance",
@@ -103,17 +109,88 @@ async def test_round_trip_with_every_row_error(
         initiator_id=admin.id,
         n=1,
     )
-    r = await approve(alice, t[7], form_data={"category": "meals"})  # no longer pending
-    assert r.status_code == 200, r.text
-    [bobs] = await bulk_tasks(  # not alice's
-        sessionmaker,
-        definition_id=s.definition["id"],
+    [bobs] = await bulk_tasks(
+        sm,
+        definition_id=definition["id"],
         definition_key="expense",
         node_id="manager",
         assignee_id=bob.id,
         initiator_id=admin.id,
         n=1,
     )
+    return elsewhere, bobs
+
+
+@pytest.fixture
+def tiny_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read, check, spool and insert a sheet a few rows at a time (the spool on disk),
+    so a small sheet crosses every page boundary a 50 000-row one does."""
+    monkeypatch.setattr(importer, "READ_PAGE", 3)
+    monkeypatch.setattr(importer, "CHECK_PAGE", 2)
+    monkeypatch.setattr(spool, "IN_MEMORY_BYTES", 1)
+    monkeypatch.setattr(details_module, "INSERT_PAGE", 4)
+
+
+async def test_a_sheet_read_in_pages_is_checked_as_one_sheet(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+    tiny_pages: None,
+) -> None:
+    """The sheet's node comes from the first row the caller can see even when that is on
+    a later page; a task repeated pages later is still a duplicate; every row becomes
+    one detail, in order, with its own cells."""
+    s = await expense_setup(sessionmaker, admin, alice, bob, 5)
+    t = s.task_ids
+    elsewhere, bobs = await strangers(sessionmaker, admin, alice, bob, s.definition)
+    h = manager_headers(s.definition)
+    rows = [
+        row_of(h, **{"Task ID": 999_999, "Category": "travel", "Decision": "approve"}),  # 2
+        row_of(h, **{"Task ID": bobs, "Category": "travel", "Decision": "approve"}),  # 3
+        row_of(h, **{"Task ID": t[0], "Category": "travel", "Decision": "approve"}),  # 4
+        row_of(h, **{"Task ID": t[1], "Category": "meals", "Decision": "approve"}),  # 5
+        row_of(h, **{"Task ID": elsewhere, "Decision": "approve"}),  # 6
+        row_of(h, **{"Task ID": t[0], "Category": "other", "Decision": "approve"}),  # 7
+        row_of(h, **{"Task ID": t[2], "Decision": "reject", "Comment": "no"}),  # 8
+        row_of(h, **{"Task ID": t[3], "Category": "boat", "Decision": "approve"}),  # 9
+        row_of(h, **{"Task ID": t[4], "Category": "travel", "Decision": "approve"}),  # 10
+    ]
+    batch = await upload(alice, xlsx(h, rows))
+    assert (batch["total"], batch["failed"]) == (9, 5)
+    done = await wait_for(alice, batch["id"])
+    assert (done["status"], done["success"], done["failed"]) == ("completed", 4, 5), done
+    every = await details(alice, batch["id"])
+    assert [d["row"] for d in every] == list(range(2, 11))
+    assert [d["item_id"] for d in every] == [
+        999_999, bobs, t[0], t[1], elsewhere, t[0], t[2], t[3], t[4]
+    ]  # fmt: skip
+    failed = {d["row"]: d["error"] for d in every if d["status"] == "failed"}
+    assert failed == {
+        2: "row 2: Task 999999 does not exist.",
+        3: f"row 3: Task {bobs} does not exist.",
+        6: f"row 6: Task {elsewhere} is at step Finance check, not at step Manager "
+        "approval like this sheet.",
+        7: f"row 7: task {t[0]} is already in row 4",
+        9: "row 9: Category must be one of travel, meals, other",
+    }
+    category = next(x for x in h if x.startswith("Category"))
+    assert dict(every[7]["payload"]["cells"])[category] == "boat"
+    assert (await instance_of(sessionmaker, t[2])).status == "rejected"
+    moved = [await instance_of(sessionmaker, tid) for tid in (t[0], t[1], t[4])]
+    assert [(i.current_node_id, i.form_data["category"]) for i in moved] == [
+        ("finance", "travel"), ("finance", "meals"), ("finance", "travel")
+    ]  # fmt: skip
+
+
+async def test_round_trip_with_every_row_error(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    s = await expense_setup(sessionmaker, admin, alice, bob, 9)
+    t = s.task_ids
+    elsewhere, bobs = await strangers(sessionmaker, admin, alice, bob, s.definition)
+    r = await approve(alice, t[7], form_data={"category": "meals"})  # no longer pending
+    assert r.status_code == 200, r.text
     h = manager_headers(s.definition)
     rows = [
         row_of(h, **{"Task ID": t[0], "Category": "travel", "Decision": "approve"}),  # 2
@@ -358,8 +435,14 @@ async def test_zip_bomb_is_refused_before_extraction(
     [{"max_upload_bytes": 60_000, "max_import_rows": 3, "max_zip_members": 12}],
 )
 async def test_limits(
-    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+    tiny_pages: None,
 ) -> None:
+    """(In pages of two rows: the row limit is hit after a page was already checked and
+    spooled, and still nothing is written.)"""
     s = await expense_setup(sessionmaker, admin, alice, bob, 4)
     h = manager_headers(s.definition)
     rows = [

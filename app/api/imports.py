@@ -1,10 +1,11 @@
 """POST /api/v1/batches/import: a filled approval template becomes a ``task.approve``
 batch with one detail per row (DESIGN.md §4 "Excel template").
 
-The file is checked and read in a thread (openpyxl read-only, so memory stays flat and
-the event loop keeps serving); every row is validated as an approval would be before
-the batch is written, in the request's one transaction — a rejected upload writes
-nothing."""
+The flow is ``app.excel.importer.import_batch``: the file is read a page of rows at a
+time in a thread (openpyxl read-only; the event loop keeps serving), each page checked
+as approvals would be and spooled to disk, then the batch is written — memory stays
+flat whatever the number of rows, and a rejected upload writes nothing (one
+transaction)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,9 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import CurrentUser, SessionDep, SettingsDep
 from app.batches import service
-from app.batches.resolve import Resolved
-from app.errors import AppError, NotFound, TooLarge, ValidationFailed
-from app.excel import error_file
-from app.excel.importer import Parsed, parse_upload, validate
-from app.operations import get_operation
-from app.schemas.batch import BatchCreate, BatchOut, Priority
+from app.errors import AppError, NotFound, TooLarge
+from app.excel import error_file, importer
+from app.schemas.batch import BatchOut, Priority
 from app.schemas.common import IdPath, error_responses
 
 router = APIRouter(prefix="/api/v1", tags=["batches"])
@@ -75,30 +73,13 @@ async def import_batch(
     file: Annotated[UploadFile, File(description="The .xlsx workbook or .zip of workbooks.")],
     priority: Annotated[Priority, Form()] = Priority.NORMAL,
 ) -> BatchOut:
-    """Parse (in a thread), validate every row, then create the batch with its rows."""
+    """Check the size, then read, check and write the rows page by page."""
     size = file.size if file.size is not None else await asyncio.to_thread(_size_of, file)
     if size > settings.max_upload_bytes:
         raise TooLarge(
             f"The file is larger than the upload limit of {settings.max_upload_bytes} bytes."
         )
-    parsed: Parsed = await asyncio.to_thread(parse_upload, file.file, settings)
-    if not parsed.records:
-        raise ValidationFailed(
-            "The file holds no task rows.", fields=[{"loc": ["file"], "msg": "no task rows"}]
-        )
-    listed = await validate(session, user, parsed)
-    resolved = Resolved(
-        op=get_operation("task.approve"),
-        params={},
-        listed=listed,
-        filter=None,
-        total=len(listed),
-        seed_until=0,
-        source="excel",
-        is_single=parsed.is_single,
-    )
-    req = BatchCreate(type="task.approve", ids=[], priority=priority, params={})
-    batch, _created = await service.create_batch(session, settings, user, req, resolved=resolved)
+    batch = await importer.import_batch(session, settings, user, file.file, priority)
     return service.to_out(batch)
 
 

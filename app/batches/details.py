@@ -11,7 +11,7 @@ from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select,
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches.resolve import Listed
+from app.batches.resolve import Listed, ListedSource
 from app.batches.state import DetailStatus
 from app.db.base import utcnow
 from app.db.bulk import insert_rows, update_rows
@@ -41,30 +41,29 @@ class Seeded:
 
 
 async def create_details(
-    session: AsyncSession, batch: Batch, creator: User, op: Operation, listed: Listed
+    session: AsyncSession, batch: Batch, creator: User, op: Operation, listed: ListedSource
 ) -> Seeded:
-    """Insert one detail per listed item: pending, with its item locked for a locking
-    operation — or already decided: a pre-failed row with its error, or an item the
-    creator may not lock (``ItemLock.acquire``) with the reason (failed or ignored)."""
+    """Insert one detail per listed item, a page at a time: pending, with its item locked
+    for a locking operation — or already decided: a pre-failed row with its error, or an
+    item the creator may not lock (``ItemLock.acquire``) with the reason (failed or
+    ignored)."""
     decided: Counter[str] = Counter()
-    ids = listed.item_ids
-    for start in range(0, len(ids), INSERT_PAGE):
-        stop = min(start + INSERT_PAGE, len(ids))
-        pre = {
-            i: listed.errors[i] for i in range(start, stop) if listed.errors and listed.errors[i]
-        }
-        lockable = [ids[i] for i in range(start, stop) if i not in pre]
+    count, last = 0, None
+    for page in listed.pages(INSERT_PAGE):
+        ids, errors = page.item_ids, page.errors
+        pre = {i: errors[i] for i in range(len(ids)) if errors and errors[i]}
+        lockable = [ids[i] for i in range(len(ids)) if i not in pre]
         refused = await op.lock.acquire(session, batch.id, creator, lockable) if op.lock else {}
         now = utcnow()
         values = []
-        for i in range(start, stop):
-            outcome = Outcome("failed", pre[i]) if i in pre else refused.get(ids[i])
+        for i, item_id in enumerate(ids):
+            outcome = Outcome("failed", pre[i]) if i in pre else refused.get(item_id)
             values.append(
                 {
                     "batch_id": batch.id,
-                    "item_id": ids[i],
-                    "row": listed.rows[i] if listed.rows else None,
-                    "payload": listed.payloads[i] if listed.payloads else None,
+                    "item_id": item_id,
+                    "row": page.rows[i] if page.rows else None,
+                    "payload": page.payloads[i] if page.payloads else None,
                     "status": outcome.status if outcome else DetailStatus.PENDING,
                     "error": outcome.error if outcome else None,
                     "retry_count": 0,
@@ -74,7 +73,9 @@ async def create_details(
             if outcome:
                 decided[outcome.status] += 1
         await insert_rows(session, _details, values)
-    return Seeded(len(ids), max(ids, default=None), decided["failed"], decided["ignored"])
+        count += len(ids)
+        last = max(max(ids, default=0), last or 0) or None
+    return Seeded(count, last, decided["failed"], decided["ignored"])
 
 
 async def create_details_from(

@@ -71,9 +71,8 @@ async def _decide(
 
 async def _chunks(session: AsyncSession, user: User, r: Resolved) -> AsyncIterator[list[int]]:
     if r.listed is not None:
-        ids = r.listed.item_ids
-        for start in range(0, len(ids), DRY_CHUNK):
-            yield ids[start : start + DRY_CHUNK]
+        for listed in r.listed.pages(DRY_CHUNK):
+            yield listed.item_ids
         return
     after = 0
     while True:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +34,26 @@ class Listed:
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    def pages(self, size: int) -> Iterator[Listed]:
+        """The items ``size`` at a time, in order."""
+        for start in range(0, len(self), size):
+            window = slice(start, start + size)
+            yield Listed(
+                self.item_ids[window],
+                self.rows[window] if self.rows is not None else None,
+                self.payloads[window] if self.payloads is not None else None,
+                self.errors[window] if self.errors is not None else None,
+            )
+
+
+class ListedSource(Protocol):
+    """Listed targets however they are held: a ``Listed`` in memory, or a spool on disk
+    (``app.batches.spool``) for sources too big to hold, such as an Excel import."""
+
+    def __len__(self) -> int: ...
+
+    def pages(self, size: int) -> Iterator[Listed]: ...
+
 
 @dataclass
 class Resolved:
@@ -41,7 +62,7 @@ class Resolved:
 
     op: Operation
     params: dict[str, Any]
-    listed: Listed | None
+    listed: ListedSource | None
     filter: dict[str, Any] | None
     total: int
     seed_until: int
@@ -71,7 +92,7 @@ async def resolve(
                 fields=[{"loc": ["start_at"], "msg": "must be in the next 30 days"}],
             )
     flt: dict[str, Any] | None = None
-    listed: Listed | None = None
+    listed: ListedSource | None = None
     seed_until = 0
     exact = True
     if req.ids is not None:

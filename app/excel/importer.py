@@ -2,13 +2,16 @@
 one row per task, or a .zip of vertical per-task workbooks, becomes the rows of a
 ``task.approve`` batch.
 
-Two steps. ``parse_upload`` (blocking, run in a thread) checks the file — a zip at all,
-member count and declared uncompressed size *before* anything is extracted (zip bombs;
-``zipfile`` never inflates a member past its declared size), row count — and reads the
-first sheet with openpyxl's read-only mode, so memory stays flat whatever the sheet
-holds. ``validate`` then checks every row as an approval would be checked, with the
-engine's own dry run, so a row's error is exactly the sentence the batch would have
-given, prefixed with its row ("row 7: Category must be one of travel, meals, other").
+``import_batch`` streams: ``open_upload`` (blocking, run in a thread) checks the file —
+a zip at all, member count and declared uncompressed size *before* anything is
+extracted (zip bombs; ``zipfile`` never inflates a member past its declared size), the
+header row — and then yields the rows from openpyxl's read-only mode a page at a time;
+``RowChecker`` checks each page as an approval would be checked, with the engine's own
+dry run, so a row's error is exactly the sentence the batch would have given, prefixed
+with its row ("row 7: Category must be one of travel, meals, other"); the checked page
+goes to a spool on disk (``app.batches.spool``), and the batch is created from the
+spool. Nothing but one page and the duplicate index is in memory at a time, and
+nothing is written to the database until the whole file has been read.
 
 One sheet is for one node: its columns (``app.excel.layout``) are those of the node of
 the first row whose task the caller can see; a task at another node fails. A zip's
@@ -17,9 +20,12 @@ workbooks are one task each, so each is read against its own task's node.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import itertools
 import math
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import IO, Any
@@ -28,7 +34,9 @@ from openpyxl import load_workbook
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches.resolve import Listed
+from app.batches import service
+from app.batches.resolve import Listed, Resolved
+from app.batches.spool import ListedSpool
 from app.config import Settings
 from app.db.bulk import id_in
 from app.engine.approval import ApprovalInput, Outcome, approve_tasks
@@ -43,7 +51,9 @@ from app.excel.layout import (
     approval_columns,
     match_headers,
 )
-from app.models import ProcessDefinition, ProcessInstance, Task, User
+from app.models import Batch, ProcessDefinition, ProcessInstance, Task, User
+from app.operations import get_operation
+from app.schemas.batch import BatchCreate
 from app.schemas.common import ID_MAX, unstorable
 
 MAX_COLUMNS = 1_000
@@ -52,6 +62,9 @@ COMMENT_MAX = 2_000
 """The longest comment ``task.approve`` accepts (``ApproveParams.comment``)."""
 EXCEL_MAX_ROWS = 1_048_576
 CHECK_PAGE = 500
+READ_PAGE = 2_000
+"""Rows read by one call into the reading thread (the sheet is read, then checked, in
+turn: reading while checking only made both wait for the GIL)."""
 """Rows decided by one engine dry run (the event loop is never held long)."""
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
@@ -73,10 +86,21 @@ class Record:
 
 
 @dataclass
-class Parsed:
-    records: list[Record]
+class Upload:
+    """An opened upload whose task records are read on demand — a page at a time, so a
+    sheet of any length is never held whole. Blocking: call ``next_page`` in a thread.
+    Close it when done (it holds the workbook or zip open)."""
+
     is_single: bool
     """The zip format (one vertical workbook per task)."""
+    records: Iterator[Record]
+    closing: Callable[[], None]
+
+    def next_page(self, size: int) -> list[Record]:
+        return list(itertools.islice(self.records, size))
+
+    def close(self) -> None:
+        self.closing()
 
 
 @dataclass
@@ -91,6 +115,41 @@ class _Row:
     duplicate: bool = False
 
 
+# --------------------------------------------------------------------------- the flow
+
+
+async def import_batch(
+    session: AsyncSession, settings: Settings, user: User, data: IO[bytes], priority: str
+) -> Batch:
+    """The upload as a ``task.approve`` batch with one detail per task row (in the
+    caller's transaction: a rejected upload writes nothing)."""
+    upload = await asyncio.to_thread(open_upload, data, settings)
+    try:
+        spool = await read_upload(session, user, upload)
+    finally:
+        upload.close()
+    with spool:
+        if not len(spool):
+            raise ValidationFailed(
+                "The file holds no task rows.", fields=[{"loc": ["file"], "msg": "no task rows"}]
+            )
+        resolved = Resolved(
+            op=get_operation("task.approve"),
+            params={},
+            listed=spool,
+            filter=None,
+            total=len(spool),
+            seed_until=0,
+            source="excel",
+            is_single=upload.is_single,
+        )
+        req = BatchCreate(type="task.approve", ids=[], priority=priority, params={})
+        batch, _created = await service.create_batch(
+            session, settings, user, req, resolved=resolved
+        )
+    return batch
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -98,10 +157,12 @@ def _bad_file(detail: str) -> ValidationFailed:
     return ValidationFailed(detail, fields=[{"loc": ["file"], "msg": detail}])
 
 
-def parse_upload(data: IO[bytes], settings: Settings) -> Parsed:
-    """Read an uploaded .xlsx or .zip (blocking: call it in a thread). 422 for anything
-    that is not one of them, 413 past the row / member / uncompressed-size limits;
-    nothing is extracted before the declared sizes are checked."""
+def open_upload(data: IO[bytes], settings: Settings) -> Upload:
+    """Open an uploaded .xlsx or .zip (blocking: call it in a thread). 422 for anything
+    that is not one of them, 413 past the member / uncompressed-size limits; nothing is
+    extracted before the declared sizes are checked. The header row (or the zip's list
+    of workbooks) is checked here; the rows are read by ``Upload.next_page`` (413 past
+    the row limit while reading)."""
     data.seek(0)
     magic = data.read(4)
     data.seek(0)
@@ -118,17 +179,25 @@ def parse_upload(data: IO[bytes], settings: Settings) -> Parsed:
         archive = zipfile.ZipFile(data)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise _bad_file("The file is not a readable .xlsx workbook or .zip.") from exc
-    with archive:
+    try:
         budget = _Budget(settings.max_uncompressed_bytes)
         _check_members(archive, settings, budget, "The upload")
         names = set(archive.namelist())
-        if "xl/workbook.xml" in names or "[Content_Types].xml" in names:
-            wb = _open_workbook(data)
-            try:
-                return Parsed(_horizontal(wb.worksheets[0], settings.max_import_rows), False)
-            finally:
-                wb.close()
-        return Parsed(_zip_of_workbooks(archive, settings, budget), True)
+        if "xl/workbook.xml" not in names and "[Content_Types].xml" not in names:
+            members = _workbook_members(archive, settings)
+            records = _zip_of_workbooks(archive, members, settings, budget)
+            return Upload(True, records, archive.close)
+    except BaseException:
+        archive.close()
+        raise
+    archive.close()
+    wb = _open_workbook(data)
+    try:
+        records = _horizontal(wb.worksheets[0], settings.max_import_rows)
+    except BaseException:
+        wb.close()
+        raise
+    return Upload(False, records, wb.close)
 
 
 @dataclass
@@ -192,8 +261,9 @@ def _header(value: Any) -> str | None:
     return None if _blank(value) else str(value).strip()
 
 
-def _horizontal(sheet: Any, limit: int) -> list[Record]:
-    """One task per row; headers in row 1 (trailing blank ones dropped)."""
+def _horizontal(sheet: Any, limit: int) -> Iterator[Record]:
+    """One task per row; headers in row 1 (trailing blank ones dropped), checked now;
+    the rows are read as the records are asked for."""
     first = next(_rows(sheet, first=1, last=1, width=MAX_COLUMNS + 1), None)
     headers = [_header(h) for h in first or ()]
     while headers and headers[-1] is None:
@@ -207,22 +277,22 @@ def _horizontal(sheet: Any, limit: int) -> list[Record]:
     return _horizontal_rows(rows, headers, limit)
 
 
-def _horizontal_rows(rows: Any, headers: list[str | None], limit: int) -> list[Record]:
-    records: list[Record] = []
+def _horizontal_rows(rows: Any, headers: list[str | None], limit: int) -> Iterator[Record]:
+    count = 0
     width = len(headers)
     for number, values in enumerate(rows, start=2):
         values = values[:width]
         if all(_blank(v) for v in values):
             continue
-        if len(records) >= limit:
+        if count >= limit:
             raise TooLarge(f"The sheet holds more than {limit} task rows (BATCH_MAX_IMPORT_ROWS).")
+        count += 1
         cells = [
             (h, _plain(values[i] if i < len(values) else None))
             for i, h in enumerate(headers)
             if h is not None
         ]
-        records.append(Record(number, f"row {number}", cells))
-    return records
+        yield Record(number, f"row {number}", cells)
 
 
 def _require_columns(headers: list[str | None], what: str) -> None:
@@ -234,10 +304,9 @@ def _require_columns(headers: list[str | None], what: str) -> None:
         raise _bad_file(f"{what} has no {names} column; it is not an approval template.")
 
 
-def _zip_of_workbooks(
-    archive: zipfile.ZipFile, settings: Settings, budget: _Budget
-) -> list[Record]:
-    """One vertical workbook per task (Field | Value), in zip order."""
+def _workbook_members(archive: zipfile.ZipFile, settings: Settings) -> list[zipfile.ZipInfo]:
+    """The zip's workbooks, in zip order (folders, macOS resource forks and Excel's
+    ``~$`` lock files skipped); 422 for none, 413 past the row limit."""
     members = [
         m
         for m in archive.infolist()
@@ -253,7 +322,16 @@ def _zip_of_workbooks(
             f"The zip holds {len(members)} workbooks; the limit is "
             f"{settings.max_import_rows} task rows (BATCH_MAX_IMPORT_ROWS)."
         )
-    records: list[Record] = []
+    return members
+
+
+def _zip_of_workbooks(
+    archive: zipfile.ZipFile,
+    members: list[zipfile.ZipInfo],
+    settings: Settings,
+    budget: _Budget,
+) -> Iterator[Record]:
+    """One vertical workbook per task (Field | Value), read as the records are asked for."""
     for position, member in enumerate(members, start=1):
         name = member.filename.rsplit("/", 1)[-1]
         try:
@@ -275,9 +353,8 @@ def _zip_of_workbooks(
         finally:
             wb.close()
         _require_columns([h for h, _ in cells], name)
-        records.append(Record(position, f"row {position} ({name})", cells))
         del raw
-    return records
+        yield Record(position, f"row {position} ({name})", cells)
 
 
 def _vertical_cells(sheet: Any) -> list[tuple[str, Any]]:
@@ -323,62 +400,101 @@ class _TaskInfo:
     assignee_id: int | None
 
 
-async def validate(session: AsyncSession, user: User, parsed: Parsed) -> Listed:
-    """Every record as an approval: valid ones become pending items with their row
-    payload, the others pre-failed items with "row N: <why>" — all with the row's
-    original cells (``payload["cells"]``) so the error file can repeat them."""
-    rows = [_Row(r) for r in parsed.records]
-    first_row: dict[int, int] = {}
-    for row in rows:
-        _parse_task_id(row)
-        if row.task_id is not None and row.error is None:
-            earlier = first_row.setdefault(row.task_id, row.record.row)
-            if earlier != row.record.row:
-                row.error = f"task {row.task_id} is already in row {earlier}"
-                row.duplicate = True
-    infos = await _task_infos(session, [r.task_id for r in rows if r.task_id is not None])
-    visible = {
-        tid: info
-        for tid, info in infos.items()
-        if user.is_admin or (info.assignee_id is not None and info.assignee_id == user.id)
-    }
-    layouts = _Layouts(session)
-    sheet_node: tuple[int, str] | None = None
-    if not parsed.is_single:
-        sheet_node = next(
-            (
-                (visible[r.task_id].definition_id, visible[r.task_id].node_id)
-                for r in rows
-                if r.task_id in visible
-            ),
-            None,
-        )
-    for row in rows:
+async def read_upload(session: AsyncSession, user: User, upload: Upload) -> ListedSpool:
+    """Every record of ``upload`` checked (``RowChecker``), a page at a time, into a
+    spool: memory stays flat whatever the number of rows. The caller closes the spool."""
+    checker = RowChecker(session, user, upload.is_single)
+    spool = ListedSpool()
+    try:
+        while records := await asyncio.to_thread(upload.next_page, READ_PAGE):
+            for start in range(0, len(records), CHECK_PAGE):
+                spool.append(await checker.check(records[start : start + CHECK_PAGE]))
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+class RowChecker:
+    """Checks records as approvals, page by page in sheet order, remembering across
+    pages what a row is compared with: the first row of each task (a later one is a
+    duplicate) and the sheet's node (that of the first row whose task the caller can
+    see)."""
+
+    def __init__(self, session: AsyncSession, user: User, is_single: bool) -> None:
+        self.session = session
+        self.user = user
+        self.is_single = is_single
+        self.first_row: dict[int, int] = {}
+        self.layouts = _Layouts(session)
+        self.sheet_node: tuple[int, str] | None = None
+        self.matched: dict[tuple[tuple[int, str] | None, tuple[str, ...]], dict[int, Column]] = {}
+
+    async def check(self, records: list[Record]) -> Listed:
+        """Valid records become pending items with their row payload, the others
+        pre-failed items with "row N: <why>" — all with the row's original cells
+        (``payload["cells"]``) so the error file can repeat them."""
+        rows = [_Row(r) for r in records]
+        for row in rows:
+            _parse_task_id(row)
+            if row.task_id is not None and row.error is None:
+                earlier = self.first_row.setdefault(row.task_id, row.record.row)
+                if earlier != row.record.row:
+                    row.error = f"task {row.task_id} is already in row {earlier}"
+                    row.duplicate = True
+        session, user = self.session, self.user
+        infos = await _task_infos(session, [r.task_id for r in rows if r.task_id is not None])
+        visible = {
+            tid: info
+            for tid, info in infos.items()
+            if user.is_admin or (info.assignee_id is not None and info.assignee_id == user.id)
+        }
+        if not self.is_single and self.sheet_node is None:
+            self.sheet_node = next(
+                (
+                    (visible[r.task_id].definition_id, visible[r.task_id].node_id)
+                    for r in rows
+                    if r.task_id in visible
+                ),
+                None,
+            )
+        for row in rows:
+            await self._read_row(row, visible)
+        await _engine_check(session, user, rows)
+        listed = Listed(item_ids=[], rows=[], payloads=[], errors=[])
+        assert listed.rows is not None and listed.payloads is not None
+        assert listed.errors is not None
+        for row in rows:
+            listed.item_ids.append(row.task_id or 0)
+            listed.rows.append(row.record.row)
+            row.payload["cells"] = [[h, v] for h, v in row.record.cells if h != ERROR]
+            listed.payloads.append(row.payload)
+            listed.errors.append(f"{row.record.where}: {row.error}" if row.error else None)
+        return listed
+
+    async def _columns_of(self, node: tuple[int, str] | None, record: Record) -> dict[int, Column]:
+        """Position in the record → column of ``node``'s layout (the headers of a sheet
+        are the same on every row: matched once)."""
+        headers = tuple(h for h, _ in record.cells)
+        key = (node, headers)
+        if key not in self.matched:
+            self.matched[key] = match_headers(list(headers), await self.layouts.columns(node))
+        return self.matched[key]
+
+    async def _read_row(self, row: _Row, visible: dict[int, _TaskInfo]) -> None:
+        """The row's payload by its node's columns (the sheet's, or in a zip its own
+        task's), and its error if its task is at another node than the sheet's."""
         tid = row.task_id
         own = visible.get(tid) if tid is not None else None
-        node = (
-            sheet_node
-            if not parsed.is_single
-            else ((own.definition_id, own.node_id) if own else None)
-        )
-        columns = await layouts.columns(node)
-        _read_payload(row, columns)
         here = (own.definition_id, own.node_id) if own else None
+        node = here if self.is_single else self.sheet_node
+        _read_payload(row, await self._columns_of(node, row.record))
         if row.error is None and here is not None and node is not None and here != node:
+            layouts = self.layouts
             row.error = (
                 f"Task {tid} is at step {await layouts.node_name(here)}, not at step "
                 f"{await layouts.node_name(node)} like this sheet."
             )
-    await _engine_check(session, user, rows)
-    listed = Listed(item_ids=[], rows=[], payloads=[], errors=[])
-    assert listed.rows is not None and listed.payloads is not None and listed.errors is not None
-    for row in rows:
-        listed.item_ids.append(row.task_id or 0)
-        listed.rows.append(row.record.row)
-        row.payload["cells"] = [[h, v] for h, v in row.record.cells if h != ERROR]
-        listed.payloads.append(row.payload)
-        listed.errors.append(f"{row.record.where}: {row.error}" if row.error else None)
-    return listed
 
 
 def _parse_task_id(row: _Row) -> None:
@@ -397,11 +513,11 @@ def _parse_task_id(row: _Row) -> None:
     row.task_id = value
 
 
-def _read_payload(row: _Row, columns: list[Column]) -> None:
-    """The row's decision, comment and write-field values (a blank cell leaves a field
-    as it is); a bad decision or an unstorable value is the row's error."""
+def _read_payload(row: _Row, found: dict[int, Column]) -> None:
+    """The row's decision, comment and write-field values (``found``: the position of
+    each known column; a blank cell leaves a field as it is); a bad decision or an
+    unstorable value is the row's error."""
     cells = row.record.cells
-    found = match_headers([h for h, _ in cells], columns)
     form_data: dict[str, Any] = {}
     decision: str | None = None
     comment: Any = None
