@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     """arq ``max_jobs`` per priority queue of one ``batchd worker``."""
     jobs_per_batch: int = Field(default=4, ge=1)
     """Execute jobs started per batch (parallel chunks of one batch; 1 on SQLite)."""
+    seed_lanes: int = Field(default=2, ge=1, le=16)
+    """Seed jobs that seed one filter batch's pages at once, each on its own connection
+    (PostgreSQL; 1 on SQLite, whose writers take turns anyway)."""
     slice_seconds: float = Field(default=15, gt=0)
     """An execute job hands its batch back to the queue after this long (fairness)."""
     auto_retry_delay: float = Field(default=60, ge=0)

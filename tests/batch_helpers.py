@@ -7,13 +7,34 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.queue.backend import QueueBackend, Wakeup
+from app.queue.context import JobContext
 from tests.conftest import Actor
 from tests.factories import bulk_tasks, create_definition, expense_definition
 
 FINAL = ("completed", "cancelled", "aborted")
+
+
+class RecordingQueue(QueueBackend):
+    """A queue that keeps the wake-ups instead of sending them (nothing runs by itself)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Wakeup] = []
+
+    async def enqueue(self, wakeup: Wakeup) -> None:
+        self.sent.append(wakeup)
+
+
+def recording_context(app: FastAPI) -> tuple[JobContext, RecordingQueue]:
+    """The app's job context with its queue replaced by a ``RecordingQueue``: a test runs
+    a job by hand and sees what it would have enqueued."""
+    base: JobContext = app.state.jobs
+    queue = RecordingQueue()
+    return JobContext(base.settings, base.sessionmaker, queue, base.progress, base.semaphore), queue
 
 
 @dataclass

@@ -72,11 +72,16 @@ async def test_stream_reports_progress_then_end(
         batch_id = r.json()["id"]
         assert r.json()["status"] == "suspended"
         url = f"/api/v1/batches/{batch_id}/events"
-        streaming = asyncio.create_task(collect(client, url, alice.headers))
-        await asyncio.sleep(0.3)
-        r = await client.post(f"/api/v1/batches/{batch_id}/activate", headers=alice.headers)
-        assert r.status_code == 200, r.text
-        events = await streaming
+        async with client.stream("GET", url, headers=alice.headers) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            reader = Reader(stream)
+            first = await reader.next(30)  # connected: the state it is in, at once
+            assert first is not None
+            r = await client.post(f"/api/v1/batches/{batch_id}/activate", headers=alice.headers)
+            assert r.status_code == 200, r.text
+            events = [first]
+            while (e := await reader.next(60, pings=True)) is not None:
+                events.append(e)
 
         kinds = [e["event"] for e in events if e["event"] != ":"]
         assert kinds[0] == "progress" and kinds[-1] == "end"

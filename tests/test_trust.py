@@ -17,9 +17,7 @@ from app.batches.monitor import monitor
 from app.batches.state import BatchStatus
 from app.config import Settings
 from app.models import Batch, Task
-from app.queue.backend import QueueBackend, Wakeup
-from app.queue.context import JobContext
-from tests.batch_helpers import create, details, expense_setup, wait_for
+from tests.batch_helpers import create, details, expense_setup, recording_context, wait_for
 from tests.conftest import Actor
 from tests.factories import approve
 
@@ -178,14 +176,6 @@ def test_every_state_has_a_way_forward() -> None:
     )
 
 
-class _Recorder(QueueBackend):
-    def __init__(self) -> None:
-        self.sent: list[Wakeup] = []
-
-    async def enqueue(self, wakeup: Wakeup) -> None:
-        self.sent.append(wakeup)
-
-
 @pytest.mark.external_workers
 @pytest.mark.parametrize("status", ["created", "suspended", "completed", "cancelled"])
 async def test_a_monitor_stops_on_a_state_it_cannot_move(
@@ -203,10 +193,6 @@ async def test_a_monitor_stops_on_a_state_it_cannot_move(
     async with sessionmaker() as s:
         await s.execute(update(Batch).where(Batch.id == batch["id"]).values(status=status))
         await s.commit()
-    ctx: JobContext = app.state.jobs
-    recorder = _Recorder()
-    await monitor(
-        JobContext(ctx.settings, ctx.sessionmaker, recorder, ctx.progress, ctx.semaphore),
-        batch["id"],
-    )
+    ctx, recorder = recording_context(app)
+    await monitor(ctx, batch["id"])
     assert recorder.sent == []

@@ -16,7 +16,7 @@ from app.batches import service, state
 from app.batches.state import BatchStatus, DetailStatus
 from app.db.base import utcnow
 from app.errors import AppError
-from app.models import Batch, BatchDetail, Task
+from app.models import Batch, BatchDetail, SeedClaim, Task
 from app.queue.backend import request_wakeup
 from app.queue.context import JobContext
 
@@ -164,6 +164,7 @@ async def purge(ctx: JobContext) -> None:
                 update(Task).where(Task.locked_by_batch_id.in_(old)).values(locked_by_batch_id=None)
             )
             await session.execute(delete(BatchDetail).where(BatchDetail.batch_id.in_(old)))
+            await session.execute(delete(SeedClaim).where(SeedClaim.batch_id.in_(old)))
             await session.execute(delete(Batch).where(Batch.id.in_(old)))
             log.info("purged %s finished batches", len(old))
         stale = (

@@ -1,11 +1,21 @@
 """seed(batch_id): turn a filter into details page by page, then start execution.
 
-A page of ``jobs_per_seed × chunk_size`` items is one short transaction: it inserts the
-details, takes the item locks and advances ``seed_cursor`` — conditionally on the
-cursor it started from, so two copies of this job never seed the same page twice. One
-invocation seeds pages for up to ``SEED_SLICE_S``, then re-enqueues itself. Memory stays
-flat and no transaction grows with the batch. Execution starts after the first page,
-alongside seeding.
+A page is at most ``jobs_per_seed × chunk_size`` items, seeded in two short
+transactions. The **claim** moves ``seed_cursor`` past the page under the batch-row
+lock and records the page as a ``SeedClaim`` (after_id, until_id]. The **page** takes
+one unclaimed-and-unlocked claim (``FOR UPDATE SKIP LOCKED``), inserts its details
+(applying the operation on the way where it may: ``details.create_details_from``),
+deletes the claim and adds its counts to the batch — all in one transaction, so a page
+is seeded exactly once: a lane that dies leaves its claim to the next seed job, never a
+half page.
+
+So several seed jobs — ``BATCH_SEED_LANES`` on PostgreSQL, each on its own connection
+— seed one batch side by side; the first claim enqueues the other lanes. Seeding is
+done when no claim is left and nothing matches after the cursor; the transaction that
+sees it (under the batch-row lock, so two lanes finishing together cannot both miss
+it) marks it and wakes the executors. One invocation seeds page after page for up to
+``SEED_SLICE_S``, then re-enqueues itself; memory stays flat and no transaction grows
+with the batch.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +33,7 @@ from app.batches import details, locks, state
 from app.batches.state import RUNNABLE, STARTING, BatchStatus
 from app.db.base import utcnow
 from app.engine.logs import write_action_log
-from app.models import Batch, BatchDetail, User
+from app.models import Batch, BatchDetail, SeedClaim, User
 from app.operations import BatchRun, Operation, get_operation, targets
 from app.queue.backend import Wakeup, request_wakeup
 from app.queue.context import JobContext
@@ -37,9 +47,9 @@ SEED_RETRY_DELAY_S = 1.0
 
 
 SEED_SLICE_S = 1.0
-"""One invocation seeds page after page (each its own short transaction) for up to this
-long, then hands the rest back to the queue: no queue hop between pages, and no seed job
-holds a worker slot for long."""
+"""One invocation seeds page after page (each its own short transactions) for up to
+this long, then hands the rest back to the queue: no queue hop between pages, and no
+seed job holds a worker slot for long."""
 
 
 @dataclass(frozen=True)
@@ -74,137 +84,202 @@ async def seed(ctx: JobContext, batch_id: int) -> None:
 
 
 async def seed_page(ctx: JobContext, batch_id: int) -> SeededPage | None:
-    """Seed one page (or start an id-list batch, whose details exist already). Returns
-    None when there is nothing to do (batch gone, final, or another seeder got there
-    first). After the first page and after the last, wakes the batch's executors and
+    """Claim the next page, then seed one claimed page (or start an id-list batch, whose
+    details exist already). Returns None when this lane has nothing to do (batch gone,
+    final or scheduled; every page claimed and the claims left are being seeded by other
+    lanes). After the first page and after the last, wakes the batch's executors and
     monitor (``state.execution_wakeups``), sent once the page is committed."""
+    claimed = await _claim(ctx, batch_id)
+    if claimed is not None:
+        return claimed if isinstance(claimed, SeededPage) else None
+    return await _seed_claimed(ctx, batch_id)
+
+
+_NOTHING = object()
+"""``_claim``'s answer when the lane has nothing to do at all."""
+
+
+async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | object | None:
+    """The claim transaction: under the batch-row lock, start an id-list batch, resolve
+    or count a filter before its first page (refusing it over ``BATCH_MAX_ITEMS``), and
+    claim the page after ``seed_cursor`` if anything matches there. None: go on to seed
+    a claimed page; a ``SeededPage``: what happened instead; ``_NOTHING``: stop."""
     async with ctx.unit() as session:
-        await locks.exclude_seeding(session, batch_id)
-        batch = await session.get(Batch, batch_id)
+        await locks.share_seeding(session, batch_id)
+        batch = await state.lock_batch(session, batch_id)
         if batch is None or state.is_final(batch.status):
-            return None
+            return _NOTHING
         if batch.status == BatchStatus.SCHEDULED:
-            return None  # not yet: the schedule cron creates it when its time comes
-        now = utcnow()
+            return _NOTHING  # not yet: the schedule cron creates it when its time comes
         if batch.seeding_done:
-            # Id-list batch (details made at creation) or a re-delivered seed job.
-            started = await session.scalar(
-                update(Batch)
-                .where(Batch.id == batch_id, Batch.status.in_(state.statuses(STARTING)))
-                .values(
-                    status=BatchStatus.RUNNING,
-                    started_at=func.coalesce(Batch.started_at, now),
-                    updated_at=now,
-                    progress_seq=Batch.progress_seq + 1,
-                )
-                .returning(Batch.status)
-            )
-            if started is not None:
-                _request_execution(ctx, session, batch_id, batch.priority)
-            return SeededPage(batch.priority, done=True)
+            return await _start_listed(ctx, session, batch)
         op = get_operation(batch.type)
         creator = await session.get(User, batch.creator_id)
         assert creator is not None
-        cursor, priority = batch.seed_cursor, batch.priority
+        cursor = batch.seed_cursor
         exact: int | None = None
         if not batch.targets_resolved:
             if batch.status not in STARTING:
-                return None  # suspended before it started: resolved once activated
+                return _NOTHING  # suspended before it started: resolved once activated
             exact = await _resolve_filter(session, batch, op, creator)
         elif cursor == 0 and batch.total >= targets.ESTIMATE_FROM:
             # The create request took the planner's estimate (``count_for_create``):
             # count exactly before the first page, so the limit holds and ``total`` is
             # right from the start.
             exact, _ = await op.target.count(session, creator, batch.filter or {})
-            await session.execute(
-                update(Batch)
-                .where(Batch.id == batch_id, Batch.seed_cursor == 0)
-                .values(total=exact)
-            )
+            batch.total = exact
         if exact is not None and exact > ctx.settings.max_items:
-            if not await _refuse_too_large(session, batch_id, exact, ctx.settings.max_items):
-                return None
-            refused = True
+            refused = await _refuse_too_large(session, batch_id, exact, ctx.settings.max_items)
+            if not refused:
+                return _NOTHING
+            stop = SeededPage(batch.priority, done=True, stop=True)
         else:
-            refused = False
-            seeded_page = await _seed_next_page(ctx, session, batch, op, creator, cursor, now)
-            if seeded_page is None:
+            stop = None
+            page_size = min(batch.chunk_size * ctx.settings.jobs_per_seed, MAX_PAGE)
+            page = op.target.page_after(
+                creator, batch.filter or {}, after=cursor, until=batch.seed_until, limit=page_size
+            ).subquery()
+            count, last = (await session.execute(select(func.count(), func.max(page.c.id)))).one()
+            if count:
+                session.add(SeedClaim(batch_id=batch_id, after_id=cursor, until_id=last))
+                batch.seed_cursor = last
+                if cursor == 0:
+                    _request_lanes(ctx, session, batch)
+    if stop is not None:
+        await ctx.progress.publish(batch_id)
+    return stop
+
+
+async def _start_listed(ctx: JobContext, session: AsyncSession, batch: Batch) -> SeededPage:
+    """An id-list batch (details made at creation) or a re-delivered seed job: move it to
+    running and wake its executors (once)."""
+    if batch.status in STARTING:
+        state.move(batch, BatchStatus.RUNNING)
+        _request_execution(ctx, session, batch.id, batch.priority)
+    return SeededPage(batch.priority, done=True)
+
+
+async def _seed_claimed(ctx: JobContext, batch_id: int) -> SeededPage | None:
+    """The page transaction: seed one claimed page that no other lane holds, or, with
+    none left to take, finish seeding if nothing remains at all."""
+    async with ctx.unit() as session:
+        await locks.share_seeding(session, batch_id)
+        claim = await session.scalar(
+            select(SeedClaim)
+            .where(SeedClaim.batch_id == batch_id)
+            .order_by(SeedClaim.after_id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        batch = await session.get(Batch, batch_id, populate_existing=True)
+        if batch is None or state.is_final(batch.status):
+            await session.execute(delete(SeedClaim).where(SeedClaim.batch_id == batch_id))
+            return None
+        op = get_operation(batch.type)
+        creator = await session.get(User, batch.creator_id)
+        assert creator is not None
+        if claim is None:
+            locked = await state.lock_batch(session, batch_id)
+            assert locked is not None
+            if locked.seeding_done or not await _nothing_left(session, locked, op, creator):
                 return None
+            done, status, first = True, await _finish(session, batch_id), False
+        else:
+            done, status, first = await _seed_page(session, batch, op, creator, claim)
+        if status is not None and (first or done) and status in RUNNABLE:
+            _request_execution(ctx, session, batch_id, batch.priority)
+        priority = batch.priority
     await ctx.progress.publish(batch_id)
-    if refused:
-        return SeededPage(priority, done=True, stop=True)
-    return seeded_page
+    return SeededPage(priority, done)
 
 
-async def _seed_next_page(
-    ctx: JobContext,
-    session: AsyncSession,
-    batch: Batch,
-    op: Operation,
-    creator: User,
-    cursor: int,
-    now: Any,
-) -> SeededPage | None:
-    """Insert the page after ``cursor`` and advance the batch (same transaction)."""
-    batch_id = batch.id
-    page_size = min(batch.chunk_size * ctx.settings.jobs_per_seed, MAX_PAGE)
+async def _seed_page(
+    session: AsyncSession, batch: Batch, op: Operation, creator: User, claim: SeedClaim
+) -> tuple[bool, str | None, bool]:
+    """Seed ``claim``'s items and add them to the batch (its row locked last, as
+    everywhere); finish seeding if that was the last of it. Returns (done, the batch's
+    status, whether executors should start now — after a first page that left items
+    pending for them)."""
     page = op.target.page_after(
-        creator,
-        batch.filter or {},
-        after=cursor,
-        until=batch.seed_until,
-        limit=page_size,
+        creator, batch.filter or {}, after=claim.after_id, until=claim.until_id, limit=MAX_PAGE
     )
     seeded = await details.create_details_from(
         session, batch, creator, op, page, run=_fusion_run(session, batch)
     )
-    done = seeded.count < page_size
-    values: dict[str, object] = {
-        "seed_cursor": seeded.last_item_id or cursor,
-        "seeding_done": done,
-        "success": Batch.success + seeded.success,
-        "failed": Batch.failed + seeded.failed,
-        "ignored": Batch.ignored + seeded.ignored,
-        "started_at": func.coalesce(Batch.started_at, now),
-        "updated_at": now,
-        "progress_seq": Batch.progress_seq + 1,
-    }
+    await session.delete(claim)
+    now = utcnow()
     # Only a batch nobody paused or cancelled meanwhile changes status here.
-    values["status"] = case(
-        (
-            Batch.status.in_(state.statuses(STARTING)),
-            BatchStatus.RUNNING if done else BatchStatus.SEEDING,
-        ),
-        else_=Batch.status,
-    )
-    if done:
-        # The filter was counted at creation; the details are what really matched.
-        values["total"] = (
-            select(func.count())
-            .select_from(BatchDetail)
-            .where(BatchDetail.batch_id == batch_id)
-            .scalar_subquery()
-        )
     status = await session.scalar(
         update(Batch)
-        .where(
-            Batch.id == batch_id,
-            Batch.seed_cursor == cursor,
-            Batch.seeding_done.is_(False),
-            Batch.status.not_in(state.statuses(state.FINAL)),
+        .where(Batch.id == batch.id)
+        .values(
+            success=Batch.success + seeded.success,
+            failed=Batch.failed + seeded.failed,
+            ignored=Batch.ignored + seeded.ignored,
+            started_at=func.coalesce(Batch.started_at, now),
+            updated_at=now,
+            progress_seq=Batch.progress_seq + 1,
+            status=case(
+                (Batch.status.in_(state.statuses(STARTING)), BatchStatus.SEEDING),
+                else_=Batch.status,
+            ),
         )
-        .values(**values)
         .returning(Batch.status)
+        .execution_options(synchronize_session=False)
     )
-    if status is None:
-        await session.rollback()
-        return None
     # A fused page leaves only stragglers pending: executors start once seeding is
     # done instead of polling alongside it.
-    first = cursor == 0 and not seeded.fused
-    if (first or done) and status in RUNNABLE:
-        _request_execution(ctx, session, batch_id, batch.priority)
-    return SeededPage(batch.priority, done)
+    first = claim.after_id == 0 and not seeded.fused
+    locked = await session.get(Batch, batch.id, populate_existing=True)
+    assert locked is not None
+    if await _nothing_left(session, locked, op, creator):
+        return True, await _finish(session, batch.id), first
+    return False, status, first
+
+
+async def _nothing_left(session: AsyncSession, batch: Batch, op: Operation, creator: User) -> bool:
+    """No claim left (other lanes' included) and nothing matching after the cursor. Run
+    holding the batch-row lock, which every claim and every page takes before it commits:
+    of two lanes finishing together, the later one sees the other's work."""
+    await session.flush()
+    if await session.scalar(select(exists().where(SeedClaim.batch_id == batch.id))):
+        return False
+    more = op.target.page_after(
+        creator, batch.filter or {}, after=batch.seed_cursor, until=batch.seed_until, limit=1
+    )
+    return not await session.scalar(select(exists(more.subquery())))
+
+
+async def _finish(session: AsyncSession, batch_id: int) -> str | None:
+    """Seeding is over: mark it, start a batch that was starting, and set ``total`` to the
+    details that exist (the create request counted or estimated the filter)."""
+    return await session.scalar(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(
+            seeding_done=True,
+            status=case(
+                (Batch.status.in_(state.statuses(STARTING)), BatchStatus.RUNNING),
+                else_=Batch.status,
+            ),
+            total=select(func.count())
+            .select_from(BatchDetail)
+            .where(BatchDetail.batch_id == batch_id)
+            .scalar_subquery(),
+            updated_at=utcnow(),
+            progress_seq=Batch.progress_seq + 1,
+        )
+        .returning(Batch.status)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _request_lanes(ctx: JobContext, session: AsyncSession, batch: Batch) -> None:
+    """The first claim wakes the other seed lanes (PostgreSQL; SQLite has one)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for _ in range(ctx.settings.seed_lanes - 1):
+        request_wakeup(session, Wakeup("seed", batch.id, batch.priority))
 
 
 async def _resolve_filter(session: AsyncSession, batch: Batch, op: Any, creator: User) -> int:

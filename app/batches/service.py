@@ -23,7 +23,7 @@ from app.db.base import utcnow
 from app.db.pages import total_of
 from app.engine.logs import write_action_log
 from app.errors import Conflict, IdempotencyKeyReused, NotFound
-from app.models import Batch, BatchDetail, User
+from app.models import Batch, BatchDetail, SeedClaim, User
 from app.operations import get_operation
 from app.queue.backend import request_wakeup
 from app.schemas.batch import BatchCreate, BatchOut, DetailOut, DryRunOut
@@ -286,6 +286,8 @@ async def cancel(
     )
     if op.lock is not None:
         await op.lock.release_all(session, batch.id)
+    # Pages claimed but not seeded are never seeded now.
+    await session.execute(delete(SeedClaim).where(SeedClaim.batch_id == batch.id))
     await write_action_log(
         session, user.id, "batch.purged" if cascade else "batch.cancelled", batch_id=batch.id
     )

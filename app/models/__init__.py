@@ -1,6 +1,6 @@
 """ORM models. Import from here so every table is registered on ``Base.metadata``."""
 
-from app.models.batch import Batch, BatchDetail
+from app.models.batch import Batch, BatchDetail, SeedClaim
 from app.models.engine import (
     ActionLog,
     InstanceArchive,
@@ -16,6 +16,7 @@ __all__ = [
     "ActionLog",
     "Batch",
     "BatchDetail",
+    "SeedClaim",
     "InstanceArchive",
     "MonitorGrant",
     "ProcessDefinition",

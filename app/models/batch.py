@@ -83,3 +83,18 @@ class BatchDetail(Base):
     retry_count: Mapped[int] = mapped_column(default=0)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SeedClaim(Base):
+    """A page of a filter batch's items, (after_id, until_id], claimed by a seed lane and
+    not yet seeded. Claiming (moving ``batches.seed_cursor`` past the page) and seeding
+    (its details, and the operation applied where it may be) are separate short
+    transactions, so several lanes seed one batch at once; the row is deleted in the
+    transaction that seeds the page, and a claim whose lane died is taken by the next
+    seed job (``app/batches/seeding.py``). No foreign key, as for details."""
+
+    __tablename__ = "batch_seed_claims"
+
+    batch_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    after_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    until_id: Mapped[int] = mapped_column(BigId)

@@ -1,0 +1,160 @@
+"""Seed lanes (issue 13): a filter batch's pages are claimed (``SeedClaim``) and seeded
+in separate transactions, by several seed jobs at once on PostgreSQL. Every item gets
+exactly one detail and is applied once, whatever order the pages are seeded in, and a
+page claimed by a lane that died is seeded by the next seed job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.batches import seeding
+from app.models import Batch, BatchDetail, ProcessInstance, ProcessLog, SeedClaim, Task
+from app.queue.context import JobContext
+from tests.batch_helpers import create, expense_setup, recording_context, wait_for
+from tests.conftest import ON_POSTGRES, Actor
+
+APPROVE_ALL: dict[str, Any] = {
+    "type": "task.approve",
+    "filter": {"definition_key": "expense", "node_id": "manager"},
+    "params": {"decision": "approve", "form_data": {"category": "travel"}},
+}
+
+
+async def _rows(sm: async_sessionmaker[AsyncSession], batch_id: int) -> dict[str, Any]:
+    """What the database holds for the batch: details (and distinct items), claims left,
+    process logs, and the batch row's seeding state."""
+    async with sm() as s:
+        detail_rows = await s.scalar(select(func.count()).where(BatchDetail.batch_id == batch_id))
+        items = await s.scalar(
+            select(func.count(func.distinct(BatchDetail.item_id))).where(
+                BatchDetail.batch_id == batch_id
+            )
+        )
+        claims = await s.scalar(select(func.count()).where(SeedClaim.batch_id == batch_id))
+        logs = await s.scalar(select(func.count()).where(ProcessLog.batch_id == batch_id))
+        batch = await s.get(Batch, batch_id)
+        assert batch is not None
+        return {
+            "details": detail_rows,
+            "items": items,
+            "claims": claims,
+            "logs": logs,
+            "seeding_done": batch.seeding_done,
+            "status": batch.status,
+            "total": batch.total,
+        }
+
+
+async def _at_finance(sm: async_sessionmaker[AsyncSession]) -> tuple[int, int]:
+    """(instances moved to finance, pending finance tasks): each exactly once per item."""
+    async with sm() as s:
+        moved = await s.scalar(
+            select(func.count()).where(ProcessInstance.current_node_id == "finance")
+        )
+        nxt = await s.scalar(
+            select(func.count()).where(Task.node_id == "finance", Task.status == "pending")
+        )
+    return int(moved or 0), int(nxt or 0)
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"jobs_per_seed": 1, "chunk_size": 7, "seed_lanes": 4}]
+)
+async def test_pages_seeded_side_by_side_are_each_seeded_once(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """150 tasks in pages of 7, four lanes: every task approved once, one detail and one
+    log each, nothing claimed left over."""
+    await expense_setup(sessionmaker, admin, alice, bob, 150)
+    batch = await create(alice, APPROVE_ALL)
+    done = await wait_for(alice, batch["id"])
+    assert (done["status"], done["total"], done["success"]) == ("completed", 150, 150), done
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["items"], rows["claims"], rows["logs"]) == (150, 150, 0, 150)
+    assert await _at_finance(sessionmaker) == (150, 150)
+
+
+async def _seed_to_the_end(ctx: JobContext, batch_id: int) -> int:
+    """Run seed pages by hand until seeding is done; returns how many it took."""
+    for turn in range(1, 50):
+        page = await seeding.seed_page(ctx, batch_id)
+        assert page is not None
+        if page.done:
+            return turn
+    raise AssertionError("seeding never ended")
+
+
+@pytest.mark.external_workers
+@pytest.mark.parametrize("settings_overrides", [{"jobs_per_seed": 1, "chunk_size": 5}])
+async def test_pages_claimed_by_a_lane_that_died_are_seeded_by_the_next(
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """A lane claimed two pages and died before seeding them: the claims stay, the
+    cursor is past them, and the next seed job seeds them (and the rest) exactly once."""
+    await expense_setup(sessionmaker, admin, alice, bob, 23)
+    batch = await create(alice, APPROVE_ALL)
+    ctx, queue = recording_context(app)
+
+    assert await seeding._claim(ctx, batch["id"]) is None  # claims the first page
+    # On PostgreSQL the first claim wakes the other lane (BATCH_SEED_LANES=2).
+    assert [w.job for w in queue.sent] == (["seed"] if ON_POSTGRES else [])
+    assert await seeding._claim(ctx, batch["id"]) is None  # and the second; then it dies
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["claims"], rows["seeding_done"]) == (0, 2, False)
+
+    turns = await _seed_to_the_end(ctx, batch["id"])
+    assert turns == 5  # 23 items in pages of 5, the two orphans first
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["items"], rows["claims"]) == (23, 23, 0), rows
+    assert (rows["seeding_done"], rows["status"], rows["total"]) == (True, "running", 23)
+    assert "execute" in [w.job for w in queue.sent]
+    if ON_POSTGRES:  # applied while seeding, once each
+        assert rows["logs"] == 23
+        assert await _at_finance(sessionmaker) == (23, 23)
+
+
+@pytest.mark.external_workers
+@pytest.mark.skipif(not ON_POSTGRES, reason="SQLite's writers take turns: one lane at a time")
+@pytest.mark.parametrize("settings_overrides", [{"jobs_per_seed": 1, "chunk_size": 5}])
+async def test_seeding_ends_only_when_the_last_page_is_seeded(
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """Two lanes: while one holds the first page, the other seeds the second — which is
+    the end of the filter, yet seeding is not over until the first page is in."""
+    await expense_setup(sessionmaker, admin, alice, bob, 10)
+    batch = await create(alice, APPROVE_ALL)
+    ctx, _queue = recording_context(app)
+    assert await seeding._claim(ctx, batch["id"]) is None
+    assert await seeding._claim(ctx, batch["id"]) is None
+    async with sessionmaker() as lane:  # another lane is seeding the first page
+        first = await lane.scalar(
+            select(SeedClaim)
+            .where(SeedClaim.batch_id == batch["id"], SeedClaim.after_id == 0)
+            .with_for_update()
+        )
+        assert first is not None
+        page = await seeding.seed_page(ctx, batch["id"])
+        assert page is not None and not page.done
+        rows = await _rows(sessionmaker, batch["id"])
+        assert (rows["details"], rows["claims"], rows["seeding_done"]) == (5, 1, False)
+        # Nothing left to claim or take: this lane stops, the other one will finish.
+        assert await seeding.seed_page(ctx, batch["id"]) is None
+        await lane.rollback()  # that lane died
+    page = await seeding.seed_page(ctx, batch["id"])
+    assert page is not None and page.done
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["items"], rows["claims"]) == (10, 10, 0)
+    assert (rows["seeding_done"], rows["total"], rows["logs"]) == (True, 10, 10)
