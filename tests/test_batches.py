@@ -421,4 +421,6 @@ async def test_high_priority_batch_is_not_starved_by_low_priority_bulk(
     assert done["success"] == 1
     meanwhile = (await alice.get(f"/api/v1/batches/{bulk['id']}")).json()
     assert meanwhile["status"] == "running" and meanwhile["success"] < 3000
-    assert (await wait_for(alice, bulk["id"]))["success"] == 3000
+    # (That the bulk itself runs to the end is shown elsewhere: stop it here.)
+    r = await alice.delete(f"/api/v1/batches/{bulk['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text

@@ -302,7 +302,7 @@ async def test_embedded_server_restart_mid_batch(
     """Stop the API (and its runner) mid-batch, start a new one on the same file."""
     import httpx
 
-    n = 4 * N  # enough work that the first life is still busy when the test stops it
+    n = 2 * N  # enough work that the first life is still busy when the test stops it
     setup = await expense_setup(sessionmaker, admin, alice, bob, n)
     second_life = create_app(settings)
     first_life = create_app(settings)

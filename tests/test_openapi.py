@@ -28,7 +28,7 @@ CHECKS = (
     "response_schema_conformance",
 )
 EXCLUDED_PATH = "/api/v1/batches/{batch_id}/events"  # an endless stream: not fuzzable
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 12
 SEED = 20240601
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.cli.base import cli, fail, seed, with_db
-from app.config import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 
 class Role(enum.StrEnum):
@@ -34,6 +35,8 @@ def create_user_cmd(
 
     if not name.strip():
         raise fail("NAME must not be empty.")
+    from app.config import get_settings
+
     settings = get_settings()
 
     async def work(sm: async_sessionmaker[AsyncSession]) -> str:
@@ -51,6 +54,8 @@ def create_user_cmd(
 @cli.command("seed-demo")
 def seed_demo_cmd() -> None:
     """Create the demo users, definitions, instances and tasks (idempotent); print tokens."""
+    from app.config import get_settings
+
     settings = get_settings()
     users = asyncio.run(seed(settings, migrate=settings.is_sqlite))
     for name, role, token in users:

@@ -7,13 +7,14 @@ Why a module of its own: every command module registers on this one ``cli`` obje
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.config import Settings
+if TYPE_CHECKING:  # the server side loads only for the commands that use it (a fast CLI)
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from app.config import Settings
 
 T = TypeVar("T")
 
@@ -34,6 +35,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def safe_url(url: str) -> str:
     """The database URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.cli.base import cli, fail, noop, safe_url, seed, with_db
-from app.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 DEMO_BANNER_WIDTH = 78
 
@@ -82,6 +84,8 @@ def serve(
     ] = False,
 ) -> None:
     """Run the API (one process; runs jobs in-process when BATCH_REDIS_URL is unset)."""
+    from app.config import get_settings
+
     settings = get_settings()
     # uvicorn re-raises the Ctrl+C it has already handled gracefully.
     with contextlib.suppress(KeyboardInterrupt):
@@ -101,6 +105,8 @@ def worker(
     ] = None,
 ) -> None:
     """Run an arq worker on all three priority queues, plus the crons (needs Redis)."""
+    from app.config import get_settings
+
     settings = get_settings()
     if metrics_port is not None:
         settings = settings.model_copy(update={"worker_metrics_port": metrics_port})
@@ -124,6 +130,8 @@ def worker(
 @cli.command()
 def migrate() -> None:
     """Upgrade the database at BATCH_DATABASE_URL to the latest schema (alembic head)."""
+    from app.config import get_settings
+
     settings = get_settings()
     asyncio.run(with_db(settings, noop, migrate=True))
     typer.echo(f"Database {safe_url(settings.database_url)} is at the latest schema.")

@@ -20,7 +20,6 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
-from app.batches.state import FINAL
 from app.cli import ui
 
 Batch = dict[str, Any]
@@ -119,7 +118,7 @@ async def follow_batch(
                     on_progress(batch)
             reason = "the server closed the stream before the end event"
             current = await _probe(client, batch_id, headers)
-            if current is not None and current.get("status") in FINAL:
+            if current is not None and ui.is_final(current.get("status")):
                 return current
         except (httpx.TransportError, json.JSONDecodeError) as exc:
             reason = str(exc) or exc.__class__.__name__

@@ -22,8 +22,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from app.batches.state import FINAL
-
 Body = dict[str, Any]
 
 NO_WRAP = {"type", "status", "success", "progress", "created"}
@@ -101,7 +99,7 @@ class BatchProgress:
     def show(self, batch: Body) -> None:
         total = int(batch.get("total") or 0)
         done = sum(int(batch.get(k) or 0) for k in FINISHED)
-        final = batch.get("status") in FINAL
+        final = is_final(batch.get("status"))
         self.progress.update(
             self.bar,
             description=describe(batch),
@@ -231,3 +229,11 @@ def dry_run(console: Console, body: Body) -> None:
         for p in problems:
             table.add_row(_cell(p.get("item_id")), _styled(p.get("status")), _cell(p.get("error")))
         console.print(table)
+
+
+def is_final(status: object) -> bool:
+    """Whether a batch in ``status`` is over. The statuses come from their one owner,
+    imported late: it loads the ORM, which the client commands otherwise never need."""
+    from app.batches.state import FINAL
+
+    return status in {s.value for s in FINAL}
