@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,6 +25,8 @@ from app.batches.state import FINAL
 from app.models import Batch
 from app.queue.progress import LocalProgressBus
 from app.schemas.batch import BatchOut
+
+T = TypeVar("T")
 
 log = logging.getLogger("batchd.events")
 
@@ -96,6 +100,11 @@ class BatchWatches:
         if watch.task is not None:
             watch.task.cancel()
 
+    async def _read(self, batch_id: int) -> BatchOut | None:
+        async with self.sessionmaker() as session:
+            batch = await session.get(Batch, batch_id, populate_existing=True)
+            return service.to_out(batch) if batch is not None else None
+
     async def _follow(self, watch: BatchWatch) -> None:
         try:
             await self._follow_loop(watch)
@@ -110,12 +119,29 @@ class BatchWatches:
                     await asyncio.wait_for(nudged.wait(), timeout=self.poll_time)
                 await asyncio.sleep(MIN_EVENT_GAP_S)
                 try:
-                    async with self.sessionmaker() as session:
-                        batch = await session.get(Batch, watch.batch_id, populate_existing=True)
-                        if batch is None:  # purged meanwhile: nothing more will happen
-                            watch.vanish()
-                            return
-                        watch.offer(service.to_out(batch))
+                    current = await _uncut(self._read(watch.batch_id))
+                    if current is None:  # purged meanwhile: nothing more will happen
+                        watch.vanish()
+                        return
+                    watch.offer(current)
                 except Exception as exc:  # the database blinked: keep watching, try again
                     log.warning("batch %s watch: read failed: %r", watch.batch_id, exc)
                     await asyncio.sleep(self.poll_time)
+
+
+async def _uncut(read: Coroutine[Any, Any, T]) -> T:
+    """Await ``read`` so that cancelling the waiter (the last stream closed) lets the read
+    itself finish and close its session. A read cut off mid-statement could leave its
+    transaction open — on SQLite, whose transactions all take the writer lock (``BEGIN
+    IMMEDIATE``), that stalled every writer until the busy timeout."""
+    task = asyncio.ensure_future(read)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_retrieved)
+        raise
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed read after its stream closed is nobody's error
