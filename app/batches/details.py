@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches.resolve import Listed, ListedSource
 from app.batches.state import DetailStatus
@@ -255,6 +256,26 @@ async def _seed_and_apply(
     )
     count, last, applied = (await session.execute(stmt)).one()
     return Seeded(int(count), last, success=int(applied), fused=True)
+
+
+async def detail_pages(
+    sm: async_sessionmaker[AsyncSession], query: Select[Any], page: int
+) -> AsyncIterator[Sequence[Any]]:
+    """The rows of ``query`` — whose first column is ``BatchDetail.id`` — in detail-id
+    order, ``page`` at a time, each page read in a short transaction of its own (keyset
+    paging): an export of a million details never holds a connection or a snapshot."""
+    after = 0
+    while True:
+        async with sm() as session:
+            rows = (
+                await session.execute(
+                    query.where(BatchDetail.id > after).order_by(BatchDetail.id).limit(page)
+                )
+            ).all()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
 
 
 async def status_counts(session: AsyncSession, batch_id: int) -> dict[str, int]:

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batches.details import detail_pages
 from app.excel.cells import csv_safe
 from app.excel.stream import XlsxStream
 from app.models import Batch, BatchDetail, User
@@ -48,18 +49,8 @@ async def _pages(
     ).where(BatchDetail.batch_id == batch.id)
     if status:
         query = query.where(BatchDetail.status == status)
-    after = 0
-    while True:
-        async with sm() as session:
-            rows = (
-                await session.execute(
-                    query.where(BatchDetail.id > after).order_by(BatchDetail.id).limit(PAGE)
-                )
-            ).all()
-        if not rows:
-            return
+    async for rows in detail_pages(sm, query, PAGE):
         yield [r[1:] for r in rows]
-        after = rows[-1][0]
 
 
 def _plain(value: Any) -> Any:

@@ -30,6 +30,7 @@ from openpyxl import Workbook
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batches.details import detail_pages
 from app.batches.state import DetailStatus
 from app.engine.forms import find_node
 from app.excel.cells import text_cell
@@ -61,18 +62,8 @@ async def _failed_pages(
     query = select(BatchDetail.id, *columns).where(
         BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED
     )
-    after = 0
-    while True:
-        async with sm() as session:
-            rows = (
-                await session.execute(
-                    query.where(BatchDetail.id > after).order_by(BatchDetail.id).limit(PAGE)
-                )
-            ).all()
-        if not rows:
-            return
+    async for rows in detail_pages(sm, query, PAGE):
         yield rows
-        after = rows[-1][0]
 
 
 def _error_of(row: int | None, error: str | None) -> str:
@@ -181,18 +172,8 @@ async def _failed_pages_joined(
         .outerjoin(ProcessInstance, ProcessInstance.id == Task.instance_id)
         .where(BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED)
     )
-    after = 0
-    while True:
-        async with sm() as session:
-            rows = (
-                await session.execute(
-                    query.where(BatchDetail.id > after).order_by(BatchDetail.id).limit(PAGE)
-                )
-            ).all()
-        if not rows:
-            return
+    async for rows in detail_pages(sm, query, PAGE):
         yield rows
-        after = rows[-1][0]
 
 
 async def _node_columns(sm: async_sessionmaker[AsyncSession], first: Any) -> list[Column]:
