@@ -51,6 +51,41 @@ class Settings(BaseSettings):
     max_uncompressed_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     """The declared uncompressed size of an upload's members (nested workbooks of a zip
     included) over this is a 413, checked before anything is extracted: zip bombs."""
+    # What one uploaded workbook may hold (app/excel/guard.py): each part is counted as
+    # it streams, before openpyxl reads it; past a limit the upload is a 413. The
+    # defaults are far above any approval template (a sheet of 50 000 rows, a hidden
+    # option sheet, a few styles) and keep one upload's memory to ~100 MB.
+    max_sheet_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
+    """A worksheet that unpacks to more than this (worksheets are read as a stream;
+    50 000 rows of 20 columns are ~45 MB)."""
+    max_part_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    """Any other member that unpacks to more than this: shared strings, styles,
+    drawings, images, … and each workbook of a zip of workbooks."""
+    max_part_elements: int = Field(default=100_000, ge=1)
+    """XML elements of one part that are held in memory at once: a part read whole
+    (styles, workbook, …), or what a worksheet holds outside its rows."""
+    max_xml_elements: int = Field(default=8_000_000, ge=1)
+    """XML elements in one whole upload (the CPU it costs; 50 000 rows of 20 columns
+    are ~2.5 million)."""
+    max_style_entries: int = Field(default=10_000, ge=1)
+    """Entries of one style list: cell formats (cellXfs, cellStyleXfs), fonts, fills,
+    borders, number formats, differential formats, named cell styles."""
+    max_shared_strings: int = Field(default=500_000, ge=1)
+    """Shared strings of one workbook (openpyxl holds them all while it reads)."""
+    max_sheet_rows: int = Field(default=200_000, ge=1)
+    """Rows of one worksheet, blank ones included (BATCH_MAX_IMPORT_ROWS counts the
+    task rows)."""
+    max_row_cells: int = Field(default=16_384, ge=1)
+    """Cells of one row (16 384 is Excel's own column limit)."""
+    max_sheet_cells: int = Field(default=2_000_000, ge=1)
+    """Cells of one worksheet."""
+    max_sheets: int = Field(default=100, ge=1)
+    """Sheets of one workbook."""
+    import_concurrency: int = Field(default=2, ge=1)
+    """Uploads one API process reads at once; the others wait for a turn (always 1 on
+    SQLite, where an import holds the write lock while it reads)."""
+    import_wait: float = Field(default=60, gt=0)
+    """Seconds an upload waits for its turn before it is answered 503 (Retry-After)."""
 
     # Extensions (not in DESIGN.md §5, all optional).
     recover_interval: float = Field(default=10, gt=0)
@@ -77,6 +112,12 @@ class Settings(BaseSettings):
     """Address the worker's metrics server binds (Prometheus scrapes it from outside)."""
     sse_ping_interval: float = Field(default=15, gt=0)
     """Seconds of silence after which an event stream sends a ``: ping`` comment."""
+    session_idle_timeout: float = Field(default=3600, gt=0)
+    """A browser session unused for this many seconds is refused (sign in again); every
+    request it makes moves the deadline (``BATCH_SESSION_IDLE_TIMEOUT``, 1 hour)."""
+    session_max_age: float = Field(default=12 * 3600, gt=0)
+    """A browser session is refused this many seconds after sign-in however busy it is
+    (``BATCH_SESSION_MAX_AGE``, 12 hours: a working day)."""
 
     @property
     def is_sqlite(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import sqlite3
 from typing import Any
 
 MAX_LISTED_ERRORS = 20
@@ -73,3 +75,73 @@ class IdempotencyKeyReused(ValidationFailed):
     """The same Idempotency-Key sent with a different request (DESIGN.md §4)."""
 
     code = "IdempotencyKeyReused"
+
+
+class Unavailable(AppError):
+    """A dependency (the database, Redis) cannot be reached right now. Unlike a 500 it
+    says "try again": the request may well succeed once the dependency is back."""
+
+    status_code = 503
+    code = "Unavailable"
+    retry_after_s = 5
+    """Sent as ``Retry-After``: about how long a dependency takes to come back."""
+
+    def __init__(
+        self, detail: str = "The service is temporarily unavailable; try again shortly."
+    ) -> None:
+        super().__init__(detail)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says a dependency cannot be
+    reached — connection refused, reset or timed out, the database shutting down or
+    starting up, a connection lost mid-statement, no pooled connection in time, the
+    SQLite file gone — as opposed to an error in the request or the data (an integrity
+    or syntax error, a missing table), which retrying would not cure."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a driver error is wrapped a few times (SQLAlchemy, the adapter)
+        if seen is None:
+            return False
+        if _means_unreachable(seen):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _means_unreachable(exc: BaseException) -> bool:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return True  # refused, reset, broken pipe, unresolvable host, connect timeout
+    if isinstance(exc, PoolTimeoutError | RedisConnectionError | RedisTimeoutError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return str(exc) in _SQLITE_UNREACHABLE
+    return isinstance(exc, _asyncpg_unreachable())
+
+
+_SQLITE_UNREACHABLE = frozenset({"unable to open database file", "disk I/O error"})
+"""SQLite's messages for a database file it cannot reach (its other operational errors,
+"no such table", "database is locked", are not outages)."""
+
+
+def _asyncpg_unreachable() -> tuple[type[BaseException], ...]:
+    """asyncpg's errors for a server that is down, shutting down, starting up or out of
+    connection slots (raised as they are when a new connection fails)."""
+    try:
+        from asyncpg import exceptions as pg
+    except ImportError:  # pragma: no cover - asyncpg is a dependency, but optional here
+        return ()
+    return (
+        pg.PostgresConnectionError,
+        pg.ConnectionDoesNotExistError,
+        pg.CannotConnectNowError,
+        pg.AdminShutdownError,
+        pg.CrashShutdownError,
+        pg.TooManyConnectionsError,
+    )

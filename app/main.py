@@ -14,12 +14,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.limits import BodyLimitMiddleware
+from app.api.methods import MethodsMiddleware
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
-from app.errors import MAX_LISTED_ERRORS, AppError, join_messages
+from app.errors import MAX_LISTED_ERRORS, AppError, Unavailable, is_unavailable, join_messages
 from app.openapi import TAGS, install_openapi
 from app.queue.factory import build_runtime
+from app.schemas.common import printable
 
 log = logging.getLogger("batchd")
 
@@ -69,7 +71,10 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         description="Batch operations for an approval workflow.",
         openapi_tags=TAGS,
         lifespan=lifespan,
+        docs_url=None,  # served locally instead: app.web.api_docs
+        redoc_url=None,
     )
+    app.add_middleware(MethodsMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -83,17 +88,30 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
 def _include_routers(app: FastAPI) -> None:
     from app.api import routers
     from app.web import install_console
+    from app.web.api_docs import install_api_docs
 
     for router in routers.ALL:
         app.include_router(router)
     install_openapi(app, routers.ALL)
     install_console(app)  # the web console at / (HTML, kept out of the OpenAPI document)
+    install_api_docs(app)  # /docs and /redoc, every asset served locally
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_request: Request, exc: AppError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        return app_error_response(exc)
+
+    async def outage(request: Request, exc: Exception) -> JSONResponse:
+        """A dependency that cannot be reached is a 503 the client may retry; any other
+        error of these kinds goes on to the server's 500, as before."""
+        if not is_unavailable(exc):
+            raise exc
+        log.warning("%s %s: 503, %r", request.method, request.url.path, exc)
+        return app_error_response(Unavailable())
+
+    for kind in _OUTAGE_KINDS:
+        app.add_exception_handler(kind, outage)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -120,6 +138,35 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+def app_error_response(exc: AppError) -> JSONResponse:
+    """The JSON error body; a 503 also says when to try again."""
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+
+def _outage_kinds() -> tuple[type[Exception], ...]:
+    """The exception classes a lost dependency raises through a request (``is_unavailable``
+    decides per instance): handlers are looked up by class, and a handler for plain
+    ``Exception`` would run outside the routing layer, after the server logged a 500."""
+    from redis.exceptions import RedisError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    kinds: list[type[Exception]] = [SQLAlchemyError, RedisError, OSError]
+    try:
+        from asyncpg import exceptions as pg
+
+        kinds += [pg.PostgresError, pg.InterfaceError]
+    except ImportError:  # pragma: no cover - asyncpg is a dependency, but optional here
+        pass
+    return tuple(kinds)
+
+
+_OUTAGE_KINDS = _outage_kinds()
+
+
 def _field_error(err: Any) -> dict[str, Any]:
+    """One field error; a location may quote the caller's own key, which may hold a
+    lone surrogate that no JSON encoder would write."""
     loc = [p for p in err.get("loc", ()) if p != "body"] or list(err.get("loc", ()))
-    return {"loc": loc, "msg": err.get("msg", ""), "type": err.get("type", "")}
+    loc = [printable(p) if isinstance(p, str) else p for p in loc]
+    return {"loc": loc, "msg": printable(err.get("msg", "")), "type": err.get("type", "")}

@@ -34,7 +34,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from app.api.deps import get_admin, get_current_user
-from app.schemas.common import ErrorBody
+from app.schemas.common import ID_MAX, ErrorBody
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
@@ -50,6 +50,10 @@ DESCRIPTIONS = {
         "(BATCH_MAX_UPLOAD_BYTES for multipart uploads); refused before it is parsed."
     ),
     415: "Unsupported media type.",
+    503: (
+        "The database (or Redis, where the request needs it) is unreachable; retry after "
+        "the Retry-After header's seconds."
+    ),
     422: (
         "Invalid input: a parameter or body field (text over 10 000 characters, a "
         "number that is not finite, more than 200 form keys, …); ``fields`` says where."
@@ -134,6 +138,10 @@ def truthful(document: dict[str, Any], routes: list[APIRoute]) -> dict[str, Any]
     )
     schemas["ErrorBody"].pop("$defs", None)
     _name_operations(document, routes)
+    _exact_integers(document)
+    _event_streams(document)
+    _restore_examples(schemas)
+    document.setdefault("servers", [{"url": "/", "description": "this batchd"}])
     for name in FASTAPI_ERROR_SCHEMAS:
         schemas.pop(name, None)
     components.setdefault("securitySchemes", {})[BEARER] = {
@@ -152,6 +160,71 @@ def truthful(document: dict[str, Any], routes: list[APIRoute]) -> dict[str, Any]
             if isinstance(operation, dict) and "responses" in operation:
                 _document_errors(path, operation, calls.get((path, method), set()))
     return document
+
+
+EVENT_STREAM_SCHEMA = {
+    "type": "string",
+    "description": (
+        "text/event-stream: `progress` events (data: the batch object, id: its progress "
+        "sequence), `: ping` comments every 15 s, and a final `end` event."
+    ),
+}
+
+
+def _event_streams(document: dict[str, Any]) -> None:
+    """FastAPI describes a server-sent event stream with ``itemSchema``, an OpenAPI 3.2
+    keyword that 3.1 tools (Redocly, Spectral, openapi-typescript) reject: say it is a
+    text stream instead, and what its events hold."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            for response in operation.get("responses", {}).values():
+                stream = response.get("content", {}).get("text/event-stream")
+                if stream is not None and "itemSchema" in stream:
+                    del stream["itemSchema"]
+                    stream["schema"] = dict(EVENT_STREAM_SCHEMA)
+
+
+def _restore_examples(schemas: dict[str, Any]) -> None:
+    """FastAPI writes the document with ``exclude_none``, which also strips the ``null``
+    fields out of a model's examples (``finished_at: null``), so the examples no longer
+    match their own schemas. Put back each model's examples as pydantic wrote them."""
+    from pydantic import BaseModel
+
+    from app.schemas import batch, common, engine
+
+    models = {
+        name: model
+        for module in (batch, common, engine)
+        for name, model in vars(module).items()
+        if isinstance(model, type) and issubclass(model, BaseModel)
+    }
+    for name, schema in schemas.items():
+        if "examples" in schema and name in models:
+            schema["examples"] = models[name].model_json_schema()["examples"]
+
+
+def _exact_integers(node: Any) -> None:
+    """Every integer schema as a generated client needs it: ``format: int64`` and exact
+    bounds. FastAPI's OpenAPI models hold nested bounds as floats, so ``le=2**63 - 1``
+    inside ``anyOf`` or ``items`` came out as ``9.223372036854776e+18`` (2**63: one past
+    what a BIGINT holds)."""
+    if isinstance(node, list):
+        for item in node:
+            _exact_integers(item)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("type") == "integer":
+        node.setdefault("format", "int64")
+        for bound in ("minimum", "maximum"):
+            value = node.get(bound)
+            if isinstance(value, float):
+                node[bound] = max(-ID_MAX, min(ID_MAX, int(value)))
+    for value in node.values():
+        if isinstance(value, (dict, list)):
+            _exact_integers(value)
 
 
 def _name_operations(document: dict[str, Any], routes: list[APIRoute]) -> None:
@@ -225,9 +298,15 @@ def _document_errors(path: str, operation: dict[str, Any], calls: set[Any]) -> N
     if path.startswith("/api/") or get_current_user in calls or 401 in statuses:
         statuses.add(401)
         operation["security"] = [{BEARER: []}]
+    else:
+        operation["security"] = []  # public (probes, metrics): said, not left out
     if get_admin in calls:
         statuses.add(403)
+    if path.startswith("/api/"):
+        statuses.add(503)
     for status in sorted(statuses):
+        if status >= 500 and str(status) in responses:
+            continue  # the route's own (``/ready``'s 503 says which check failed)
         responses[str(status)] = {
             "description": DESCRIPTIONS.get(status, "Error."),
             "content": {"application/json": {"schema": ERROR_REF}},

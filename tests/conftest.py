@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,15 @@ from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine
 from app.engine.users import create_user
 from app.main import create_app
+from tests.workers_proc import WorkerProcess
 
 TEST_DB = os.environ.get("BATCH_TEST_DATABASE_URL")
 TEST_REDIS = os.environ.get("BATCH_TEST_REDIS_URL")
 ON_POSTGRES = bool(TEST_DB and TEST_REDIS)
 BACKEND = "postgresql+redis" if ON_POSTGRES else "sqlite"
+
+postgres_only = pytest.mark.skipif(not ON_POSTGRES, reason="needs PostgreSQL + Redis workers")
+"""For tests that run real ``batchd worker`` processes (the ``workers`` fixture)."""
 
 
 def pytest_report_header() -> str:
@@ -125,6 +129,21 @@ async def app(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterat
                 await group.stop()
         else:
             yield application
+
+
+@pytest.fixture
+async def workers(settings: Settings) -> AsyncIterator[Callable[[], WorkerProcess]]:
+    """Start real ``batchd worker`` processes on this test's settings (call it once per
+    worker); every one still running is stopped when the test ends."""
+    started: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        started.append(WorkerProcess(settings))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.stop()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ in-process runner): the API and its only worker in one process, killed with SIGK
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -79,3 +80,36 @@ class ServeProcess:
             self.proc.wait(10)
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)
+
+
+class RssWatch:
+    """The largest resident set size of a process while the watch runs, from psutil
+    samples every ``interval_s`` (a background task)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.01) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.peak = self.process.memory_info().rss
+        self._task: asyncio.Task[None] | None = None
+
+    def rss(self) -> int:
+        return int(self.process.memory_info().rss)
+
+    async def __aenter__(self) -> RssWatch:
+        self.peak = self.rss()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.peak = max(self.peak, self.rss())
+
+    async def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.rss())
+            await asyncio.sleep(self.interval_s)

@@ -424,3 +424,18 @@ async def test_high_priority_batch_is_not_starved_by_low_priority_bulk(
     # (That the bulk itself runs to the end is shown elsewhere: stop it here.)
     r = await alice.delete(f"/api/v1/batches/{bulk['id']}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+
+
+async def test_start_suspended_with_nothing_to_run_completes_at_once(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """Every listed item failed at creation (missing): nothing would ever run, so the
+    batch does not wait suspended at 100 % for an activation; one runnable item keeps it
+    suspended."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 1)
+    body = {"type": "task.approve", "params": APPROVE, "start_suspended": True}
+    batch = await create(alice, {**body, "ids": [900_001, 900_002]})
+    assert (batch["status"], batch["failed"], batch["progress"]) == ("completed", 2, 1.0)
+    assert batch["finished_at"] is not None
+    mixed = await create(alice, {**body, "ids": [setup.task_ids[0], 900_003]})
+    assert (mixed["status"], mixed["failed"], mixed["pending"]) == ("suspended", 1, 1)

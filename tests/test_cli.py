@@ -79,11 +79,19 @@ def count(url: str, table: str) -> int:
 
 async def api_get(url: str, path: str, token: str) -> httpx.Response:
     """One request through the real app (auth dependency included) on ``url``'s DB."""
+    return await api_request(url, "GET", path, headers={"Authorization": f"Bearer {token}"})
+
+
+async def api_request(url: str, method: str, path: str, **kw: Any) -> httpx.Response:
+    """One request through the real app on ``url``'s DB (``cookies=`` for a browser)."""
     app = create_app(make_settings(url, redis_url=None))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.get(path, headers={"Authorization": f"Bearer {token}"})
+        cookies = kw.pop("cookies", None)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", cookies=cookies
+        ) as client:
+            return await client.request(method, path, **kw)
 
 
 # --------------------------------------------------------------------------- commands
@@ -97,7 +105,8 @@ async def test_console_script_and_module_agree(tmp_path: Path) -> None:
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0
-    for command in ("serve", "worker", "migrate", "create-user", "seed-demo", "watch", "batch"):
+    commands = ("serve", "worker", "migrate", "create-user", "rotate-token", "seed-demo")
+    for command in (*commands, "watch", "batch", "token"):
         assert command in out.decode()
 
 
@@ -136,6 +145,42 @@ async def test_create_user_rejects_a_bad_role(cli_db: str, tmp_path: Path) -> No
     assert r.returncode == 2
     assert r.stdout == ""
     assert "role" in r.stderr and "admin" in r.stderr
+
+
+async def test_rotate_token_prints_only_a_new_token_and_ends_the_old(
+    cli_db: str, tmp_path: Path
+) -> None:
+    r = await run_cli(cli_db, "rotate-token", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == "batchd: there is no admin yet: batchd create-user NAME --role admin.\n"
+    ada = (await run_cli(cli_db, "create-user", "Ada", "--role", "admin", cwd=tmp_path)).stdout
+    bob = (await run_cli(cli_db, "create-user", "Bob", cwd=tmp_path)).stdout
+    ada, bob = ada.strip(), bob.strip()
+    signed_in = await api_request(cli_db, "POST", "/api/v1/session", json={"token": ada})
+    assert signed_in.status_code == 200
+    cookies = dict(signed_in.cookies)
+
+    r = await run_cli(cli_db, "rotate-token", cwd=tmp_path)  # the only admin's
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1 and TOKEN_LINE.match(lines[0]), r.stdout
+    assert (await api_get(cli_db, "/api/v1/users/me", ada)).status_code == 401
+    assert (await api_get(cli_db, "/api/v1/users/me", lines[0])).json()["name"] == "Ada"
+    browser = await api_request(cli_db, "GET", "/api/v1/users/me", cookies=cookies)
+    assert browser.status_code == 401  # her browser session ended too
+
+    bob_id = (await api_get(cli_db, "/api/v1/users/me", bob)).json()["id"]
+    r = await run_cli(cli_db, "rotate-token", "--user", str(bob_id), cwd=tmp_path)
+    assert r.returncode == 0 and TOKEN_LINE.match(r.stdout.strip()), r.stderr
+    assert (await api_get(cli_db, "/api/v1/users/me", bob)).status_code == 401
+    assert (await api_get(cli_db, "/api/v1/users/me", r.stdout.strip())).json()["name"] == "Bob"
+
+    r = await run_cli(cli_db, "rotate-token", "--user", "999", cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", "batchd: there is no user 999.\n")
+    await run_cli(cli_db, "create-user", "Grace", "--role", "admin", cwd=tmp_path)
+    r = await run_cli(cli_db, "rotate-token", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert "several admins (1 Ada, 3 Grace): pass --user ID." in r.stderr
 
 
 async def test_worker_needs_redis(cli_db: str, tmp_path: Path) -> None:

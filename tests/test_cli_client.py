@@ -109,6 +109,8 @@ def test_values_are_json_scalars_or_strings() -> None:
         "1e999",
         "",
     ]
+    deep = "[" * 100_000  # too deep for the JSON parser: still just text
+    assert parse_value(deep) == deep
 
 
 def test_pairs_nest_on_dotted_keys_over_a_base() -> None:
@@ -297,6 +299,67 @@ async def test_usage_errors_exit_2() -> None:
     assert r.code == 2 and "BATCHD_TOKEN" in r.err
 
 
+async def test_values_json_cannot_carry_are_one_line_usage_errors() -> None:
+    """NaN, Infinity, 1e999 or text that is not Unicode cannot be sent as JSON: exit 2
+    with one line naming the option, before anything is sent (never a traceback)."""
+    url = "http://127.0.0.1:9"  # never contacted
+    create = ("batch", "create", "task.approve", "--ids", "1")
+    cases = {
+        "--params-json is not valid JSON: NaN is not a JSON value.": ('{"a":NaN}',),
+        "--params-json is not valid JSON: Infinity is not a JSON value.": ('{"a":Infinity}',),
+        "--params-json is not valid JSON: -Infinity is not a JSON value.": ('{"a":[-Infinity]}',),
+        "--params-json is not valid JSON: 1e999 is out of range for a number.": ('{"a":1e999}',),
+        "--params-json is not valid JSON: nested too deeply.": ("[" * 100_000,),
+        "--params-json is not valid JSON: Expecting value: line 1 column 6 (char 5).": ('{"a":',),
+        "--params-json must be a JSON object, not a list.": ("[1]",),
+        "--params-json must be a JSON object, not null.": ("null",),
+    }
+    runs = [batchd(url, "tok", *create, "--params-json", arg) for (arg,) in cases.values()]
+    expected = list(cases)
+    runs.append(batchd(url, "tok", *create, "--max-rate", "nan"))
+    expected.append("--max-rate must be a finite number, not nan.")
+    runs.append(batchd(url, "tok", *create, "--max-rate", "inf"))
+    expected.append("--max-rate must be a finite number, not inf.")
+    runs.append(batchd(url, "tok", *create, "--param", "comment=\udcff"))  # the byte 0xff
+    expected.append("cannot send this request:")
+    for message, r in zip(expected, await asyncio.gather(*runs), strict=True):
+        assert (r.code, r.out) == (2, ""), (message, r.err)
+        assert len(r.err.splitlines()) == 1 and r.err.startswith(f"batchd: {message}"), r.err
+
+
+# --------------------------------------------------------------------------- token
+
+
+async def test_token_rotate_prints_only_the_new_token(
+    live_server: LiveServer, admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    url = live_server.url
+    r = await batchd(url, alice.token, "token", "rotate")
+    assert (r.code, r.err) == (0, ""), r.err
+    new = r.out.strip()
+    assert r.out == new + "\n" and new.startswith("bd_") and new != alice.token
+    r = await batchd(url, alice.token, "batch", "list")
+    assert r.code == 3 and "The bearer token is not valid." in r.err
+    assert (await batchd(url, new, "batch", "list")).code == 0
+
+    r = await batchd(url, None, "token", "--url", url, "--token", new, "--json", "rotate")
+    assert r.code == 0, r.err
+    assert set(r.json) == {"token"} and r.json["token"] != new
+    assert (await batchd(url, new, "batch", "list")).code == 3
+
+    # Someone else's token: an admin's business only.
+    r = await batchd(url, r.json["token"], "token", "rotate", "--user", str(bob.id))
+    assert r.code == 3 and "Only an admin may do this." in r.err and r.out == ""
+    assert (await batchd(url, bob.token, "batch", "list")).code == 0
+    r = await batchd(url, admin.token, "token", "rotate", "--user", str(bob.id))
+    assert r.code == 0 and r.out.strip().startswith("bd_"), r.err
+    assert (await batchd(url, bob.token, "batch", "list")).code == 3
+    assert (await batchd(url, r.out.strip(), "batch", "list")).code == 0
+
+    r = await batchd(url, None, "token", "rotate")
+    assert r.code == 2 and "BATCHD_TOKEN" in r.err
+
+
 async def test_global_options_before_the_command(
     ready: tuple[LiveServer, list[int]], alice: Actor
 ) -> None:
@@ -416,3 +479,7 @@ async def test_results_stream_to_stdout_or_a_file(
 
     r = await batchd(server.url, alice.token, "batch", "results", "424242", "-o", str(target))
     assert r.code == 3 and "Batch 424242 does not exist." in r.err
+
+    nowhere = tmp_path / "missing" / "results.csv"
+    r = await batchd(server.url, alice.token, "batch", "results", str(batch_id), "-o", str(nowhere))
+    assert r.code == 2 and r.err == f"batchd: cannot write {nowhere}: No such file or directory\n"

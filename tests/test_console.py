@@ -193,6 +193,9 @@ async def test_a_signed_in_page_knows_its_viewer(client: httpx.AsyncClient, alic
     assert (await client.get("/instances")).status_code == 403
     assert (await client.get("/batches/999")).status_code == 404
     assert (await client.get("/batches/abc")).status_code == 404
+    # Digits that are not ASCII: "²" (int() refuses it) and Arabic-Indic "٣" (int() reads 3).
+    assert (await client.get("/batches/%C2%B2")).status_code == 404
+    assert (await client.get("/batches/%D9%A3")).status_code == 404
     assert (await client.get("/sign-in?next=/batches")).headers["location"] == "/batches"
 
 
@@ -219,9 +222,13 @@ async def test_sign_in_with_a_token(console: Console, alice: Actor) -> None:
     cookies = {c["name"]: c for c in await console.context.cookies()}
     session = cookies["batchd_session"]
     assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert alice.token not in session["value"]  # a session id, not the token
 
     await page.click("#sign-out")
     await page.wait_for_url(re.compile(r"/sign-in"))
+    copied = {"batchd_session": session["value"]}
+    async with httpx.AsyncClient(base_url=console.server.url, cookies=copied) as replay:
+        assert (await replay.get("/api/v1/users/me")).status_code == 401  # ended server-side
     await page.goto(console.url("/tasks"))
     assert "/sign-in" in page.url
     console.check_clean(alice.token)

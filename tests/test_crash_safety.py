@@ -8,7 +8,7 @@ itself is stopped mid-batch and started again. Recovery settings are shortened.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from app.config import Settings
 from app.main import create_app
 from app.models import BatchDetail, ProcessInstance, ProcessLog, Task
 from tests.batch_helpers import create, expense_setup, wait_for
-from tests.conftest import ON_POSTGRES, TEST_REDIS, Actor
+from tests.conftest import ON_POSTGRES, TEST_REDIS, Actor, postgres_only
 from tests.workers_proc import WorkerProcess
 
 APPROVE = {"decision": "approve", "form_data": {"category": "travel"}}
@@ -33,21 +33,6 @@ FAST_RECOVERY: dict[str, Any] = {
     "auto_retry_window": 0,
 }
 N = 3000
-
-postgres_only = pytest.mark.skipif(not ON_POSTGRES, reason="needs PostgreSQL + Redis workers")
-
-
-@pytest.fixture
-async def workers(settings: Settings) -> AsyncIterator[Callable[[], WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start() -> WorkerProcess:
-        started.append(WorkerProcess(settings))
-        return started[-1]
-
-    yield start
-    for w in started:
-        w.stop()
 
 
 async def wait_until_success(actor: Actor, batch_id: int, at_least: int) -> dict[str, Any]:

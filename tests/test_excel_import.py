@@ -247,6 +247,26 @@ async def test_round_trip_with_every_row_error(
         assert set(locks) == {None}
 
 
+async def test_task_ids_that_are_not_plain_whole_numbers_fail_their_row(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """``str.isdigit`` holds for "²" (``int`` refuses it: it was a 500) and for "٣" and
+    "１" (``int`` reads them as 3 and 1): only ASCII digits make a Task ID."""
+    s = await expense_setup(sessionmaker, admin, alice, bob, 1)
+    h = manager_headers(s.definition)
+    ids = ["²", "٣", "１", "99999999999999999999", "9223372036854775808", s.task_ids[0]]
+    rows = [row_of(h, **{"Task ID": i, "Category": "travel", "Decision": "approve"}) for i in ids]
+    batch = await upload(alice, xlsx(h, rows))
+    assert (batch["total"], batch["failed"]) == (6, 5), batch
+    done = await wait_for(alice, batch["id"])
+    assert (done["success"], done["failed"]) == (1, 5), done
+    failed = {d["row"]: d["error"] for d in await details(alice, batch["id"], status="failed")}
+    assert failed == {
+        row: f"row {row}: Task ID must be a whole number, not {raw!r}"
+        for row, raw in enumerate(ids[:5], start=2)
+    }
+
+
 async def test_error_file_repeats_rows_and_imports_again_once_fixed(
     sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
 ) -> None:

@@ -255,7 +255,7 @@ async def test_a_task_locked_by_an_approve_batch_goes_with_its_instance(
     assert statuses == ["completed", "completed"] and still_locked == 0
 
 
-async def test_archive_delete_purges_snapshots_of_permitted_definitions(
+async def test_archive_delete_is_an_admins_act(
     sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
 ) -> None:
     setup = await expense_setup(sessionmaker, admin, alice, bob, 5)
@@ -282,36 +282,29 @@ async def test_archive_delete_purges_snapshots_of_permitted_definitions(
         assert (await admin.get(f"/api/v1/archives/{iid}")).status_code == 404
     assert sorted(await _archives(sessionmaker)) == sorted([*expense[2:], *leave])
 
-    # alice without a grant: the same sentence as a missing archive; her filter matches none
-    denied = await create(alice, {"type": "instance.archive_delete", "ids": expense[2:4]})
-    done = await wait_for(alice, denied["id"])
-    assert _counts(done) == ("completed", 2, 0, 2, 0)
-    assert {d["error"] for d in await details(alice, denied["id"])} == {
-        f"Process {i} has no archive." for i in expense[2:4]
-    }
-    empty = await create(alice, {"type": "instance.archive_delete", "filter": {}})
-    assert (empty["status"], empty["total"]) == ("completed", 0)
-    assert sorted(await _archives(sessionmaker)) == sorted([*expense[2:], *leave])
-
-    # with a grant on expense: the retry succeeds, and her filter selects expense only
+    # Purging archives is an admin's act, like reading them: alice, even with a monitor
+    # grant on expense (she may delete its instances), gets a 403 for ids, a filter and a
+    # dry run alike, before anything is written — and learns nothing about which ids exist.
     r = await admin.post(f"/api/v1/users/{alice.id}/grants", json={"definition_key": "expense"})
     assert r.status_code == 201, r.text
-    r = await alice.post(f"/api/v1/batches/{denied['id']}/retry")
-    assert r.status_code == 202 and r.json()["requeued"] == 2
-    done = await wait_for(alice, denied["id"])
-    assert _counts(done) == ("completed", 2, 2, 0, 0)
-    by_filter = await create(alice, {"type": "instance.archive_delete", "filter": {}})
-    assert by_filter["total"] == 1
-    done = await wait_for(alice, by_filter["id"])
-    assert _counts(done) == ("completed", 1, 1, 0, 0)
-    assert [d["item_id"] for d in await details(alice, by_filter["id"])] == [expense[4]]
+    for body in (
+        {"type": "instance.archive_delete", "ids": expense[2:4]},
+        {"type": "instance.archive_delete", "filter": {}},
+        {"type": "instance.archive_delete", "ids": [expense[2], 999_999], "dry_run": True},
+    ):
+        r = await alice.post("/api/v1/batches", json=body)
+        assert r.status_code == 403, r.text
+        assert r.json() == {
+            "error": "Forbidden",
+            "detail": "Only an admin may run instance.archive_delete batches.",
+        }
+    assert (await alice.get("/api/v1/batches")).json()["total"] == 0
+    assert sorted(await _archives(sessionmaker)) == sorted([*expense[2:], *leave])
+
+    by_ids = await create(admin, {"type": "instance.archive_delete", "ids": expense[2:]})
+    done = await wait_for(admin, by_ids["id"])
+    assert _counts(done) == ("completed", 3, 3, 0, 0)
     assert sorted(await _archives(sessionmaker)) == leave
-    # a leave archive stays hers to not know about
-    r = await alice.post(
-        "/api/v1/batches", json={"type": "instance.archive_delete", "ids": leave[:1]}
-    )
-    done = await wait_for(alice, r.json()["id"])
-    assert _counts(done) == ("completed", 1, 0, 1, 0)
 
     # admin by filter
     by_key = await create(
@@ -358,19 +351,31 @@ async def test_archive_delete_counts_an_id_listed_twice_once(
     assert await _archives(sessionmaker) == {}
 
 
-async def test_params_and_filters_are_validated(alice: Actor) -> None:
-    cases: list[tuple[dict[str, Any], str]] = [
-        ({"type": "instance.delete", "ids": [1], "params": {"x": 1}}, "params"),
-        ({"type": "instance.delete", "ids": [1], "params": {"reason": "x" * 2001}}, "params"),
-        ({"type": "instance.archive_delete", "ids": [1], "params": {"reason": "x"}}, "params"),
-        ({"type": "instance.archive_delete", "filter": {"status": "active"}}, "filter"),
-        ({"type": "instance.archive_delete", "filter": {"definition_key": "k" * 101}}, "filter"),
+async def test_params_and_filters_are_validated(admin: Actor, alice: Actor) -> None:
+    cases: list[tuple[Actor, dict[str, Any], str]] = [
+        (alice, {"type": "instance.delete", "ids": [1], "params": {"x": 1}}, "params"),
+        (
+            alice,
+            {"type": "instance.delete", "ids": [1], "params": {"reason": "x" * 2001}},
+            "params",
+        ),
+        (
+            admin,
+            {"type": "instance.archive_delete", "ids": [1], "params": {"reason": "x"}},
+            "params",
+        ),
+        (admin, {"type": "instance.archive_delete", "filter": {"status": "active"}}, "filter"),
+        (
+            admin,
+            {"type": "instance.archive_delete", "filter": {"definition_key": "k" * 101}},
+            "filter",
+        ),
     ]
-    for body, part in cases:
-        r = await alice.post("/api/v1/batches", json=body)
+    for actor, body, part in cases:
+        r = await actor.post("/api/v1/batches", json=body)
         assert r.status_code == 422, (body, r.text)
         assert r.json()["fields"][0]["loc"][0] == part, r.text
-    r = await alice.get("/api/v1/batches")
+    r = await admin.get("/api/v1/batches")
     assert r.json()["total"] == 0
 
 

@@ -133,6 +133,8 @@ async def test_each_filter_alone_and_combined(
         ("yesterday", "datetime"),
         ("2026-13-01T00:00:00Z", "datetime"),
         ("0001-01-01T00:00:00+01:00", "years 1..9999"),  # before year 1 in UTC
+        ("0.5", "ISO 8601"),  # not seconds since 1970
+        ("1767225600", "ISO 8601"),
     ],
 )
 async def test_bad_datetimes_are_422(admin: Actor, value: str, why: str) -> None:

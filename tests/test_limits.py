@@ -280,6 +280,52 @@ async def test_huge_inputs_get_short_errors(
     assert await _count(sessionmaker, ProcessInstance) == 0
 
 
+async def test_deep_nesting_and_lone_surrogates_are_422(
+    admin: Actor, alice: Actor, bob: Actor, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A value nested 300 deep (storable, but no serialiser reads it back) and a lone
+    surrogate escape (a string no UTF-8 encoder takes), as a value or as a key, in a form
+    and in a batch's ``variables``: a 422 that is itself valid JSON, and nothing stored."""
+    await create_definition(admin, expense_definition(alice.id, admin.id))
+    inst = await start_instance(bob, "expense", "Trip")
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"d": deep}
+    base = {"definition_key": "expense", "title": "Trip"}
+    r = await bob.post("/api/v1/instances", json={**base, "form_data": {"city": deep}})
+    _assert_error(r, 422, "form_data.city", "at most 32 levels deep")
+    r = await admin.post(
+        "/api/v1/batches",
+        json={"type": "instance.set_variables", "ids": [inst["id"]], "params": {"variables": deep}},
+    )
+    _assert_error(r, 422, "at most 32 levels deep")
+    # Too deep for the JSON parser itself: refused as unreadable, not a 500.
+    too_deep = b"[" * 100_000 + b"]" * 100_000
+    content = b'{"type": "task.approve", "ids": [1], "params": {"form_data": {"c": %s}}}'
+    _assert_error(await _post_raw(alice, "/api/v1/batches", content % too_deep), 400)
+
+    surrogate_value = (
+        b'{"definition_key": "expense", "title": "T", "form_data": {"city": "Par\\udfffis"}}'
+    )
+    surrogate_key = b'{"definition_key": "expense", "title": "T", "form_data": {"\\udfff": 1}}'
+    for content in (surrogate_value, surrogate_key):
+        r = await _post_raw(bob, "/api/v1/instances", content)
+        _assert_error(r, 422, "lone surrogate")
+    title = b'{"definition_key": "expense", "title": "T\\ud800"}'
+    _assert_error(await _post_raw(bob, "/api/v1/instances", title), 422, "title", "unicode")
+    r = await _post_raw(
+        admin,
+        "/api/v1/batches",
+        b'{"type": "instance.set_variables", "ids": [%d], '
+        b'"params": {"variables": {"\\udfff": "\\udfff"}}}' % inst["id"],
+    )
+    _assert_error(r, 422, "lone surrogate")
+    assert await _count(sessionmaker, ProcessInstance) == 1
+    assert await _count(sessionmaker, Batch) == 0
+    r = await bob.get(f"/api/v1/instances/{inst['id']}")
+    assert r.json()["variables"] == {} or r.json()["variables"] is None
+
+
 # --- 3. a malformed Last-Event-ID --------------------------------------------------------
 
 

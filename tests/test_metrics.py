@@ -16,7 +16,7 @@ from app.config import Settings
 from app.queue.backend import Wakeup
 from app.queue.inprocess import InProcessRunner
 from tests.batch_helpers import create, expense_setup, wait_for
-from tests.conftest import ON_POSTGRES, Actor, LiveServer, free_port
+from tests.conftest import ON_POSTGRES, Actor, LiveServer, free_port, postgres_only
 from tests.test_events import sse_events
 from tests.workers_proc import WorkerProcess
 
@@ -214,10 +214,7 @@ async def test_text_format_parses_and_is_documented(
     op = app.openapi()["paths"]["/metrics"]["get"]
     assert op["operationId"] == "get_metrics" and op["tags"] == ["monitoring"]
     assert "text/plain" in op["responses"]["200"]["content"]
-    assert "security" not in op
-
-
-postgres_only = pytest.mark.skipif(not ON_POSTGRES, reason="needs PostgreSQL + Redis workers")
+    assert op["security"] == []  # public, and said so
 
 
 @postgres_only

@@ -158,3 +158,21 @@ async def test_auto_retry_stops_at_max_retries(
     assert (final["status"], final["failed"]) == ("completed", 3)
     assert {d["retry_count"] for d in await details(alice, batch["id"])} == {2}
     assert await locked(sessionmaker) == 0
+
+
+async def test_retry_names_more_ids_than_a_statement_may_bind(alice: Actor) -> None:
+    """40 000 ids: more than asyncpg binds in one statement (32 767; SQLite builds allow
+    32 766 to 250 000), so the ids must travel as one array."""
+    many = list(range(1, 40_001))
+    batch = await create(alice, {"type": "task.approve", "ids": many, "params": APPROVE})
+    done = await wait_for(alice, batch["id"])
+    assert (done["status"], done["total"], done["failed"]) == ("completed", 40_000, 40_000)
+
+    out = await retry(alice, batch["id"], item_ids=many)
+    assert (out["requeued"], out["exhausted"]) == (40_000, 0)
+    again = await wait_for(alice, batch["id"])
+    assert (again["status"], again["failed"]) == ("completed", 40_000)
+
+    r = await alice.post(f"/api/v1/batches/{batch['id']}/retry", json={"item_ids": [*many, 50_001]})
+    assert r.status_code == 404, r.text
+    assert r.json()["detail"] == f"Items 50001 are not in batch {batch['id']}."

@@ -143,6 +143,29 @@ async def test_an_idempotency_key_reused_with_another_request_is_422(
         assert await s.scalar(select(func.count()).select_from(Batch)) == 2
 
 
+async def test_a_header_key_and_a_body_key_that_differ_are_422(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """Which key would count is not the caller's guess: two different keys are refused,
+    the same key twice is one key."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 1)
+    body: dict[str, Any] = {"type": "task.approve", "ids": setup.task_ids, "params": APPROVE}
+    header = {**alice.headers, "Idempotency-Key": "k-header"}
+    for payload in (
+        {**body, "idempotency_key": "k-body"},
+        {**body, "dry_run": True, "idempotency_key": "x"},
+    ):
+        r = await alice.post("/api/v1/batches", json=payload, headers=header)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"] == (
+            "The Idempotency-Key header and the body's idempotency_key differ: send one."
+        )
+    async with sessionmaker() as s:
+        assert await s.scalar(select(func.count()).select_from(Batch)) == 0
+    first = await create(alice, {**body, "idempotency_key": "k-header"}, headers=header)
+    assert (await create(alice, body, 200, headers=header))["id"] == first["id"]
+
+
 # --------------------------------------------------------------------------- state owner
 
 

@@ -128,6 +128,8 @@ async def test_openapi_documents_engine_routes(client: httpx.AsyncClient) -> Non
     for path in (
         "/api/v1/users/me",
         "/api/v1/users/{user_id}/grants",
+        "/api/v1/users/me/token",
+        "/api/v1/users/{user_id}/token",
         "/api/v1/definitions",
         "/api/v1/instances/{instance_id}",
         "/api/v1/tasks/{task_id}/approve",

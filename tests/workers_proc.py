@@ -68,7 +68,10 @@ class WorkerProcess:
         raise AssertionError(f"worker did not stop on SIGTERM; log: {self.output()}")
 
     def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-4000:]
+        return self.full_output()[-4000:]
+
+    def full_output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
 
     async def ready(self, limit_s: float = 30) -> None:
         """Wait until the worker serves its queues (its start-up log line)."""
@@ -79,6 +82,17 @@ class WorkerProcess:
                 break
             await asyncio.sleep(0.05)
         raise AssertionError(f"worker did not start; log: {self.output()}")
+
+    async def logged(self, text: str, limit_s: float = 15) -> None:
+        """Wait until the worker's log (all of it) shows ``text``: the signal that it
+        noticed something, e.g. a lost connection."""
+        for _ in range(int(limit_s * 20)):
+            if text in self.full_output():
+                return
+            if not self.alive:
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"worker never logged {text!r}; log: {self.output()}")
 
     async def pause(self) -> None:
         await pause_process(self.proc)

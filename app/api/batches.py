@@ -94,12 +94,11 @@ async def create_batch(
     """Validate, write the batch and return at once (202); work happens in the background.
     A repeated ``Idempotency-Key`` returns the existing batch with 200. With
     ``"dry_run": true`` nothing is written: 200 with the predicted outcome."""
+    key = service.idempotency_key_of(body, idempotency_key)  # a 422 even for a dry run
     if body.dry_run:
         response.status_code = 200
         return await service.dry_run(session, settings, user, body)
-    batch, created = await service.create_batch(
-        session, settings, user, body, idempotency_key=idempotency_key
-    )
+    batch, created = await service.create_batch(session, settings, user, body, idempotency_key=key)
     if not created:
         response.status_code = 200
     return service.to_out(batch)
@@ -149,6 +148,8 @@ async def list_batches(
     responses=error_responses(401, 404),
 )
 async def get_batch(batch_id: BatchId, session: SessionDep, user: CurrentUser) -> BatchOut:
+    """The batch with its counters and progress; a batch of another user is a 404
+    (admins see every batch)."""
     return service.to_out(await service.get_batch(session, user, batch_id))
 
 
@@ -166,6 +167,8 @@ async def list_details(
     page: PageDep,
     status: DetailStatus | None = None,
 ) -> Page[DetailOut]:
+    """One row per item, in item order: its status, error sentence, retries and (for an
+    Excel import) its row and payload; ``status`` narrows the list."""
     batch = await service.get_batch(session, user, batch_id)
     items, total = await service.list_details(
         session, batch, offset=page.offset, limit=page.page_size, status=status
@@ -219,6 +222,8 @@ async def suspend_batch(batch_id: BatchId, session: SessionDep, user: CurrentUse
 async def activate_batch(
     batch_id: BatchId, session: SessionDep, settings: SettingsDep, user: CurrentUser
 ) -> BatchOut:
+    """Run a suspended batch again (or a batch created with ``start_suspended``); its
+    items were kept locked while it waited."""
     return service.to_out(await service.activate(session, settings, user, batch_id))
 
 

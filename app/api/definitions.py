@@ -21,6 +21,8 @@ router = APIRouter(prefix="/api/v1", tags=["definitions"])
     responses=error_responses(401, 403, 409, 422),
 )
 async def create(body: DefinitionCreate, _admin: AdminUser, session: SessionDep) -> DefinitionOut:
+    """Every problem of the definition is reported at once, each at its location; posting
+    a key that exists makes its next version."""
     definition = await service.create_definition(session, body)
     return DefinitionOut.model_validate(definition)
 
@@ -60,4 +62,5 @@ async def list_(
     responses=error_responses(401, 404, 422),
 )
 async def get(definition_id: IdPath, _user: CurrentUser, session: SessionDep) -> DefinitionOut:
+    """One version of a definition: its form fields and its nodes in order."""
     return DefinitionOut.model_validate(await service.get_definition(session, definition_id))

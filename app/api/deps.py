@@ -1,5 +1,6 @@
 """Request dependencies: the request-scoped session (the HTTP commit boundary), the
-current user from the bearer token, settings, pagination and the queue backend."""
+current user from the bearer token or the session cookie, settings, pagination and the
+queue backend."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db.unit_of_work import unit_of_work
-from app.engine.users import user_by_token
+from app.engine.users import browser_session_user, hash_token, user_by_token
 from app.errors import Forbidden, Unauthorized, ValidationFailed
 from app.models import User
 from app.queue.backend import QueueBackend
@@ -50,27 +51,44 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 async def get_current_user(request: Request, session: SessionDep) -> User:
     """The caller, from ``Authorization: Bearer <token>`` — or, for a browser (the
-    console, an ``EventSource``), from the HttpOnly session cookie that
-    ``POST /api/v1/session`` set. A cookie is sent by the browser on its own, so a
-    state-changing request authenticated by it must also carry the CSRF token in the
-    ``X-CSRF-Token`` header (double submit; the cookies are also ``SameSite=Strict``)."""
+    console, an ``EventSource``), from the session cookie that ``POST /api/v1/session``
+    set. A bearer header wins over the cookie."""
     header = request.headers.get("authorization", "")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Send 'Authorization: Bearer <token>'.")
-    else:
-        token = request.cookies.get(SESSION_COOKIE, "")
-        if not token:
+    if not header:
+        if not request.cookies.get(SESSION_COOKIE, "").strip():
             raise Unauthorized("Send 'Authorization: Bearer <token>' (or sign in).")
-        if request.method not in SAFE_METHODS:
-            expected = request.cookies.get(CSRF_COOKIE, "")
-            sent = request.headers.get(CSRF_HEADER, "")
-            if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
-                raise Forbidden(f"Send the {CSRF_HEADER} header of your session.")
-    user = await user_by_token(session, token.strip())
-    if user is None:
+        user = await cookie_user(request, session)
+        if user is None:
+            raise Unauthorized("Your session has ended: sign in again.")
+        return user
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Send 'Authorization: Bearer <token>'.")
+    found = await user_by_token(session, token.strip())
+    if found is None:
         raise Unauthorized("The bearer token is not valid.")
+    return found
+
+
+async def cookie_user(request: Request, session: AsyncSession) -> User | None:
+    """The user of the browser session named by the ``batchd_session`` cookie, or None
+    (no cookie; signed out, token rotated or expired). The one place a cookie becomes a
+    user: the API and the console's pages both ask here. A cookie is sent by the browser
+    on its own, so a state-changing request must also carry the session's CSRF token in
+    the ``X-CSRF-Token`` header (the console reads it from the ``batchd_csrf`` cookie;
+    the cookies are also ``SameSite=Strict``); the token is checked against the one
+    stored with the session, so another session's token does not do."""
+    secret = request.cookies.get(SESSION_COOKIE, "").strip()
+    if not secret:
+        return None
+    found = await browser_session_user(session, secret, request.app.state.settings)
+    if found is None:
+        return None
+    browser, user = found
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not sent or not hmac.compare_digest(hash_token(sent), browser.csrf_hash):
+            raise Forbidden(f"Send the {CSRF_HEADER} header of your session.")
     return user
 
 

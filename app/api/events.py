@@ -28,23 +28,16 @@ from app.batches.state import FINAL
 from app.models import User
 from app.queue.watch import BatchWatches
 from app.schemas.batch import BatchOut
-from app.schemas.common import IdPath, error_responses
+from app.schemas.common import IdPath, error_responses, parse_id
 
 router = APIRouter(prefix="/api/v1", tags=["batches"])
 
 
 def parse_event_id(raw: str | None) -> int | None:
-    """A ``Last-Event-ID`` we sent (ASCII digits of a progress sequence), or None.
-
-    Anything else is ignored, never an error: Starlette decodes header bytes as
-    latin-1, so a 0xB2 byte arrives as "²", which ``str.isdigit`` accepts and ``int``
-    refuses — that used to kill the stream."""
-    if raw is None:
-        return None
-    raw = raw.strip()
-    if not (0 < len(raw) <= 19 and raw.isascii() and raw.isdigit()):
-        return None
-    return int(raw)
+    """A ``Last-Event-ID`` we sent (the digits of a progress sequence), or None: anything
+    else is ignored, never an error (Starlette decodes header bytes as latin-1, so a 0xB2
+    byte arrives as "²")."""
+    return None if raw is None else parse_id(raw)
 
 
 @dataclass
@@ -93,6 +86,9 @@ async def batch_events(
     start: Annotated[StreamStart, Depends(stream_start)],
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
+    """A ``progress`` event with the batch now, one whenever its counters or status
+    change (at most ~10 a second), a ping comment every 15 s, and a final ``end`` event,
+    after which the stream closes. Reconnect with ``Last-Event-ID`` to hear only news."""
     seen = parse_event_id(last_event_id)
     current = start.batch
     ping = request.app.state.settings.sse_ping_interval

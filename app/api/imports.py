@@ -1,11 +1,13 @@
 """POST /api/v1/batches/import: a filled approval template becomes a ``task.approve``
-batch with one detail per row (DESIGN.md §4 "Excel template").
+batch with one detail per row.
 
-The flow is ``app.excel.importer.import_batch``: the file is read a page of rows at a
-time in a thread (openpyxl read-only; the event loop keeps serving), each page checked
-as approvals would be and spooled to disk, then the batch is written — memory stays
-flat whatever the number of rows, and a rejected upload writes nothing (one
-transaction)."""
+The flow is ``app.excel.importer.import_batch``: the file is checked against the upload
+limits (``app.excel.guard``) as it streams, then read a page of rows at a time in a
+thread (openpyxl read-only; the event loop keeps serving), each page checked as
+approvals would be and spooled to disk, then the batch is written — memory stays flat
+whatever the number of rows, and a rejected upload writes nothing (one transaction). At
+most ``BATCH_IMPORT_CONCURRENCY`` uploads are read at once; one that waits longer than
+``BATCH_IMPORT_WAIT`` seconds for its turn is a 503 with Retry-After."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import CurrentUser, SessionDep, SettingsDep
 from app.batches import service
+from app.config import Settings
 from app.errors import AppError, NotFound, TooLarge
 from app.excel import error_file, importer
 from app.schemas.batch import BatchOut, Priority
@@ -51,9 +54,17 @@ pending items carrying their row's decision, comment and values; invalid rows be
 `failed` items at once with `row N: <why>` (and never lock their task). A blank
 Decision is an error; a blank field cell leaves the field as it is.
 
-413 past `BATCH_MAX_UPLOAD_BYTES`, `BATCH_MAX_IMPORT_ROWS`, `BATCH_MAX_ZIP_MEMBERS` or
-`BATCH_MAX_UNCOMPRESSED_BYTES`; 422 for a file that is not a readable workbook / zip or
-has no Task ID or Decision column. Nothing is written for a rejected upload."""
+413 past `BATCH_MAX_UPLOAD_BYTES`, `BATCH_MAX_IMPORT_ROWS`, `BATCH_MAX_ZIP_MEMBERS`,
+`BATCH_MAX_UNCOMPRESSED_BYTES`, or what one workbook may hold — checked as each part
+streams, before it is read: `BATCH_MAX_SHEET_BYTES` / `BATCH_MAX_PART_BYTES` (unpacked
+size of a worksheet / of any other member), `BATCH_MAX_SHEET_ROWS`,
+`BATCH_MAX_ROW_CELLS`, `BATCH_MAX_SHEET_CELLS`, `BATCH_MAX_SHARED_STRINGS`,
+`BATCH_MAX_STYLE_ENTRIES`, `BATCH_MAX_SHEETS`, `BATCH_MAX_PART_ELEMENTS`,
+`BATCH_MAX_XML_ELEMENTS`; the `detail` names the limit. 422 for a file that is not a
+readable workbook / zip (an XML part declaring a DTD included) or has no Task ID or
+Decision column. 503 with `Retry-After` when `BATCH_IMPORT_CONCURRENCY` uploads are
+being read and this one waited `BATCH_IMPORT_WAIT` seconds. Nothing is written for a
+rejected upload."""
 
 
 @router.post(
@@ -63,7 +74,7 @@ has no Task ID or Decision column. Nothing is written for a rejected upload."""
     description=IMPORT_DESCRIPTION,
     status_code=202,
     response_model=BatchOut,
-    responses=error_responses(400, 401, 413, 415, 422),
+    responses=error_responses(400, 401, 413, 415, 422, 503),
     dependencies=[Depends(multipart_only)],
 )
 async def import_batch(
@@ -71,6 +82,7 @@ async def import_batch(
     settings: SettingsDep,
     user: CurrentUser,
     file: Annotated[UploadFile, File(description="The .xlsx workbook or .zip of workbooks.")],
+    request: Request,
     priority: Annotated[Priority, Form()] = Priority.NORMAL,
 ) -> BatchOut:
     """Check the size, then read, check and write the rows page by page."""
@@ -79,8 +91,25 @@ async def import_batch(
         raise TooLarge(
             f"The file is larger than the upload limit of {settings.max_upload_bytes} bytes."
         )
-    batch = await importer.import_batch(session, settings, user, file.file, priority)
+    # No transaction is held while waiting for a turn (on SQLite one holds the write
+    # lock, which the upload being read needs): the import begins its own.
+    await session.commit()
+    batch = await importer.import_batch(
+        session, settings, user, file.file, priority, _slots(request, settings)
+    )
     return service.to_out(batch)
+
+
+def _slots(request: Request, settings: Settings) -> importer.ImportSlots:
+    """This app's import slots, made on first use: one on SQLite, where an import holds
+    the database's write lock while it reads its rows (a second one would wait for the
+    lock, not for a slot, and fail with "database is locked" instead of a 503)."""
+    state = request.app.state
+    slots: importer.ImportSlots | None = getattr(state, "import_slots", None)
+    if slots is None:
+        size = 1 if settings.is_sqlite else settings.import_concurrency
+        slots = state.import_slots = importer.ImportSlots(size, settings.import_wait)
+    return slots
 
 
 def _size_of(file: UploadFile) -> int:
@@ -110,13 +139,18 @@ def _size_of(file: UploadFile) -> int:
 async def get_batch_error_file(
     request: Request, batch_id: IdPath, session: SessionDep, user: CurrentUser
 ) -> StreamingResponse:
-    """Built from the failed details when asked (404 while there are none), streamed."""
+    """Built from the failed details when asked (404 while there are none), whole
+    before the response starts, then streamed."""
     batch = await service.get_batch(session, user, batch_id)
     if not await error_file.has_failed(session, batch):
         raise NotFound(f"Batch {batch.id} has no failed items, so no error file.")
+    # Done with the request's own transaction (on SQLite it holds the write lock): the
+    # build reads each page in a short transaction of its own.
+    await session.commit()
+    built = await error_file.build(request.app.state.sessionmaker, batch)
     name = f"batch-{batch.id}-errors.xlsx"
     return StreamingResponse(
-        error_file.error_file_stream(request.app.state.sessionmaker, batch),
+        built.chunks(),
         media_type=XLSX,
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        headers={**built.headers, "Content-Disposition": f'attachment; filename="{name}"'},
     )

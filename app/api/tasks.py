@@ -13,13 +13,13 @@ from app.engine.instances import reload_step
 from app.engine.queries import TaskRow, get_task_row, list_tasks, task_filter_clauses
 from app.errors import ValidationFailed
 from app.schemas.common import (
-    ID_MAX,
     IdPath,
     IntQuery,
     KeyQuery,
     KeywordQuery,
     Page,
     error_responses,
+    parse_id,
 )
 from app.schemas.engine import (
     ApproveRequest,
@@ -62,12 +62,13 @@ def parse_ids(raw: str | None, limit: int) -> list[int] | None:
         part = part.strip()
         if not part:
             continue
-        if not (part.isascii() and part.isdigit()) or not 1 <= int(part) <= ID_MAX:
+        task_id = parse_id(part)
+        if task_id is None:
             raise ValidationFailed(
                 f"ids must be comma-separated positive integers, got '{part}'.",
                 fields=[{"loc": ["query", "ids"], "msg": f"'{part}' is not a task id"}],
             )
-        ids.append(int(part))
+        ids.append(task_id)
     if len(ids) > limit:
         raise ValidationFailed(
             f"ids may list at most {limit} tasks.",

@@ -1,5 +1,6 @@
 """POST /api/v1/approval-templates: the caller's pending tasks at one node as an Excel
-template to fill in and import (DESIGN.md §4 "Excel template"; app/excel/template.py)."""
+template to fill in and import (app/excel/template.py). The file is built whole before
+the response starts, so a failure is an error response, never a truncated 200."""
 
 from __future__ import annotations
 
@@ -126,14 +127,17 @@ async def create_approval_template(
         filter=body.filter.model_dump(exclude_none=True) if body.filter else None,
         task_ids=body.task_ids,
     )
-    sm = request.app.state.sessionmaker
+    # Done with the request's own transaction (on SQLite it holds the write lock): the
+    # build reads each page in a short transaction of its own.
+    await session.commit()
+    built = await template.build(request.app.state.sessionmaker, source, body.format)
     name = _UNSAFE_NAME.sub("_", f"approval-{source.definition_key}-{source.node_id}")
     headers = {
+        **built.headers,
         "Content-Disposition": f'attachment; filename="{name}.{body.format}"',
         TASKS_HEADER: str(len(source.task_ids)),
     }
     if body.task_ids is not None:
         headers[SKIPPED_HEADER] = str(source.skipped)
-    if body.format == "zip":
-        return StreamingResponse(template.zip_stream(sm, source), media_type=ZIP, headers=headers)
-    return StreamingResponse(template.xlsx_stream(sm, source), media_type=XLSX, headers=headers)
+    media_type = ZIP if body.format == "zip" else XLSX
+    return StreamingResponse(built.chunks(), media_type=media_type, headers=headers)

@@ -1,13 +1,14 @@
-"""/api/v1/users: the caller, creating users (admin) and monitor grants (admin)."""
+"""/api/v1/users: the caller, creating users (admin), monitor grants (admin) and
+rotating bearer tokens (one's own, or anyone's as an admin)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from app.api.deps import AdminUser, CurrentUser, SessionDep
-from app.engine.users import create_user, grant_monitor, granted_keys
+from app.engine.users import create_user, get_user, grant_monitor, granted_keys, rotate_token
 from app.schemas.common import IdPath, error_responses
-from app.schemas.engine import GrantCreate, GrantOut, Me, UserCreate, UserCreated
+from app.schemas.engine import GrantCreate, GrantOut, Me, NewToken, UserCreate, UserCreated
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
@@ -20,6 +21,8 @@ router = APIRouter(prefix="/api/v1", tags=["users"])
     responses=error_responses(401),
 )
 async def me(user: CurrentUser, session: SessionDep) -> Me:
+    """Who the token (or session) belongs to: name, role, department, and the process
+    definitions the caller may run instance operations on."""
     keys = await granted_keys(session, user.id)
     return Me(
         id=user.id,
@@ -28,6 +31,20 @@ async def me(user: CurrentUser, session: SessionDep) -> Me:
         department_id=user.department_id,
         monitor_keys=sorted(keys),
     )
+
+
+@router.post(
+    "/users/me/token",
+    operation_id="rotate_my_token",
+    summary="Rotate the caller's bearer token",
+    status_code=201,
+    response_model=NewToken,
+    responses=error_responses(401),
+)
+async def rotate_mine(user: CurrentUser, session: SessionDep) -> NewToken:
+    """A new token for the caller, shown only this once. The old token and every
+    browser session of the caller (this one too) are refused from now on."""
+    return NewToken(token=await rotate_token(session, user, actor_id=user.id))
 
 
 @router.post(
@@ -46,6 +63,21 @@ async def create(body: UserCreate, _admin: AdminUser, session: SessionDep) -> Us
     return UserCreated(
         id=user.id, name=user.name, role=user.role, department_id=user.department_id, token=token
     )
+
+
+@router.post(
+    "/users/{user_id}/token",
+    operation_id="rotate_user_token",
+    summary="Rotate a user's bearer token (admin)",
+    status_code=201,
+    response_model=NewToken,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def rotate_theirs(user_id: IdPath, admin: AdminUser, session: SessionDep) -> NewToken:
+    """A new token for any user (a leaked token, someone who left), shown only this
+    once; their old token and browser sessions are refused from now on."""
+    user = await get_user(session, user_id)
+    return NewToken(token=await rotate_token(session, user, actor_id=admin.id))
 
 
 @router.post(

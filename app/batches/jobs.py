@@ -32,9 +32,10 @@ def cron_schedule(settings: Settings) -> list[tuple[Cron, float]]:
 
 
 async def resume_after_restart(ctx: JobContext) -> None:
-    """Embedded default start-up: this process is the only worker, so wake every
-    unfinished batch at once (``state.wakeups`` for the state it is in) instead of
-    waiting for the recovery cron's timeouts."""
+    """Wake every unfinished batch at once (``state.wakeups`` for the state it is in)
+    instead of waiting for the recovery cron's timeouts: at the embedded default's
+    start-up (this process is the only worker), and when a worker finds Redis again
+    after an outage (a restart lost every queued wake-up)."""
     async with ctx.unit() as session:
         rows = (
             await session.execute(

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.errors import TooLarge, ValidationFailed
+from app.errors import Forbidden, TooLarge, ValidationFailed
 from app.models import User
 from app.operations import Operation, get_operation
 from app.schemas.batch import BatchCreate
@@ -77,6 +77,8 @@ async def resolve(
     413): type, params (also against the database), exactly one of ids / filter, the
     item limit, ``start_at``. Shared by create and dry run."""
     op = get_operation(req.type)
+    if op.admin_only and not user.is_admin:
+        raise Forbidden(f"Only an admin may run {op.type} batches.")
     params = op.validate_params(req.params)
     await op.check_params(session, params)
     if (req.ids is None) == (req.filter is None):

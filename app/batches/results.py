@@ -5,6 +5,13 @@ no transaction stays open for the length of a download (on SQLite every transact
 takes the write lock), and memory stays flat at any size. Each page is sent as soon as
 it is written: CSV directly, xlsx through ``app.excel.stream.XlsxStream`` (the sheet
 XML compressed as it is produced, in a thread so the event loop keeps serving).
+
+Every value goes through ``app.excel.cells`` (``csv_safe``, or ``xml_text`` inside the
+xlsx writer), so no text a user typed can stop a download halfway. Unlike the template
+and the error file, the export cannot be built before its first byte (a million rows
+would take minutes): should a page fail anyway (the database gone), the chunked body
+is never terminated — the server drops the connection and every HTTP client reports
+an incomplete response, never a complete-looking file.
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ from app.batches.resolve import Resolved, resolve
 from app.batches.state import BatchStatus, DetailStatus
 from app.config import Settings
 from app.db.base import utcnow
+from app.db.bulk import id_in
 from app.db.pages import total_of
 from app.engine.logs import write_action_log
-from app.errors import Conflict, IdempotencyKeyReused, NotFound
+from app.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
 from app.models import Batch, BatchDetail, SeedClaim, User
 from app.operations import get_operation
 from app.queue.backend import request_wakeup
@@ -49,7 +50,7 @@ async def create_batch(
     the options (priority, chunk size, retries, start). With ``start_at`` the batch is
     ``scheduled``: a listed source is resolved (and locked) now, a filter when the batch
     starts (its ``total`` until then is today's count)."""
-    key = idempotency_key or req.idempotency_key
+    key = idempotency_key_of(req, idempotency_key)
     fingerprint = request_fingerprint(req) if key else None
     if key:
         existing = await _by_idempotency_key(session, user.id, key, fingerprint)
@@ -59,8 +60,6 @@ async def create_batch(
     op = r.op
     scheduled = req.start_at is not None
     status = BatchStatus.SCHEDULED if scheduled else BatchStatus.CREATED
-    if req.start_suspended and (r.total > 0 or scheduled):
-        status = BatchStatus.SUSPENDED
     cfg = settings.for_type(op.type)
     batch = Batch(
         type=op.type,
@@ -95,12 +94,18 @@ async def create_batch(
             raise
         return existing, False
 
+    decided = 0
     if r.listed:
         seeded = await details.create_details(session, batch, user, op, r.listed)
         batch.failed, batch.ignored = seeded.failed, seeded.ignored
-    if r.total == 0 and not scheduled:
+        decided = seeded.failed + seeded.ignored
+    if decided == r.total and not scheduled:
+        # Empty, or every item decided at creation (missing, locked elsewhere): nothing
+        # would ever run, so the batch completes at once, even if asked to start suspended.
         batch.started_at = utcnow()
-        state.move(batch, BatchStatus.COMPLETED)  # an empty batch completes at once
+        state.move(batch, BatchStatus.COMPLETED)
+    elif req.start_suspended:
+        state.move(batch, BatchStatus.SUSPENDED)
     _request_wakeups(session, settings, batch)
     await write_action_log(
         session,
@@ -116,6 +121,17 @@ async def create_batch(
     )
     await session.flush()
     return batch, True
+
+
+def idempotency_key_of(req: BatchCreate, header: str | None) -> str | None:
+    """The request's idempotency key, from the ``Idempotency-Key`` header or the body's
+    ``idempotency_key``; two different keys are a 422 (which one counts is no guess)."""
+    if header and req.idempotency_key not in (None, header):
+        raise ValidationFailed(
+            "The Idempotency-Key header and the body's idempotency_key differ: send one.",
+            fields=[{"loc": ["body", "idempotency_key"], "msg": "differs from the header"}],
+        )
+    return header or req.idempotency_key
 
 
 async def dry_run(
@@ -345,7 +361,7 @@ async def retry(
         known = set(
             await session.scalars(
                 select(BatchDetail.item_id).where(
-                    BatchDetail.batch_id == batch.id, BatchDetail.item_id.in_(item_ids)
+                    BatchDetail.batch_id == batch.id, id_in(session, BatchDetail.item_id, item_ids)
                 )
             )
         )
@@ -354,7 +370,7 @@ async def retry(
             raise NotFound(
                 f"Items {', '.join(map(str, unknown[:20]))} are not in batch {batch_id}."
             )
-        clauses.append(BatchDetail.item_id.in_(item_ids))
+        clauses.append(id_in(session, BatchDetail.item_id, item_ids))
     failed = (
         await session.execute(select(BatchDetail.item_id, BatchDetail.retry_count).where(*clauses))
     ).all()

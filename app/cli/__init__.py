@@ -1,9 +1,10 @@
-"""The ``batchd`` command (DESIGN.md §5).
+"""The ``batchd`` command.
 
 - ``server``: serve, worker, migrate (settings from ``BATCH_*``)
-- ``admin``: create-user, seed-demo (straight to the database)
+- ``admin``: create-user, rotate-token, seed-demo (straight to the database)
 - ``watch``: a live progress bar for one batch; ``sse`` is its SSE client
-- ``client``: ``batchd batch …`` over the HTTP API (``BATCHD_URL``/``BATCHD_TOKEN``)
+- ``client``: ``batchd batch …`` and ``batchd token rotate`` over the HTTP API
+  (``BATCHD_URL``/``BATCHD_TOKEN``)
 - ``ui``: the rich tables and progress bar the client prints
 
 Importing this package registers every command on ``cli``.

@@ -1,6 +1,7 @@
-"""Admin commands that talk to the database directly: ``create-user``, ``seed-demo``.
+"""Admin commands that talk to the database directly: ``create-user``,
+``rotate-token``, ``seed-demo``.
 
-Why not over HTTP: they bootstrap the very tokens the API needs.
+Why not over HTTP: they bootstrap (or recover) the very tokens the API needs.
 """
 
 from __future__ import annotations
@@ -49,6 +50,51 @@ def create_user_cmd(
 
     token = asyncio.run(with_db(settings, work, migrate=settings.is_sqlite))
     typer.echo(token)
+
+
+@cli.command("rotate-token")
+def rotate_token_cmd(
+    user_id: Annotated[
+        int | None,
+        typer.Option(
+            "--user", help="The user's id (default: the only admin).", metavar="ID", min=1
+        ),
+    ] = None,
+) -> None:
+    """Give a user a new bearer token and print only it (shown once). Their old token and
+    browser sessions stop working at once. Without --user: the only admin's (a lost
+    admin token); with several admins, --user is required."""
+    from sqlalchemy import select
+
+    from app.config import get_settings
+    from app.engine.users import rotate_token
+    from app.models import User
+
+    settings = get_settings()
+
+    async def work(sm: async_sessionmaker[AsyncSession]) -> str:
+        async with sm() as session:
+            if user_id is not None:
+                user = await session.get(User, user_id)
+                if user is None:
+                    raise fail(f"there is no user {user_id}.")
+            else:
+                admins = list(
+                    await session.scalars(
+                        select(User).where(User.role == "admin").order_by(User.id).limit(11)
+                    )
+                )
+                if not admins:
+                    raise fail("there is no admin yet: batchd create-user NAME --role admin.")
+                if len(admins) > 1:
+                    listed = ", ".join(f"{a.id} {a.name}" for a in admins[:10])
+                    raise fail(f"there are several admins ({listed}): pass --user ID.")
+                user = admins[0]
+            token = await rotate_token(session, user, actor_id=None)
+            await session.commit()
+        return token
+
+    typer.echo(asyncio.run(with_db(settings, work, migrate=settings.is_sqlite)))
 
 
 @cli.command("seed-demo")

@@ -1,10 +1,11 @@
-"""``batchd batch …``: the client commands of DESIGN.md §5, over the HTTP API.
+"""``batchd batch …`` and ``batchd token rotate``: the client commands, over the HTTP API.
 
 Why a client at all when curl works: the commands parse ``key=value`` options into the
 request bodies, print rich tables (or, with ``--json``, the API's JSON as is), follow
 a new batch to its end, and turn every outcome into an exit code a script can use:
-0 done (or completed), 1 the watched batch ended aborted or cancelled, 2 a usage error,
-3 a server or network error (the server's sentence is printed on stderr).
+0 done (or completed), 1 the watched batch ended aborted or cancelled, 2 a usage error
+(one ``batchd: …`` line on stderr, never a traceback: values JSON cannot carry, such as
+NaN, are refused here), 3 a server or network error (the server's sentence on stderr).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ batch_app = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(batch_app, name="batch")
+token_app = typer.Typer(
+    name="token",
+    help="Your bearer token over the HTTP API: rotate it.",
+    no_args_is_help=True,
+)
+cli.add_typer(token_app, name="token")
 
 
 class Priority(enum.StrEnum):
@@ -92,20 +99,31 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON as i
 IdArg = Annotated[int, typer.Argument(help="The batch id.", metavar="ID", min=1)]
 
 
-@batch_app.callback()
-def options(
+GroupUrlOpt = Annotated[
+    str, typer.Option("--url", help="Base URL of the API.", envvar="BATCHD_URL")
+]
+GroupTokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="Bearer token.", envvar="BATCHD_TOKEN", show_default=False),
+]
+
+
+def connection_options(
     ctx: typer.Context,
-    url: Annotated[
-        str, typer.Option("--url", help="Base URL of the API.", envvar="BATCHD_URL")
-    ] = DEFAULT_URL,
-    token: Annotated[
-        str | None,
-        typer.Option("--token", help="Bearer token.", envvar="BATCHD_TOKEN", show_default=False),
-    ] = None,
+    url: GroupUrlOpt = DEFAULT_URL,
+    token: GroupTokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create, inspect and control batches (--url/--token, or BATCHD_URL/BATCHD_TOKEN)."""
+    """Where and as whom every command of a group talks to the API."""
     ctx.obj = Connection(url, token, as_json)
+
+
+batch_app.callback(
+    help="Create, inspect and control batches (--url/--token, or BATCHD_URL/BATCHD_TOKEN)."
+)(connection_options)
+token_app.callback(help="Your bearer token (--url/--token, or BATCHD_URL/BATCHD_TOKEN).")(
+    connection_options
+)
 
 
 class ServerError(Exception):
@@ -152,7 +170,11 @@ class Api:
 
     def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
-            response = self.client.request(method, path, **kw)
+            request = self.client.build_request(method, path, **kw)
+        except ValueError as exc:  # a value JSON cannot carry (text that is not Unicode)
+            raise fail(f"cannot send this request: {exc}") from None
+        try:
+            response = self.client.send(request)
         except httpx.HTTPError as exc:
             raise _unreachable(self.url, exc) from exc
         if response.status_code >= 400:
@@ -204,18 +226,32 @@ def _print_json(response: httpx.Response) -> None:
 # --------------------------------------------------------------------------- parsing
 
 
+def load_json(text: str) -> Any:
+    """``json.loads`` for what will be sent as JSON: NaN, Infinity and numbers too large
+    for a float (1e999) are refused, which JSON cannot carry (the request could not be
+    sent); any problem is a ``ValueError``."""
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if not math.isfinite(value):
+            raise ValueError(f"{number} is out of range for a number")
+        return value
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON value")
+
+    try:
+        return json.loads(text, parse_float=finite, parse_constant=no_constants)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def parse_value(text: str) -> Any:
     """A JSON scalar (number, true/false/null, "quoted string") if the text is one, else
     the text itself: ``10`` → 10, ``true`` → True, ``travel`` → "travel"."""
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(name)
-
     try:
-        value = json.loads(text, parse_constant=no_constants)
+        value = load_json(text)
     except ValueError:
-        return text
-    if isinstance(value, float) and not math.isfinite(value):
         return text
     return value if value is None or isinstance(value, bool | int | float | str) else text
 
@@ -224,12 +260,12 @@ def set_dotted(target: dict[str, Any], key: str, value: Any, option: str) -> Non
     """``form_data.category`` sets ``target["form_data"]["category"]``."""
     parts = key.split(".")
     if not all(parts):
-        raise typer.BadParameter(f"bad key {key!r}", param_hint=option)
+        raise fail(f"{option}: bad key {key!r}.")
     node = target
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise typer.BadParameter(f"{key!r}: {part!r} is not an object", param_hint=option)
+            raise fail(f"{option}: {key!r}: {part!r} is not an object.")
         node = child
     node[parts[-1]] = value
 
@@ -242,7 +278,7 @@ def parse_pairs(
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
+            raise fail(f"{option}: expected KEY=VALUE, got {pair!r}.")
         set_dotted(out, key.strip(), parse_value(value), option)
     return out
 
@@ -254,21 +290,27 @@ def parse_ids(text: str, option: str = "--ids") -> list[int]:
         try:
             ids.append(int(part))
         except ValueError:
-            raise typer.BadParameter(f"{part!r} is not an integer id", param_hint=option) from None
+            raise fail(f"{option}: {part!r} is not an integer id.") from None
     if not ids:
-        raise typer.BadParameter("no ids given", param_hint=option)
+        raise fail(f"{option}: no ids given.")
     return ids
 
 
+def _json_kind(value: Any) -> str:
+    kinds = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
 def parse_params_json(text: str | None) -> dict[str, Any]:
+    """``--params-json``: a JSON object, or a usage error that says what is wrong."""
     if text is None:
         return {}
     try:
-        value = json.loads(text)
+        value = load_json(text)
     except ValueError as exc:
-        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--params-json") from None
+        raise fail(f"--params-json is not valid JSON: {exc}.") from None
     if not isinstance(value, dict):
-        raise typer.BadParameter("must be a JSON object", param_hint="--params-json")
+        raise fail(f"--params-json must be a JSON object, not {_json_kind(value)}.")
     return value
 
 
@@ -337,11 +379,11 @@ def create(
 ) -> None:
     """Create a batch (202), or with --dry-run predict it; --watch follows it to the end."""
     if (ids is None) == (not filter_):
-        raise typer.BadParameter("pass exactly one of them.", param_hint="'--ids' / '--filter'")
+        raise fail("pass exactly one of --ids and --filter.")
     if dry_run and watch:
-        raise typer.BadParameter(
-            "--dry-run writes nothing, so there is nothing to watch.", param_hint="'--watch'"
-        )
+        raise fail("--dry-run writes nothing, so there is nothing to --watch.")
+    if max_rate is not None and not math.isfinite(max_rate):
+        raise fail(f"--max-rate must be a finite number, not {max_rate}.")
     body: dict[str, Any] = {"type": type_}
     if ids is not None:
         body["ids"] = parse_ids(ids)
@@ -594,9 +636,7 @@ def results(
 ) -> None:
     """Every item's result as a file, streamed (flat memory however large the batch)."""
     if output == "-" and format_ is ResultFormat.xlsx and sys.stdout.isatty():
-        raise typer.BadParameter(
-            "xlsx is binary: pass --output FILE (or pipe stdout).", param_hint="'--output'"
-        )
+        raise fail("xlsx is binary: pass --output FILE (or pipe stdout).")
     params = {"format": format_.value}
     if status:
         params["status"] = status.value
@@ -613,11 +653,44 @@ def results(
         partial = target.with_name(target.name + ".part")
         written = 0
         try:
-            with api.stream(path, params=params) as response, partial.open("wb") as f:
+            with partial.open("wb") as f, api.stream(path, params=params) as response:
                 for chunk in response.iter_bytes():
                     f.write(chunk)
                     written += len(chunk)
             os.replace(partial, target)  # never a half file under the real name
+        except OSError as exc:
+            raise fail(f"cannot write {target}: {exc.strerror or exc}") from None
         finally:
             partial.unlink(missing_ok=True)
         typer.echo(f"Wrote {written} bytes to {target}.", err=True)
+
+
+# --------------------------------------------------------------------------- token
+
+
+@token_app.command("rotate")
+def rotate(
+    ctx: typer.Context,
+    user: Annotated[
+        int | None,
+        typer.Option(
+            "--user", help="(admin) Rotate this user's token instead.", metavar="ID", min=1
+        ),
+    ] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace your bearer token and print only the new one (shown once). The old token
+    and your browser sessions stop working at once: update BATCHD_TOKEN."""
+    path = "/api/v1/users/me/token" if user is None else f"/api/v1/users/{user}/token"
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request("POST", path)
+        if api.conn.as_json:
+            _print_json(response)
+            return
+        body = response.json()
+        new = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(new, str):
+            raise ServerError(f"the answer holds no token: {response.text[:200]}")
+        typer.echo(new)

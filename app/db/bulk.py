@@ -20,10 +20,14 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     ColumnElement,
+    Select,
     Table,
     any_,
     bindparam,
+    func,
     insert,
+    literal_column,
+    select,
     text,
     update,
 )
@@ -36,12 +40,25 @@ def _is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+SQLITE_IN_MAX = 500
+"""Up to this many ids SQLite gets a plain ``IN (…)``; a longer list goes as one JSON
+array (SQLite refuses more than 32 766 bound variables in a statement)."""
+
+
 def id_in(session: AsyncSession, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
-    """``column IN (ids)`` — as ``column = ANY(:array)`` on PostgreSQL."""
+    """``column IN (ids)`` with one bind parameter however many ids: ``column =
+    ANY(:array)`` on PostgreSQL (asyncpg binds at most 32 767 arguments), ``json_each``
+    on SQLite for long lists."""
     if _is_postgres(session):
         array = bindparam(None, value=list(ids), type_=ARRAY(BigInteger()))
         clause: ColumnElement[bool] = column == any_(array)
         return clause
+    if len(ids) > SQLITE_IN_MAX:
+        listed: Select[Any] = select(literal_column("value")).select_from(
+            func.json_each(bindparam(None, value=json.dumps(list(ids))))
+        )
+        json_clause: ColumnElement[bool] = column.in_(listed.scalar_subquery())
+        return json_clause
     in_clause: ColumnElement[bool] = column.in_(list(ids))
     return in_clause
 

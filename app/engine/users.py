@@ -1,21 +1,34 @@
-"""Users, bearer tokens (stored as SHA-256, shown once) and monitor grants."""
+"""Users, their bearer tokens and browser sessions, and monitor grants.
+
+Every secret (a token, a session's cookie secret, its CSRF token) is shown once and
+stored only as its SHA-256, so a copy of the database lets nobody in.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.config import Settings
+from app.db.base import utcnow
+from app.engine.logs import write_action_log
 from app.errors import NotFound
-from app.models import MonitorGrant, User
+from app.models import BrowserSession, MonitorGrant, User
 
 ROLES = ("admin", "user")
 
+SESSION_TOUCH_SECONDS = 60.0
+"""A session's ``last_seen_at`` is written at most this often (not on every request), so
+the idle deadline is exact to within this much."""
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+
+def hash_token(secret: str) -> str:
+    """The stored form of any secret: SHA-256 hex (secrets are random, so no salt)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def new_token() -> str:
@@ -35,6 +48,95 @@ async def create_user(
 
 async def user_by_token(session: AsyncSession, token: str) -> User | None:
     return await session.scalar(select(User).where(User.token_hash == hash_token(token)))
+
+
+async def rotate_token(session: AsyncSession, user: User, *, actor_id: int | None) -> str:
+    """Give ``user`` a new token and return it (the only time it is visible). The old
+    token and every browser session of the user stop working when this commits; the
+    action log records who did it (``actor_id`` None: the server's own CLI)."""
+    token = new_token()
+    user.token_hash = hash_token(token)
+    ended = await end_browser_sessions(session, user.id)
+    await write_action_log(
+        session,
+        actor_id,
+        "user.token_rotated",
+        detail={"user_id": user.id, "sessions_ended": ended},
+    )
+    return token
+
+
+async def start_browser_session(
+    session: AsyncSession, user: User, settings: Settings
+) -> tuple[str, str]:
+    """Open a session for ``user``: its cookie secret and CSRF token (stored hashed).
+    Sessions that have expired, anyone's, are deleted here, so the table holds only
+    live ones without a sweeper of its own."""
+    now = utcnow()
+    await session.execute(
+        delete(BrowserSession).where(
+            or_(
+                BrowserSession.last_seen_at
+                < now - timedelta(seconds=settings.session_idle_timeout),
+                BrowserSession.created_at < now - timedelta(seconds=settings.session_max_age),
+            )
+        )
+    )
+    secret, csrf = "bs_" + secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    session.add(
+        BrowserSession(
+            user_id=user.id,
+            secret_hash=hash_token(secret),
+            csrf_hash=hash_token(csrf),
+            created_at=now,
+            last_seen_at=now,
+        )
+    )
+    await session.flush()
+    return secret, csrf
+
+
+async def browser_session_user(
+    session: AsyncSession, secret: str, settings: Settings
+) -> tuple[BrowserSession, User] | None:
+    """The live session whose cookie secret this is, with its user; None if there is
+    none (never was, signed out, token rotated) or it has expired, idle
+    (``session_idle_timeout``) or old (``session_max_age``). Using it moves the idle
+    deadline."""
+    row = (
+        await session.execute(
+            select(BrowserSession, User)
+            .join(User, User.id == BrowserSession.user_id)
+            .where(BrowserSession.secret_hash == hash_token(secret))
+        )
+    ).first()
+    if row is None:
+        return None
+    browser, user = row.tuple()
+    now = utcnow()
+    idle = now - browser.last_seen_at
+    if idle > timedelta(seconds=settings.session_idle_timeout):
+        return None
+    if now - browser.created_at > timedelta(seconds=settings.session_max_age):
+        return None
+    touch = min(SESSION_TOUCH_SECONDS, settings.session_idle_timeout / 10)
+    if idle > timedelta(seconds=touch):
+        browser.last_seen_at = now
+        await session.flush()
+    return browser, user
+
+
+async def end_browser_session(session: AsyncSession, secret: str) -> None:
+    """Sign out: the session of this cookie secret is refused from now on."""
+    await session.execute(
+        delete(BrowserSession).where(BrowserSession.secret_hash == hash_token(secret))
+    )
+
+
+async def end_browser_sessions(session: AsyncSession, user_id: int) -> int:
+    """End every browser session of a user; how many there were."""
+    result = await session.execute(delete(BrowserSession).where(BrowserSession.user_id == user_id))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def get_user(session: AsyncSession, user_id: int) -> User:

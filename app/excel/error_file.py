@@ -1,5 +1,5 @@
 """``GET /batches/{id}/error-file``: the failed items of a batch as an xlsx that can be
-fixed and imported again (DESIGN.md §4 "Excel template").
+fixed and imported again.
 
 Built on demand from the failed details, so it is always the current one (also after
 a retry finishes):
@@ -14,15 +14,15 @@ a retry finishes):
 
 The import ignores the ``Error`` column, so a fixed file imports as it is. Details are
 read page by page in short transactions and written with openpyxl's write-only mode
-to a temporary file (in a thread), which is then streamed and deleted, as the results
-export does. Formula-looking text is written as text.
+to a temporary file (in a thread), built whole before the response starts
+(``app.excel.built``: a failure is an error response, never a truncated 200). Every
+value goes through ``app.excel.cells.text_cell``: formula-looking text is written as
+text, characters XML cannot hold as U+FFFD.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -33,13 +33,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.batches.details import detail_pages
 from app.batches.state import DetailStatus
 from app.engine.forms import find_node
+from app.excel.built import BuiltFile, build_file
 from app.excel.cells import text_cell
 from app.excel.layout import ERROR, Column, approval_columns
 from app.models import Batch, BatchDetail, ProcessDefinition, ProcessInstance, Task, User
 from app.operations import get_operation
 
 PAGE = 2_000
-FILE_CHUNK = 256 * 1024
 
 
 async def has_failed(session: AsyncSession, batch: Batch) -> bool:
@@ -72,20 +72,17 @@ def _error_of(row: int | None, error: str | None) -> str:
     return text if row is None or text.startswith("row ") else f"row {row}: {text}"
 
 
-async def error_file_stream(
-    sm: async_sessionmaker[AsyncSession], batch: Batch
-) -> AsyncIterator[bytes]:
-    """The workbook, built in a temporary file and streamed. Values are shown as the
-    batch's creator may see them (like the results export): an error file never shows
-    more than the item errors do."""
+async def build(sm: async_sessionmaker[AsyncSession], batch: Batch) -> BuiltFile:
+    """The workbook, built whole in a temporary file. Values are shown as the batch's
+    creator may see them (like the results export): an error file never shows more
+    than the item errors do."""
     async with sm() as session:
         creator = await session.get(User, batch.creator_id)
     assert creator is not None  # users are never deleted
-    wb = Workbook(write_only=True)
-    ws = wb.create_sheet("Errors")
-    fd, path = tempfile.mkstemp(prefix="batchd-errors-", suffix=".xlsx")
-    os.close(fd)
-    try:
+
+    async def write(path: str) -> None:
+        wb = Workbook(write_only=True)
+        ws = wb.create_sheet("Errors")
         if batch.source == "excel":
             await _excel_rows(sm, batch, ws)
         elif batch.type == "task.approve":
@@ -93,11 +90,8 @@ async def error_file_stream(
         else:
             await _plain_rows(sm, batch, creator, ws)
         await asyncio.to_thread(wb.save, path)
-        with open(path, "rb") as f:  # noqa: ASYNC230 - local temp file, read in small chunks
-            while chunk := f.read(FILE_CHUNK):
-                yield chunk
-    finally:
-        os.unlink(path)
+
+    return await build_file(write, prefix="batchd-errors-", suffix=".xlsx")
 
 
 def _append(ws: Any, rows: list[list[Any]]) -> None:

@@ -1,17 +1,18 @@
-"""Importing a filled approval template (DESIGN.md §4 "Excel template"): an .xlsx with
-one row per task, or a .zip of vertical per-task workbooks, becomes the rows of a
-``task.approve`` batch.
+"""Importing a filled approval template: an .xlsx with one row per task, or a .zip of
+vertical per-task workbooks, becomes the rows of a ``task.approve`` batch.
 
 ``import_batch`` streams: ``open_upload`` (blocking, run in a thread) checks the file —
-a zip at all, member count and declared uncompressed size *before* anything is
-extracted (zip bombs; ``zipfile`` never inflates a member past its declared size), the
-header row — and then yields the rows from openpyxl's read-only mode a page at a time;
+a zip at all, then everything ``app.excel.guard`` limits (members, sizes, and what each
+part holds, counted as it streams, before openpyxl reads any of it), the header row —
+and then yields the rows from openpyxl's read-only mode a page at a time;
 ``RowChecker`` checks each page as an approval would be checked, with the engine's own
 dry run, so a row's error is exactly the sentence the batch would have given, prefixed
 with its row ("row 7: Category must be one of travel, meals, other"); the checked page
 goes to a spool on disk (``app.batches.spool``), and the batch is created from the
 spool. Nothing but one page and the duplicate index is in memory at a time, and
-nothing is written to the database until the whole file has been read.
+nothing is written to the database until the whole file has been read. At most
+``BATCH_IMPORT_CONCURRENCY`` uploads are read at once per process (``ImportSlots``): the
+limits bound one upload's memory and CPU, the slots bound their number.
 
 One sheet is for one node: its columns (``app.excel.layout``) are those of the node of
 the first row whose task the caller can see; a task at another node fails. A zip's
@@ -21,16 +22,17 @@ workbooks are one task each, so each is read against its own task's node.
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import math
+import shutil
+import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import IO, Any
 
-from openpyxl import load_workbook
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,7 +43,8 @@ from app.config import Settings
 from app.db.bulk import id_in
 from app.engine.approval import ApprovalInput, Outcome, approve_tasks
 from app.engine.forms import find_node
-from app.errors import TooLarge, ValidationFailed
+from app.errors import AppError, TooLarge, Unavailable, ValidationFailed
+from app.excel.guard import Budget, Package
 from app.excel.layout import (
     DECISION,
     DECISIONS,
@@ -62,14 +65,16 @@ COMMENT_MAX = 2_000
 """The longest comment ``task.approve`` accepts (``ApproveParams.comment``)."""
 EXCEL_MAX_ROWS = 1_048_576
 CHECK_PAGE = 500
+"""Rows decided by one engine dry run (the event loop is never held long)."""
 READ_PAGE = 2_000
 """Rows read by one call into the reading thread (the sheet is read, then checked, in
 turn: reading while checking only made both wait for the GIL)."""
-"""Rows decided by one engine dry run (the event loop is never held long)."""
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 OLE_MAGIC = b"\xd0\xcf\x11\xe0"
 """An encrypted (password-protected) .xlsx, or an old .xls, is an OLE compound file."""
+SPOOL_IN_MEMORY = 1024 * 1024
+"""A workbook of a zip larger than this is copied to a temporary file to be read."""
 
 _TASK_ID_COLUMN = Column("task_id", TASK_ID)
 _DECISION_COLUMN = Column("decision", DECISION, required=True)
@@ -118,16 +123,58 @@ class _Row:
 # --------------------------------------------------------------------------- the flow
 
 
+class Busy(Unavailable):
+    """Every import slot stayed taken for ``BATCH_IMPORT_WAIT`` seconds (a 503 with
+    Retry-After, like any other "try again shortly")."""
+
+    retry_after_s = 10
+    """About how long a turn takes to come free (an upload is read in seconds)."""
+
+
+class ImportSlots:
+    """How many uploads one process reads at once (``BATCH_IMPORT_CONCURRENCY``).
+
+    Reading is CPU-bound Python in worker threads: every upload read at once adds its
+    memory (openpyxl's shared strings and styles, within the ``app.excel.guard``
+    limits) and takes its share of the GIL from the event loop. An upload waits for a
+    slot; after ``BATCH_IMPORT_WAIT`` seconds it is answered 503 with Retry-After, so
+    a burst of uploads neither piles up nor starves the rest of the API."""
+
+    def __init__(self, size: int, wait_s: float) -> None:
+        self._free = asyncio.Semaphore(size)
+        self.wait_s = wait_s
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self._free.acquire(), self.wait_s)
+        except TimeoutError:
+            raise Busy(
+                "Too many uploads are being read right now; send the file again in a moment."
+            ) from None
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
 async def import_batch(
-    session: AsyncSession, settings: Settings, user: User, data: IO[bytes], priority: str
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    data: IO[bytes],
+    priority: str,
+    slots: ImportSlots,
 ) -> Batch:
     """The upload as a ``task.approve`` batch with one detail per task row (in the
-    caller's transaction: a rejected upload writes nothing)."""
-    upload = await asyncio.to_thread(open_upload, data, settings)
-    try:
-        spool = await read_upload(session, user, upload)
-    finally:
-        upload.close()
+    caller's transaction: a rejected upload writes nothing). The file is read, and its
+    rows checked, in one of ``slots``; the batch is written after."""
+    async with slots.hold():
+        upload = await asyncio.to_thread(open_upload, data, settings)
+        try:
+            spool = await read_upload(session, user, upload)
+        finally:
+            upload.close()
     with spool:
         if not len(spool):
             raise ValidationFailed(
@@ -159,10 +206,10 @@ def _bad_file(detail: str) -> ValidationFailed:
 
 def open_upload(data: IO[bytes], settings: Settings) -> Upload:
     """Open an uploaded .xlsx or .zip (blocking: call it in a thread). 422 for anything
-    that is not one of them, 413 past the member / uncompressed-size limits; nothing is
-    extracted before the declared sizes are checked. The header row (or the zip's list
-    of workbooks) is checked here; the rows are read by ``Upload.next_page`` (413 past
-    the row limit while reading)."""
+    that is not one of them, 413 past the limits of ``app.excel.guard`` (checked before
+    anything is extracted, then as each part streams); the header row (or the zip's
+    list of workbooks) is checked here; the rows are read by ``Upload.next_page`` (413
+    past the row limit while reading)."""
     data.seek(0)
     magic = data.read(4)
     data.seek(0)
@@ -175,23 +222,20 @@ def open_upload(data: IO[bytes], settings: Settings) -> Upload:
         )
     if magic not in (ZIP_MAGIC, EMPTY_ZIP_MAGIC):
         raise _bad_file("The file is not an .xlsx workbook or a .zip of workbooks.")
+    budget = Budget.of(settings)
     try:
-        archive = zipfile.ZipFile(data)
+        package = Package(data, budget, "the upload")
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise _bad_file("The file is not a readable .xlsx workbook or .zip.") from exc
     try:
-        budget = _Budget(settings.max_uncompressed_bytes)
-        _check_members(archive, settings, budget, "The upload")
-        names = set(archive.namelist())
+        names = set(package.namelist())
         if "xl/workbook.xml" not in names and "[Content_Types].xml" not in names:
-            members = _workbook_members(archive, settings)
-            records = _zip_of_workbooks(archive, members, settings, budget)
-            return Upload(True, records, archive.close)
+            members = _workbook_members(package, settings)
+            return Upload(True, _zip_of_workbooks(package, members, budget), package.close)
+        wb = _open_workbook(package, "The file is not a readable .xlsx workbook.")
     except BaseException:
-        archive.close()
+        package.close()
         raise
-    archive.close()
-    wb = _open_workbook(data)
     try:
         records = _horizontal(wb.worksheets[0], settings.max_import_rows)
     except BaseException:
@@ -200,42 +244,17 @@ def open_upload(data: IO[bytes], settings: Settings) -> Upload:
     return Upload(False, records, wb.close)
 
 
-@dataclass
-class _Budget:
-    """The uncompressed bytes an upload may still declare (its nested workbooks too)."""
-
-    left: int
-
-    def spend(self, n: int, limit: int) -> None:
-        self.left -= n
-        if self.left < 0:
-            raise TooLarge(
-                f"The upload would unpack to more than {limit} bytes "
-                "(BATCH_MAX_UNCOMPRESSED_BYTES); it was not extracted."
-            )
-
-
-def _check_members(
-    archive: zipfile.ZipFile, settings: Settings, budget: _Budget, what: str
-) -> None:
-    members = archive.infolist()
-    if len(members) > settings.max_zip_members:
-        raise TooLarge(
-            f"{what} holds {len(members)} files; the limit is {settings.max_zip_members} "
-            "(BATCH_MAX_ZIP_MEMBERS)."
-        )
-    budget.spend(sum(m.file_size for m in members), settings.max_uncompressed_bytes)
-
-
-def _open_workbook(stream: IO[bytes]) -> Any:
-    """A workbook in read-only mode (rows are streamed from the zip, memory stays flat);
-    close it when done."""
+def _open_workbook(package: Package, unreadable: str) -> Any:
+    """The package's workbook in read-only mode (rows are streamed from the zip, memory
+    stays flat); closing it closes the package."""
     try:
-        wb = load_workbook(stream, read_only=True, data_only=True)
+        wb = package.workbook()
         if not wb.worksheets:
             raise ValueError("no worksheet")
+    except AppError:
+        raise
     except Exception as exc:  # openpyxl raises many kinds on a corrupt file
-        raise _bad_file("The file is not a readable .xlsx workbook.") from exc
+        raise _bad_file(unreadable) from exc
     return wb
 
 
@@ -306,7 +325,8 @@ def _require_columns(headers: list[str | None], what: str) -> None:
 
 def _workbook_members(archive: zipfile.ZipFile, settings: Settings) -> list[zipfile.ZipInfo]:
     """The zip's workbooks, in zip order (folders, macOS resource forks and Excel's
-    ``~$`` lock files skipped); 422 for none, 413 past the row limit."""
+    ``~$`` lock files skipped); 422 for none, 413 past the row limit. (``Package`` has
+    held each of them to ``BATCH_MAX_PART_BYTES`` already.)"""
     members = [
         m
         for m in archive.infolist()
@@ -326,34 +346,33 @@ def _workbook_members(archive: zipfile.ZipFile, settings: Settings) -> list[zipf
 
 
 def _zip_of_workbooks(
-    archive: zipfile.ZipFile,
-    members: list[zipfile.ZipInfo],
-    settings: Settings,
-    budget: _Budget,
+    archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], budget: Budget
 ) -> Iterator[Record]:
-    """One vertical workbook per task (Field | Value), read as the records are asked for."""
+    """One vertical workbook per task (Field | Value), read as the records are asked
+    for; each is a package of its own, held to the same limits, within the upload's
+    budget."""
     for position, member in enumerate(members, start=1):
         name = member.filename.rsplit("/", 1)[-1]
-        try:
-            raw = archive.read(member)
-        except Exception as exc:
-            raise _bad_file(f"{name} in the zip could not be read.") from exc
-        try:
-            inner = zipfile.ZipFile(io.BytesIO(raw))
-        except zipfile.BadZipFile as exc:
-            raise _bad_file(f"{name} in the zip is not an .xlsx workbook.") from exc
-        with inner:
-            _check_members(inner, settings, budget, name)
-        try:
-            wb = _open_workbook(io.BytesIO(raw))
-        except ValidationFailed as exc:
-            raise _bad_file(f"{name} in the zip is not a readable .xlsx workbook.") from exc
-        try:
-            cells = _vertical_cells(wb.worksheets[0])
-        finally:
-            wb.close()
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as copy:
+            try:
+                with archive.open(member) as src:
+                    shutil.copyfileobj(src, copy)
+            except Exception as exc:
+                raise _bad_file(f"{name} in the zip could not be read.") from exc
+            try:
+                inner = Package(copy, budget, name)
+            except (zipfile.BadZipFile, OSError, ValueError) as exc:
+                raise _bad_file(f"{name} in the zip is not an .xlsx workbook.") from exc
+            try:
+                wb = _open_workbook(inner, f"{name} in the zip is not a readable .xlsx workbook.")
+            except BaseException:
+                inner.close()
+                raise
+            try:
+                cells = _vertical_cells(wb.worksheets[0])
+            finally:
+                wb.close()
         _require_columns([h for h, _ in cells], name)
-        del raw
         yield Record(position, f"row {position} ({name})", cells)
 
 
@@ -502,15 +521,23 @@ def _parse_task_id(row: _Row) -> None:
     if _blank(raw):
         row.error = "Task ID is required"
         return
-    value: int | None = None
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        value = raw
-    elif isinstance(raw, str) and raw.strip().isdigit() and len(raw.strip()) <= 19:
-        value = int(raw.strip())
+    value = _whole_number(raw)
     if value is None or not 1 <= value <= ID_MAX:
         row.error = f"Task ID must be a whole number, not {str(raw)[:50]!r}"
         return
     row.task_id = value
+
+
+def _whole_number(raw: Any) -> int | None:
+    """An integer cell, or text of ASCII digits only: ``str.isdigit`` also accepts "²"
+    (which ``int`` refuses) and "٣" (which ``int`` reads as 3)."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip()
+        if 0 < len(text) <= 19 and text.isascii() and text.isdigit():
+            return int(text)
+    return None
 
 
 def _read_payload(row: _Row, found: dict[int, Column]) -> None:

@@ -8,21 +8,23 @@ An xlsx is a zip of a few XML parts; ``zipfile`` can write to a stream that cann
 (data descriptors), so the sheet XML is compressed and handed out as it is produced.
 
 Cells are numbers or inline strings — never formulas, so formula-looking text stays
-text — and characters XML cannot hold are dropped. Datetimes are written as ISO 8601
-text (UTC), which every spreadsheet program shows and sorts correctly.
+text — and characters XML cannot hold are written as U+FFFD (``app.excel.cells``: a
+title holding a control character must not stop the download halfway). Datetimes are
+written as ISO 8601 text (UTC), which every spreadsheet program shows and sorts
+correctly.
 """
 
 from __future__ import annotations
 
 import io
-import re
+import math
 import zipfile
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 from xml.sax.saxutils import escape
 
-_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+from app.excel.cells import xml_text
 
 _CONTENT_TYPES = """<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
 <Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">
@@ -101,11 +103,11 @@ def _cell(ref: str, value: Any, style: str) -> str:
         return ""
     if isinstance(value, bool):
         return f'<c r="{ref}" t="b"{style}><v>{int(value)}</v></c>'
-    if isinstance(value, int | float):
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
         return f'<c r="{ref}" t="n"{style}><v>{value}</v></c>'
     if isinstance(value, datetime | date):
         value = value.isoformat()
-    text = escape(_ILLEGAL.sub("", str(value)))
+    text = escape(xml_text(str(value)))
     return f'<c r="{ref}" t="inlineStr"{style}><is><t xml:space="preserve">{text}</t></is></c>'
 
 
@@ -119,7 +121,10 @@ class XlsxStream:
         for name, body in (
             ("[Content_Types].xml", _CONTENT_TYPES),
             ("_rels/.rels", _RELS),
-            ("xl/workbook.xml", _WORKBOOK.format(name=escape(sheet_name, {'"': "&quot;"}))),
+            (
+                "xl/workbook.xml",
+                _WORKBOOK.format(name=escape(xml_text(sheet_name), {'"': "&quot;"})),
+            ),
             ("xl/_rels/workbook.xml.rels", _WORKBOOK_RELS),
             ("xl/styles.xml", _STYLES),
         ):

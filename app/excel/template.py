@@ -1,5 +1,5 @@
-"""The approval template (DESIGN.md §4 "Excel template"): the caller's pending tasks at
-one node of the latest definition version, as a workbook to fill in and import.
+"""The approval template: the caller's pending tasks at one node of the latest
+definition version, as a workbook to fill in and import.
 
 - ``xlsx``: sheet "Tasks", one row per task, the columns of
   :func:`app.excel.layout.approval_columns` (the import reads the same layout back);
@@ -14,18 +14,18 @@ and the import checks every value again (read-only columns are never applied).
 
 Memory stays flat: the task ids are resolved once (≤ ``MAX_TASKS`` integers), rows are
 read in pages by id, each page in its own short transaction, and workbooks are built
-with openpyxl's write-only mode into a temporary file, in a thread, then streamed from
-disk and deleted — like the results export (app/batches/results.py).
+with openpyxl's write-only mode into a temporary file, in a thread. The file is built
+whole before the response starts (``app.excel.built``), then streamed from disk. Every
+text goes through ``app.excel.cells`` (a title or form value holding a control
+character is written with U+FFFD in its place).
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import os
-import tempfile
 import zipfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from copy import copy
 from dataclasses import dataclass, replace
 from datetime import date
@@ -33,7 +33,6 @@ from typing import Any, Literal, TypeAlias
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
-from openpyxl.comments import Comment
 from openpyxl.styles import Font, PatternFill, Protection
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
@@ -46,7 +45,8 @@ from app.engine.definitions import latest_definition
 from app.engine.forms import NUMBER_MAX, find_node
 from app.engine.queries import TASK_INSTANCE_JOIN, task_filter_clauses
 from app.errors import NotFound, TooLarge
-from app.excel.cells import text_cell
+from app.excel.built import BuiltFile, build_file
+from app.excel.cells import comment, text_cell, validation
 from app.excel.layout import DECISIONS, Column, approval_columns
 from app.models import ProcessInstance, Task, User
 from app.schemas.common import TEXT_MAX
@@ -66,7 +66,6 @@ took 108 s in bench/excel_template.py); more belong in the xlsx variant."""
 PAGE = 2_000
 """Task ids per query while building (also keeps ``IN (…)`` far below every driver's
 bind-parameter limit)."""
-FILE_CHUNK = 256 * 1024
 
 SHEET = "Tasks"
 FORM_SHEET = "Task"
@@ -311,7 +310,7 @@ def validation_for(column: Column, lists: Lists) -> DataValidation | None:
     if kind == "bool":
         return _list_validation(lists.range_of("yes/no"), f"{label}: choose yes or no.")
     if kind == "number":
-        return DataValidation(
+        return validation(
             type="decimal",
             operator="between",
             formula1=str(-NUMBER_MAX),
@@ -322,7 +321,7 @@ def validation_for(column: Column, lists: Lists) -> DataValidation | None:
             error=f"{label} must be a number.",
         )
     if kind == "date":
-        return DataValidation(
+        return validation(
             type="date",
             operator="between",
             formula1=str(EXCEL_DATE_MIN),
@@ -336,7 +335,7 @@ def validation_for(column: Column, lists: Lists) -> DataValidation | None:
 
 
 def _list_validation(formula: str, message: str) -> DataValidation:
-    return DataValidation(
+    return validation(
         type="list",
         formula1=formula,
         allow_blank=True,
@@ -350,7 +349,7 @@ def _list_validation(formula: str, message: str) -> DataValidation:
 
 
 def _text_validation(longest: int) -> DataValidation:
-    return DataValidation(
+    return validation(
         type="textLength",
         operator="lessThanOrEqual",
         formula1=str(longest),
@@ -423,7 +422,7 @@ def _header_cell(ws: Sheet, column: Column, text: str) -> WriteOnlyCell:
     cell.fill = EDITABLE_FILL if column.editable else PROTECTED_FILL
     hint = header_comment(column)
     if hint:
-        cell.comment = Comment(hint, "batchd", width=260, height=90)
+        cell.comment = comment(hint, "batchd", width=260, height=90)
     return cell
 
 
@@ -511,45 +510,37 @@ def _plain_header(ws: Sheet, text: str) -> WriteOnlyCell:
     return cell
 
 
-async def xlsx_stream(
-    sm: async_sessionmaker[AsyncSession], source: TemplateSource
-) -> AsyncIterator[bytes]:
+async def build(
+    sm: async_sessionmaker[AsyncSession], source: TemplateSource, fmt: Format
+) -> BuiltFile:
+    """The template built whole (before the response starts): an xlsx, or a zip of one
+    workbook per task."""
+    if fmt == "zip":
+        return await build_file(
+            lambda path: _build_zip(sm, source, path), prefix="batchd-template-", suffix=".zip"
+        )
+    return await build_file(
+        lambda path: _build_xlsx(sm, source, path), prefix="batchd-template-", suffix=".xlsx"
+    )
+
+
+async def _build_xlsx(
+    sm: async_sessionmaker[AsyncSession], source: TemplateSource, path: str
+) -> None:
     writer = SheetWriter(source.columns)
+    async for page in _pages(sm, source):
+        await asyncio.to_thread(writer.append, page)
+    await asyncio.to_thread(writer.save, path)
 
-    async def build(path: str) -> None:
+
+async def _build_zip(
+    sm: async_sessionmaker[AsyncSession], source: TemplateSource, path: str
+) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         async for page in _pages(sm, source):
-            await asyncio.to_thread(writer.append, page)
-        await asyncio.to_thread(writer.save, path)
-
-    async for chunk in _built_file(build, ".xlsx"):
-        yield chunk
-
-
-async def zip_stream(
-    sm: async_sessionmaker[AsyncSession], source: TemplateSource
-) -> AsyncIterator[bytes]:
-    async def build(path: str) -> None:
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-            async for page in _pages(sm, source):
-                await asyncio.to_thread(_zip_page, archive, source.columns, page)
-
-    async for chunk in _built_file(build, ".zip"):
-        yield chunk
+            await asyncio.to_thread(_zip_page, archive, source.columns, page)
 
 
 def _zip_page(archive: zipfile.ZipFile, columns: list[Column], page: Sequence[TaskData]) -> None:
     for task in page:
         archive.writestr(f"task-{task.id}.xlsx", task_form(columns, task))
-
-
-async def _built_file(build: Callable[[str], Any], suffix: str) -> AsyncIterator[bytes]:
-    """Build into a temporary file, stream it, delete it (also when the client goes)."""
-    fd, path = tempfile.mkstemp(prefix="batchd-template-", suffix=suffix)
-    os.close(fd)
-    try:
-        await build(path)
-        with open(path, "rb") as f:  # noqa: ASYNC230 - local temp file, read in small chunks
-            while chunk := f.read(FILE_CHUNK):
-                yield chunk
-    finally:
-        os.unlink(path)

@@ -3,6 +3,7 @@
 from app.models.batch import Batch, BatchDetail, SeedClaim
 from app.models.engine import (
     ActionLog,
+    BrowserSession,
     InstanceArchive,
     MonitorGrant,
     ProcessDefinition,
@@ -16,6 +17,7 @@ __all__ = [
     "ActionLog",
     "Batch",
     "BatchDetail",
+    "BrowserSession",
     "SeedClaim",
     "InstanceArchive",
     "MonitorGrant",

@@ -9,6 +9,7 @@ from sqlalchemy import Float, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, BigId, JsonType, UTCDateTime, utcnow
+from app.models.ids import NO_ID_REUSE
 
 
 class Batch(Base):
@@ -19,6 +20,7 @@ class Batch(Base):
         Index("ix_batches_status_updated", "status", "updated_at"),
         Index("ix_batches_finished_at", "finished_at"),
         Index("ix_batches_status_start_at", "status", "start_at"),
+        NO_ID_REUSE,
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -67,7 +69,10 @@ class Batch(Base):
 
 class BatchDetail(Base):
     __tablename__ = "batch_details"
-    __table_args__ = (Index("ix_batch_details_batch_status", "batch_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_batch_details_batch_status", "batch_id", "status", "id"),
+        NO_ID_REUSE,
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # No foreign key, on purpose: its check runs once per inserted detail and cost half

@@ -9,10 +9,12 @@ from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, BigId, JsonType, UTCDateTime, utcnow
+from app.models.ids import NO_ID_REUSE
 
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -26,11 +28,30 @@ class User(Base):
         return self.role == "admin"
 
 
+class BrowserSession(Base):
+    """A signed-in browser. The ``batchd_session`` cookie holds a random secret and this
+    row only its SHA-256, so signing out or rotating the user's token (which deletes the
+    rows) ends the session on the server, and a copied cookie is refused from then on.
+    The CSRF token is tied to the session the same way. Expiry (idle and absolute) is
+    computed from ``last_seen_at``/``created_at`` and the settings, so a changed
+    ``BATCH_SESSION_*`` applies to sessions already open."""
+
+    __tablename__ = "sessions"
+    __table_args__ = NO_ID_REUSE
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class MonitorGrant(Base):
     """Who may run instance operations on a definition (admins may on all)."""
 
     __tablename__ = "monitor_grants"
-    __table_args__ = (UniqueConstraint("user_id", "definition_key"),)
+    __table_args__ = (UniqueConstraint("user_id", "definition_key"), NO_ID_REUSE)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -40,7 +61,7 @@ class MonitorGrant(Base):
 
 class ProcessDefinition(Base):
     __tablename__ = "process_definitions"
-    __table_args__ = (UniqueConstraint("key", "version"),)
+    __table_args__ = (UniqueConstraint("key", "version"), NO_ID_REUSE)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     key: Mapped[str] = mapped_column(String(100), index=True)
@@ -57,6 +78,7 @@ class ProcessInstance(Base):
         Index("ix_process_instances_definition_status", "definition_key", "status", "id"),
         Index("ix_process_instances_definition_id", "definition_id"),
         Index("ix_process_instances_initiator_id", "initiator_id"),
+        NO_ID_REUSE,
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -89,6 +111,7 @@ class Task(Base):
             postgresql_where=text("locked_by_batch_id IS NOT NULL"),
             sqlite_where=text("locked_by_batch_id IS NOT NULL"),
         ),
+        NO_ID_REUSE,
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -107,6 +130,7 @@ class ProcessLog(Base):
     """Instance-level event log: who did what to which instance, from which batch."""
 
     __tablename__ = "process_logs"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     instance_id: Mapped[int] = mapped_column(
@@ -124,7 +148,7 @@ class ActionLog(Base):
     """User operation log: batch created / suspended / deleted / retried, …"""
 
     __tablename__ = "action_logs"
-    __table_args__ = (Index("ix_action_logs_user_created", "user_id", "created_at"),)
+    __table_args__ = (Index("ix_action_logs_user_created", "user_id", "created_at"), NO_ID_REUSE)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     user_id: Mapped[int | None]
@@ -138,6 +162,7 @@ class InstanceArchive(Base):
     """A full snapshot (instance + tasks + logs) taken before an instance is deleted."""
 
     __tablename__ = "instance_archives"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     instance_id: Mapped[int] = mapped_column(index=True)

@@ -64,6 +64,9 @@ class Operation(abc.ABC):
     target: ClassVar[Target]
     """Which table item ids point into, which filter selects them, how they are paged."""
     Params: ClassVar[builtins.type[BaseModel]] = NoParams
+    admin_only: ClassVar[bool] = False
+    """Only an admin may create (or dry-run) a batch of this type: a 403 for anyone
+    else, before anything is read or written."""
     supports_dry_run: ClassVar[bool] = False
     """``apply`` honours ``run.dry_run`` (decides without writing). Otherwise a dry run
     applies for real inside a savepoint that is rolled back: correct, but slower."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from sqlalchemy import ClauseElement, Executable, ScalarSelect, Select, func, select
+from sqlalchemy import ClauseElement, Executable, ScalarSelect, Select, false, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -21,7 +21,7 @@ from app.engine.queries import (
     instance_visibility_clause,
     task_filter_clauses,
 )
-from app.models import InstanceArchive, MonitorGrant, ProcessInstance, Task, User
+from app.models import InstanceArchive, ProcessInstance, Task, User
 from app.schemas.batch import ArchiveFilter, InstanceFilter, TaskFilter
 from app.schemas.common import validate_part
 
@@ -183,10 +183,9 @@ INSTANCES = Instances()
 
 
 class Archives(Target):
-    """Deleted instances, by the id that keys their snapshots: admins see every archive,
-    others those of definitions they hold a monitor grant for (the instance itself is
-    gone, so grants are the only visibility left). Each id appears once however many
-    snapshots it has."""
+    """Deleted instances, by the id that keys their snapshots: only admins see archives
+    (a non-admin's filter selects nothing). Each id appears once however many snapshots
+    it has."""
 
     name = "instance"
     Filter = ArchiveFilter
@@ -196,13 +195,7 @@ class Archives(Target):
         stmt = select(InstanceArchive.instance_id.label("id")).distinct()
         if flt.get("definition_key"):
             stmt = stmt.where(InstanceArchive.definition_key == flt["definition_key"])
-        if not creator.is_admin:
-            stmt = stmt.where(
-                InstanceArchive.definition_key.in_(
-                    select(MonitorGrant.definition_key).where(MonitorGrant.user_id == creator.id)
-                )
-            )
-        return stmt
+        return stmt if creator.is_admin else stmt.where(false())
 
     def title_of(self, item_id: Any, creator: User) -> ScalarSelect[Any]:
         """From the newest snapshot (the instance itself is gone)."""
@@ -210,11 +203,7 @@ class Archives(Target):
             InstanceArchive.instance_id == item_id
         )
         if not creator.is_admin:
-            query = query.where(
-                InstanceArchive.definition_key.in_(
-                    select(MonitorGrant.definition_key).where(MonitorGrant.user_id == creator.id)
-                )
-            )
+            query = query.where(false())
         return query.order_by(InstanceArchive.id.desc()).limit(1).scalar_subquery()
 
 

@@ -10,10 +10,18 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+
+from app.queue.arq_backend import progress_client
 
 log = logging.getLogger("batchd.progress")
 
 CHANNEL_PREFIX = "batchd:progress:"
+POLL_S = 1.0
+"""How often the subscriber wakes up without a message (to health-check its socket)."""
+RESUBSCRIBE_BASE_S = 0.1
+RESUBSCRIBE_MAX_S = 2.0
+"""Back-off between attempts to subscribe again while Redis is down (doubling, capped)."""
 
 
 class LocalProgressBus:
@@ -54,13 +62,19 @@ class LocalProgressBus:
 
 
 class RedisProgressBus(LocalProgressBus):
-    """Publishes on Redis; one pattern subscription per process feeds local listeners."""
+    """Publishes on Redis; one pattern subscription per process feeds local listeners.
+
+    The subscription outlives Redis restarts: when its connection fails, the pump drops
+    that subscription and subscribes again (backing off while Redis is down), then
+    nudges every local listener once, because nudges sent meanwhile were lost."""
 
     def __init__(self, redis_url: str, *, listen: bool = True) -> None:
         super().__init__()
-        self._redis: Redis = Redis.from_url(redis_url)
+        self._redis: Redis = progress_client(redis_url)
         self._listen = listen
         self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+        """Set while the pattern subscription is live (cleared when it is lost)."""
 
     async def publish(self, batch_id: int) -> None:
         try:
@@ -81,20 +95,42 @@ class RedisProgressBus(LocalProgressBus):
         await self._redis.aclose()
 
     async def _pump(self) -> None:
+        backoff = ExponentialBackoff(cap=RESUBSCRIBE_MAX_S, base=RESUBSCRIBE_BASE_S)
+        failures = 0
         while True:
             try:
-                pubsub = self._redis.pubsub()
-                await pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
-                async for message in pubsub.listen():
-                    if message.get("type") != "pmessage":
-                        continue
-                    channel = message["channel"]
-                    if isinstance(channel, bytes):
-                        channel = channel.decode()
-                    with contextlib.suppress(ValueError):
-                        self.notify(int(channel.removeprefix(CHANNEL_PREFIX)))
+                await self._follow()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis restarted: resubscribe after a pause
-                log.warning("progress subscription lost (%s); retrying", exc)
-                await asyncio.sleep(1)
+            except Exception as exc:
+                if self.subscribed.is_set() or failures == 0:  # a new outage: say so once
+                    failures = 0
+                    log.warning("progress subscription lost (%s); resubscribing", exc)
+                self.subscribed.clear()
+                failures += 1
+                await asyncio.sleep(backoff.compute(failures))
+
+    async def _follow(self) -> None:
+        """Subscribe and relay messages until the connection fails. ``get_message`` with
+        a timeout (rather than ``listen()``) returns every ``POLL_S``, so redis-py's
+        ``health_check_interval`` PINGs an idle subscription and a half-open socket is
+        found instead of waiting forever."""
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
+            if not self.subscribed.is_set():
+                self.subscribed.set()
+                log.info("progress subscription active")
+                self._notify_all()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_S)
+                if message is None or message.get("type") != "pmessage":
+                    continue
+                channel = message["channel"]
+                if isinstance(channel, bytes):
+                    channel = channel.decode()
+                with contextlib.suppress(ValueError):
+                    self.notify(int(channel.removeprefix(CHANNEL_PREFIX)))
+
+    def _notify_all(self) -> None:
+        for batch_id in list(self._listeners):
+            self.notify(batch_id)

@@ -30,6 +30,9 @@ PAGE_SIZE_MAX = 1000
 """The largest ``page_size`` of any list (``BATCH_MAX_PAGE_SIZE`` may only lower it)."""
 FORM_KEYS_MAX = 200
 """The most keys a ``form_data`` / ``variables`` object may hold (DESIGN.md §4)."""
+NESTING_MAX = 32
+"""The deepest a JSON value may nest (objects and lists): deeper values could be stored
+but not read back (JSON serialisers stop at a few hundred levels)."""
 
 Id = Annotated[int, Field(ge=1, le=ID_MAX)]
 DbInt = Annotated[int, Field(ge=-ID_MAX, le=ID_MAX)]
@@ -44,38 +47,71 @@ KeywordQuery = Annotated[
 ]
 
 
+def parse_id(raw: str) -> int | None:
+    """An id written in a URL or a header (``"42"``), or None. ASCII digits only:
+    ``str.isdigit`` also accepts "²" and "٣", which ``int`` refuses or reads as 3."""
+    raw = raw.strip()
+    if not (0 < len(raw) <= 19 and raw.isascii() and raw.isdigit()):
+        return None
+    value = int(raw)
+    return value if 1 <= value <= ID_MAX else None
+
+
 def unstorable(value: Any) -> str | None:
-    """Why a JSON value cannot be stored on every backend, or None: NUL in text and
-    NaN/Infinity (Python's JSON parser accepts both; PostgreSQL rejects them with a
-    500), and text over ``TEXT_MAX`` characters (DESIGN.md §4: a 422, wherever it is).
-    A problem below the top level names where it is (``"note: …"``)."""
-    found = _problem(value)
+    """Why a JSON value cannot be stored and read back on every backend, or None: NUL
+    in text and NaN/Infinity (Python's JSON parser accepts both; PostgreSQL rejects
+    them), lone surrogates (``"\\udfff"`` parses to a string no UTF-8 encoder takes),
+    text over ``TEXT_MAX`` characters and nesting deeper than ``NESTING_MAX``. A problem
+    below the top level names where it is (``"note: …"``)."""
+    found = _problem(value, NESTING_MAX)
     if found is None:
         return None
     path, problem = found
-    return f"{'.'.join(path)}: {problem}" if path else problem
+    return f"{'.'.join(map(printable, path))}: {problem}" if path else problem
 
 
-def _problem(value: Any) -> tuple[list[str], str] | None:
+def printable(text: str) -> str:
+    """``text`` with lone surrogates replaced, so an error message that quotes a
+    caller's key can always be encoded."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _text_problem(text: str) -> str | None:
+    if len(text) > TEXT_MAX:
+        return f"text may be at most {TEXT_MAX} characters, got {len(text)}"
+    if "\x00" in text:
+        return "text must not contain NUL characters"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text must be valid Unicode (no lone surrogate escapes)"
+    return None
+
+
+def _problem(value: Any, depth: int) -> tuple[list[str], str] | None:
     if isinstance(value, str):
-        if len(value) > TEXT_MAX:
-            return [], f"text may be at most {TEXT_MAX} characters, got {len(value)}"
-        return ([], "text must not contain NUL characters") if "\x00" in value else None
+        problem = _text_problem(value)
+        return None if problem is None else ([], problem)
     if isinstance(value, float):
         return None if math.isfinite(value) else ([], "numbers must be finite")
+    if isinstance(value, (dict, list, tuple)) and depth <= 0:
+        return [], f"values may nest at most {NESTING_MAX} levels deep"
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _problem(key)
+            found = _problem(key, depth - 1)
             if found is not None:
                 return found[0], f"a key: {found[1]}"
-            found = _problem(item)
+            found = _problem(item, depth - 1)
             if found is not None:
                 return [str(key), *found[0]], found[1]
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             if type(item) is int:  # the common case (1M ids): nothing to check
                 continue
-            found = _problem(item)
+            found = _problem(item, depth - 1)
             if found is not None:
                 return [str(index), *found[0]], found[1]
     return None

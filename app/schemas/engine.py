@@ -10,10 +10,18 @@ problem is reported at once with its exact location.
 from __future__ import annotations
 
 import enum
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+)
 
 from app.schemas.common import DbInt, FormBag, Id, StrictModel
 
@@ -64,7 +72,20 @@ def _to_utc(value: datetime) -> datetime:
         raise ValueError("must be a datetime within years 1..9999 in UTC") from None
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_text(value: Any) -> Any:
+    """Only ISO 8601 text: pydantic would also read a number (``0.5``, ``"1700000000"``)
+    as seconds since 1970, which nobody filtering by date means."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.match(value.strip()):
+        raise ValueError("must be an ISO 8601 datetime with an offset, e.g. 2026-01-01T00:00Z")
+    return value
+
+
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_to_utc)]
 """An ISO 8601 datetime WITH an offset (a naive one is a 422: its meaning would depend
 on the server's clock), returned in UTC."""
 
@@ -97,6 +118,13 @@ class Me(UserOut):
 
 class UserCreated(UserOut):
     token: str = Field(description="The bearer token; shown only in this response.")
+
+
+class NewToken(BaseModel):
+    token: str = Field(
+        description="The new bearer token; shown only in this response. The old token "
+        "and the user's browser sessions are refused from now on."
+    )
 
 
 class GrantCreate(StrictModel):

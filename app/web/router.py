@@ -20,10 +20,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from app.api.deps import SESSION_COOKIE
+from app.api.deps import cookie_user
 from app.batches import service
-from app.engine.users import granted_keys, user_by_token
+from app.engine.users import granted_keys
 from app.errors import NotFound
+from app.models import User
+from app.schemas.common import parse_id
 
 HERE = Path(__file__).parent
 STATIC_URL = "/console/static"
@@ -76,15 +78,14 @@ class Viewer:
 
 
 async def current_viewer(request: Request) -> Viewer | None:
-    """The user of the session cookie, or None (no cookie, or a token no longer valid)."""
-    token = request.cookies.get(SESSION_COOKIE, "").strip()
-    if not token:
-        return None
+    """The user of the session cookie, or None (no cookie, or a session that has ended).
+    Opening a page counts as activity for the session's idle deadline."""
     async with request.app.state.sessionmaker() as session:
-        user = await user_by_token(session, token)
+        user = await cookie_user(request, session)
         if user is None:
             return None
         keys = sorted(await granted_keys(session, user.id))
+        await session.commit()
         return Viewer(user.id, user.name, str(user.role), user.department_id, keys)
 
 
@@ -165,22 +166,23 @@ async def batch_page(request: Request, batch_id: str) -> Response:
     viewer = await current_viewer(request)
     if viewer is None:
         return to_sign_in(request)
-    if not batch_id.isdigit() or len(batch_id) > 18:
+    number = parse_id(batch_id)
+    if number is None:
         return not_found(request, viewer, f"There is no batch {batch_id!r}.")
     async with request.app.state.sessionmaker() as session:
-        user = await user_by_token(session, request.cookies[SESSION_COOKIE].strip())
+        user = await session.get(User, viewer.id)
         try:
             assert user is not None
-            await service.get_batch(session, user, int(batch_id))
+            await service.get_batch(session, user, number)
         except NotFound as exc:
             return not_found(request, viewer, str(exc))
     return page(
         request,
         "batch.html",
         viewer=viewer,
-        title=f"Batch {batch_id}",
+        title=f"Batch {number}",
         script="batch.js",
-        batch_id=int(batch_id),
+        batch_id=number,
     )
 
 
