@@ -1,4 +1,4 @@
-"""Settings from the environment (prefix ``BATCH_``), DESIGN.md §5.
+"""Settings from the environment (prefix ``BATCH_``).
 
 One ``Settings`` object is built per process (``get_settings``) and passed explicitly
 to the app factory and the workers, so tests can build their own.
@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     import_wait: float = Field(default=60, gt=0)
     """Seconds an upload waits for its turn before it is answered 503 (Retry-After)."""
 
-    # Extensions (not in DESIGN.md §5, all optional).
+    # Extensions (all optional).
     recover_interval: float = Field(default=10, gt=0)
     """Seconds between recovery / auto-retry passes of the in-process runner."""
     max_page_size: int = Field(default=1000, ge=1, le=1000)

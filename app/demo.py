@@ -7,8 +7,15 @@ by name / key and created only if absent, instances by their ``DEMO-…`` busine
 The only thing a second run changes is the demo users' tokens: tokens are stored
 hashed, so issuing fresh ones is the only way to show them again.
 
-About 1 in 15 expense claims deliberately has no ``category`` (required at the manager
-step), so an "approve all" batch without ``form_data`` shows realistic failed items.
+What the README's worked example relies on (``tests/test_readme_example.py`` runs it):
+
+- About 1 in 15 expense claims deliberately has no ``category`` (required at the
+  manager step), so an approve batch without ``form_data`` shows realistic failed items,
+  which a second batch with the missing category then approves.
+- ``expense`` has a second version (its finance step is called ``controlling``), so
+  ``instance.migrate`` has somewhere to go; the demo instances run on version 1.
+- The first ``OLD_LEAVE_COUNT`` leave requests were filed two to three months ago
+  (relative to now), so a ``started_before`` filter finds stale requests.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from app.schemas.engine import DefinitionCreate
 
 EXPENSE_COUNT = 300
 LEAVE_COUNT = 100
+OLD_LEAVE_COUNT = 20
+"""Leave requests created 60 to 79 days before the seed (the others within ~3 days)."""
 RANDOM_SEED = 20261123
 
 
@@ -112,6 +121,12 @@ def expense_nodes(manager_id: int, finance_id: int) -> list[dict[str, Any]]:
     ]
 
 
+def expense_v2_nodes(manager_id: int, finance_id: int) -> list[dict[str, Any]]:
+    """Version 2: the same manager step; the finance step is now ``controlling``."""
+    manager, finance = expense_nodes(manager_id, finance_id)
+    return [manager, {**finance, "id": "controlling", "name": "Controlling"}]
+
+
 def leave_nodes(manager_id: int, hr_id: int) -> list[dict[str, Any]]:
     """manager (reads everything) → hr (may correct the leave type; the reason is private)."""
     return [
@@ -144,6 +159,14 @@ async def seed_demo(sm: async_sessionmaker[AsyncSession]) -> list[tuple[str, str
         manager, finance, employee = users["manager"], users["finance"], users["employee"]
         expense = await _ensure_definition(
             session, "expense", "Expense claim", EXPENSE_FORM, expense_nodes(manager.id, finance.id)
+        )
+        await _ensure_definition(
+            session,
+            "expense",
+            "Expense claim",
+            EXPENSE_FORM,
+            expense_v2_nodes(manager.id, finance.id),
+            version=2,
         )
         leave = await _ensure_definition(
             session,
@@ -185,16 +208,26 @@ async def _ensure_definition(
     name: str,
     form: list[dict[str, Any]],
     nodes: list[dict[str, Any]],
+    *,
+    version: int = 1,
 ) -> ProcessDefinition:
-    """The latest version of ``key``, or version 1 of the demo definition if absent.
+    """Version ``version`` of ``key``, created (as the next version) if absent.
 
     New definitions go through the same validation and storage as
     ``POST /api/v1/definitions``, so the demo can never hold a definition the API
-    would reject.
+    would reject. Versions are created in order (1 before 2), so the next version is
+    the one asked for on a demo database.
     """
-    existing = await latest_definition(session, key)
+    existing = await session.scalar(
+        select(ProcessDefinition).where(
+            ProcessDefinition.key == key, ProcessDefinition.version == version
+        )
+    )
     if existing is not None:
         return existing
+    latest = await latest_definition(session, key)
+    if latest is not None and latest.version >= version:
+        return latest  # an older version was deleted by hand: keep what is there
     payload = DefinitionCreate.model_validate(
         {"key": key, "name": name, "form": form, "nodes": nodes}
     )
@@ -262,7 +295,11 @@ def _leave_rows(initiator_id: int) -> list[_InstanceSpec]:
                     "start": start.isoformat(),
                     "reason": rng.choice(("family", "holiday", "medical", "moving house")),
                 },
-                created_at=now - timedelta(minutes=41 * (LEAVE_COUNT - i) + 3),
+                created_at=(
+                    now - timedelta(days=80 - i, minutes=7)
+                    if i <= OLD_LEAVE_COUNT
+                    else now - timedelta(minutes=41 * (LEAVE_COUNT - i) + 3)
+                ),
             )
         )
     return rows

@@ -1,4 +1,4 @@
-"""Typed application errors; one handler renders them as DESIGN.md §4's JSON shape."""
+"""Typed application errors; one handler renders them as the API's JSON error body."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class ValidationFailed(AppError):
 
 
 class IdempotencyKeyReused(ValidationFailed):
-    """The same Idempotency-Key sent with a different request (DESIGN.md §4)."""
+    """The same Idempotency-Key sent with a different request."""
 
     code = "IdempotencyKeyReused"
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN.md §4 ``GET /metrics``).
+"""Prometheus metrics (``GET /metrics``).
 
 Two kinds: *events* counted where they happen (chunks via ``chunk_done``, which the
 executor calls after every chunk; SSE subscribers in the event stream) and *state*

@@ -1,4 +1,4 @@
-"""An OpenAPI document that tells the truth (DESIGN.md §4).
+"""An OpenAPI document that tells the truth.
 
 FastAPI documents its own 422 body (``HTTPValidationError``, a ``detail`` array), but
 every 4xx batchd sends is ``ErrorBody`` (``{"error", "detail", "fields"?}``), and it
@@ -24,6 +24,7 @@ this one may not touch. ``unnamed_operations`` lists any route with neither, and
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -36,7 +37,8 @@ from fastapi.routing import APIRoute
 from app.api.deps import get_admin, get_current_user
 from app.schemas.common import ID_MAX, ErrorBody
 
-ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+SCHEMA_REF = "#/components/schemas/"
+ERROR_REF = {"$ref": f"{SCHEMA_REF}ErrorBody"}
 FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
 DESCRIPTIONS = {
     400: "The request body is not UTF-8 encoded JSON.",
@@ -141,6 +143,8 @@ def truthful(document: dict[str, Any], routes: list[APIRoute]) -> dict[str, Any]
     _exact_integers(document)
     _event_streams(document)
     _restore_examples(schemas)
+    _request_defaults(document)
+    _binary_downloads(document)
     document.setdefault("servers", [{"url": "/", "description": "this batchd"}])
     for name in FASTAPI_ERROR_SCHEMAS:
         schemas.pop(name, None)
@@ -184,6 +188,61 @@ def _event_streams(document: dict[str, Any]) -> None:
                 if stream is not None and "itemSchema" in stream:
                     del stream["itemSchema"]
                     stream["schema"] = dict(EVENT_STREAM_SCHEMA)
+
+
+BINARY_SCHEMA = {"type": "string", "format": "binary"}
+
+
+def _binary_downloads(document: dict[str, Any]) -> None:
+    """A download declared with a bare media type (``application/zip: {}``) gets the
+    binary schema the error file already has, so a client generator hands back bytes
+    instead of nothing."""
+    for _path, _method, operation in _operations(document):
+        for response in operation["responses"].values():
+            for media, content in response.get("content", {}).items():
+                textual = media.startswith("text/") or media.endswith("json")
+                if not textual and isinstance(content, dict) and not content.get("schema"):
+                    content["schema"] = dict(BINARY_SCHEMA)
+
+
+def _request_defaults(document: dict[str, Any]) -> None:
+    """openapi-typescript (7.x, default options) types a property with a ``default`` as
+    always present, reading every component schema as a response; only inline request
+    bodies are exempt, and batchd's are components. So a minimal ``BatchCreate`` failed
+    to compile without ``priority``, ``start_suspended`` and ``dry_run``. In components
+    that only requests use, the default moves into the description: still documented,
+    and the generated request type leaves the property optional, as the server does."""
+    schemas: dict[str, Any] = document.get("components", {}).get("schemas", {})
+    requests: set[str] = set()
+    responses: set[str] = set()
+    for _path, _method, operation in _operations(document):
+        _referenced(operation.get("requestBody"), schemas, requests)
+        _referenced(operation.get("parameters"), schemas, requests)
+        _referenced(operation.get("responses"), schemas, responses)
+    for name in sorted(requests - responses):
+        for prop in schemas[name].get("properties", {}).values():
+            if isinstance(prop, dict) and "default" in prop:
+                said = f"Default: `{json.dumps(prop.pop('default'))}`."
+                prop["description"] = f"{prop.get('description', '').rstrip()} {said}".strip()
+
+
+def _referenced(node: Any, schemas: dict[str, Any], names: set[str]) -> None:
+    """Add to ``names`` every component schema ``node`` refers to, directly or not."""
+    if isinstance(node, list):
+        for item in node:
+            _referenced(item, schemas, names)
+        return
+    if not isinstance(node, dict):
+        return
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith(SCHEMA_REF):
+        name = ref.removeprefix(SCHEMA_REF)
+        if name not in names and name in schemas:
+            names.add(name)
+            _referenced(schemas[name], schemas, names)
+    for value in node.values():
+        if isinstance(value, (dict, list)):
+            _referenced(value, schemas, names)
 
 
 def _restore_examples(schemas: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
 """GET /api/v1/archives and /archives/{instance_id}: the snapshots taken before
-instances were deleted, readable by admins only (DESIGN.md §4)."""
+instances were deleted, readable by admins only."""
 
 from __future__ import annotations
 

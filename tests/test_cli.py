@@ -200,7 +200,7 @@ async def test_seed_demo_is_idempotent_and_reissues_tokens(cli_db: str, tmp_path
     assert first.returncode == 0, first.stderr
     tables = ("users", "process_definitions", "process_instances", "tasks", "monitor_grants")
     counts = {t: count(cli_db, t) for t in tables}
-    assert counts["users"] == 4 and counts["process_definitions"] == 2
+    assert counts["users"] == 4 and counts["process_definitions"] == 3
     assert counts["process_instances"] >= 300 and counts["tasks"] == counts["process_instances"]
 
     second = await run_cli(cli_db, "seed-demo", cwd=tmp_path)
@@ -442,8 +442,9 @@ async def test_watch_gives_up_on_a_refused_request() -> None:
     refused = httpx.Response(404, json={"error": "NotFound", "detail": "Batch 7 does not exist."})
     server = ScriptedServer(refused)
     code, out = await _watch(server)
-    assert code == 3
-    assert "Batch 7 does not exist." in out and len(server.requests) == 1
+    assert code == 3 and len(server.requests) == 1
+    # one line, worded as every client command words a refusal; no bar drawn before it
+    assert out == "batchd: Batch 7 does not exist. (HTTP 404 NotFound)\n"
 
 
 async def test_watch_gives_up_after_bounded_retries() -> None:
@@ -453,7 +454,9 @@ async def test_watch_gives_up_after_bounded_retries() -> None:
     )
     code, out = await _watch(server)
     assert code == 3
-    assert "giving up after 3 retries: All connection attempts failed" in out
+    assert out.splitlines()[-1] == (
+        "batchd: giving up after 3 retries: All connection attempts failed"
+    )
     assert len(server.requests) == 4  # the stream that worked, then 3 retries
 
 

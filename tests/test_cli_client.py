@@ -41,10 +41,10 @@ class Result:
         return json.loads(self.out)
 
 
-def cli_env(url: str | None, token: str | None) -> dict[str, str]:
+def cli_env(url: str | None, token: str | None, columns: int = 200) -> dict[str, str]:
     """The caller's environment minus every BATCH_*/BATCHD_*, plus the given ones."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCH_", "BATCHD_"))}
-    env.update(PYTHONUNBUFFERED="1", COLUMNS="200", NO_COLOR="1")
+    env.update(PYTHONUNBUFFERED="1", COLUMNS=str(columns), NO_COLOR="1")
     if url is not None:
         env["BATCHD_URL"] = url
     if token is not None:
@@ -52,14 +52,16 @@ def cli_env(url: str | None, token: str | None) -> dict[str, str]:
     return env
 
 
-async def start(url: str | None, token: str | None, *args: str) -> asyncio.subprocess.Process:
+async def start(
+    url: str | None, token: str | None, *args: str, columns: int = 200
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "app.cli",
         *args,
         cwd=ROOT,
-        env=cli_env(url, token),
+        env=cli_env(url, token, columns),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -72,8 +74,8 @@ async def finish(proc: asyncio.subprocess.Process, wait_s: float = 120) -> Resul
     return Result(proc.returncode, out.decode(), err.decode())
 
 
-async def batchd(url: str | None, token: str | None, *args: str) -> Result:
-    return await finish(await start(url, token, *args))
+async def batchd(url: str | None, token: str | None, *args: str, columns: int = 200) -> Result:
+    return await finish(await start(url, token, *args, columns=columns))
 
 
 @pytest.fixture
@@ -221,6 +223,54 @@ async def test_human_tables_and_failed_items(
     assert f"Batch {batch_id}: 1 items back to pending" in retried.out
 
 
+async def test_tables_fit_an_80_column_terminal(
+    ready: tuple[LiveServer, list[int]], alice: Actor
+) -> None:
+    """At ``COLUMNS=80`` every header of ``batch list`` and every row's id and counters
+    are there (rich used to squeeze the numeric columns to nothing), and no line of
+    ``list``, ``show`` or ``details`` is wider than the terminal."""
+    server, ids = ready
+    made = []
+    for items in (ids[:3], [ids[3], 999_999, 999_998]):
+        r = await batchd(
+            server.url, alice.token, "batch", "--json", "create", "task.approve",
+            "--ids", ",".join(map(str, items)), *APPROVE_ARGS,
+        )  # fmt: skip
+        assert r.code == 0, r.err
+        made.append(await wait_for(alice, r.json["id"]))
+    assert made[1]["failed"] == 2
+
+    listed = await batchd(server.url, alice.token, "batch", "list", columns=80)
+    assert listed.code == 0, listed.err
+    lines = listed.out.splitlines()
+    header = lines[0].split()
+    assert header == [
+        "id",
+        "type",
+        "status",
+        "total",
+        "success",
+        "failed",
+        "ignored",
+        "done",
+        "created",
+    ]
+    for b in made:
+        row = next((line.split() for line in lines if line.split()[:1] == [str(b["id"])]), None)
+        assert row is not None, (b["id"], listed.out)
+        counters = [str(b[k]) for k in ("total", "success", "failed", "ignored")]
+        assert row[3:7] == counters, (row, listed.out)
+    shown = await batchd(server.url, alice.token, "batch", "show", str(made[1]["id"]), columns=80)
+    details = await batchd(
+        server.url, alice.token, "batch", "details", str(made[1]["id"]), columns=80
+    )
+    for result in (listed, shown, details):
+        assert result.code == 0, result.err
+        too_wide = [line for line in result.out.splitlines() if len(line) > 80]
+        assert too_wide == [], result.out
+    assert "Task 999999 does not exist." in details.out.replace("\n", "")
+
+
 async def test_lifecycle_commands(ready: tuple[LiveServer, list[int]], alice: Actor) -> None:
     server, ids = ready
 
@@ -264,8 +314,11 @@ async def test_errors_exit_3_with_the_servers_sentence(
     assert r.code == 3 and "The bearer token is not valid." in r.err and r.out == ""
     r = await batchd(server.url, alice.token, "batch", "show", "424242")
     assert r.code == 3 and "Batch 424242 does not exist." in r.err
+    shown = r
     r = await batchd(server.url, alice.token, "watch", "424242")
-    assert r.code == 3 and "Batch 424242 does not exist." in r.err  # watch: the same codes
+    # watch: the same code and the same one line, with no progress bar drawn before it
+    assert (r.code, r.err, r.out) == (3, shown.err, ""), (r.err, shown.err, r.out)
+    assert r.err == "batchd: Batch 424242 does not exist. (HTTP 404 NotFound)\n"
 
     r = await batchd(
         server.url, alice.token, "batch", "create", "task.approve", "--ids", str(ids[0]),

@@ -1,4 +1,4 @@
-"""Operator controls (DESIGN.md §3-§4): dry run, scheduled start, per-batch rate limit,
+"""Operator controls: dry run, scheduled start, per-batch rate limit,
 results export — through the HTTP API, on both backends."""
 
 from __future__ import annotations

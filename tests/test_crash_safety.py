@@ -1,4 +1,4 @@
-"""Nothing lost, nothing applied twice — whatever dies (DESIGN.md §1, §3).
+"""Nothing lost, nothing applied twice — whatever dies.
 
 On PostgreSQL + Redis these run real ``batchd worker`` processes and kill them, flush
 Redis, and cut their database connections; on the embedded default the API process

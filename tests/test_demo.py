@@ -4,13 +4,15 @@ tasks work with the real engine and the real task list."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.demo import EXPENSE_COUNT, LEAVE_COUNT, seed_demo
+from app.db.base import utcnow
+from app.demo import EXPENSE_COUNT, LEAVE_COUNT, OLD_LEAVE_COUNT, seed_demo
 from app.engine.definitions import definition_errors
 from app.engine.forms import check_value
 from app.engine.users import user_by_token
@@ -47,7 +49,21 @@ async def test_seed_demo_creates_users_definitions_and_pending_tasks(
         assert (people["manager"].department_id, people["finance"].department_id) == (10, 20)
         assert people["employee"].department_id == 10
         definitions = list(await session.scalars(select(ProcessDefinition)))
-        assert sorted((d.key, d.version) for d in definitions) == [("expense", 1), ("leave", 1)]
+        assert sorted((d.key, d.version) for d in definitions) == [
+            ("expense", 1),
+            ("expense", 2),
+            ("leave", 1),
+        ]
+        by_version = {(d.key, d.version): d for d in definitions}
+        assert [n["id"] for n in by_version["expense", 2].nodes] == ["manager", "controlling"]
+        on_versions = set(
+            await session.scalars(
+                select(ProcessDefinition.version)
+                .join(ProcessInstance, ProcessInstance.definition_id == ProcessDefinition.id)
+                .distinct()
+            )
+        )
+        assert on_versions == {1}  # the demo runs on version 1; version 2 is for migrate
         per_node = (
             await session.execute(
                 select(Task.node_id, Task.assignee_id, Task.status, func.count()).group_by(
@@ -66,6 +82,15 @@ async def test_seed_demo_creates_users_definitions_and_pending_tasks(
     assert dict(instances) == {"expense": EXPENSE_COUNT, "leave": LEAVE_COUNT}
     assert per_node == [("manager", people["manager"].id, "pending", EXPENSE_COUNT + LEAVE_COUNT)]
     assert len(departments) > 1
+    async with sessionmaker() as session:
+        leave_created = list(
+            await session.scalars(
+                select(ProcessInstance.created_at).where(ProcessInstance.definition_key == "leave")
+            )
+        )
+    month_ago = utcnow().replace(tzinfo=None) - timedelta(days=30)
+    old = [c for c in leave_created if c.replace(tzinfo=None) < month_ago]
+    assert len(old) == OLD_LEAVE_COUNT  # for a started_before filter relative to now
 
     r = await client.get(
         "/api/v1/tasks", params={"status": "pending"}, headers=bearer(tokens["manager"])

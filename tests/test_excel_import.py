@@ -1,4 +1,4 @@
-"""Importing a filled approval template (DESIGN.md §4 "Excel template"): the xlsx and
+"""Importing a filled approval template: the xlsx and
 zip formats, every row checked as an approval (with the engine's sentences, prefixed
 by the row), the error file (original values + Error) that imports again once fixed,
 and uploads refused whole (422 / 413 / 415) without writing anything."""

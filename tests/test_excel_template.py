@@ -1,4 +1,4 @@
-"""POST /api/v1/approval-templates (DESIGN.md §4 "Excel template"): the downloaded
+"""POST /api/v1/approval-templates: the downloaded
 workbook is opened with openpyxl and checked cell by cell — columns per node view,
 prefilled values, protection, validations, the hidden option lists, formula-looking
 text kept as text — plus the zip variant, whose tasks are included, and the errors."""

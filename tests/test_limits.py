@@ -1,4 +1,4 @@
-"""Input limits a user can hit (DESIGN.md §4): numbers that are not finite or do not
+"""Input limits a user can hit: numbers that are not finite or do not
 fit, request bodies over ``BATCH_MAX_BODY_BYTES`` (413 before parsing), text over
 10 000 characters, forms with more than 200 keys, short error bodies for huge
 inputs, and a malformed ``Last-Event-ID`` on the SSE stream. Every refusal is the

@@ -1,4 +1,4 @@
-"""The OpenAPI document tells the truth (DESIGN.md §4): every 4xx it lists is the
+"""The OpenAPI document tells the truth: every 4xx it lists is the
 ``ErrorBody`` the API really sends, every operation lists the statuses it really
 answers, limits are in the schema, and schemathesis — driving every operation but the
 SSE stream against a live server with demo data and an admin token — finds no

@@ -1,4 +1,4 @@
-"""Retry semantics (DESIGN.md §3): retry_count, exhausted items, lock release, the
+"""Retry semantics: retry_count, exhausted items, lock release, the
 auto-retry cron, and the errors for retries that cannot happen."""
 
 from __future__ import annotations

@@ -1,6 +1,4 @@
-"""Recovery from every non-final batch state with the database alone (DESIGN.md §2:
-"every state that is not final has a way forward that needs nothing but the database";
-§3 recover).
+"""Recovery from every non-final batch state with the database alone.
 
 Each scenario brings a batch into one state with nobody left to move it on: every
 queued wake-up is lost and/or the worker is SIGKILLed. Then a worker starts, and the

@@ -1,4 +1,4 @@
-"""The holes a hostile user found (issue "Trust"), each closed as DESIGN.md §2/§4 say:
+"""The holes a hostile user found (issue "Trust"), each closed as the contract says:
 no batch locks another user's tasks, hidden items fail like missing ones, an
 Idempotency-Key cannot be replayed with another request, and the state owner wakes
 every non-final state while no job polls a state it cannot move."""

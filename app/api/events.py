@@ -1,4 +1,4 @@
-"""GET /api/v1/batches/{id}/events: live progress over server-sent events (DESIGN.md §4).
+"""GET /api/v1/batches/{id}/events: live progress over server-sent events.
 
 First a ``progress`` event with the current batch, then one whenever its progress
 sequence moves (coalesced to at most ~10 a second; ``id:`` is that sequence), a

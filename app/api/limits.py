@@ -1,4 +1,4 @@
-"""Request body size limits (DESIGN.md §4, §5), enforced before anything parses a body.
+"""Request body size limits, enforced before anything parses a body.
 
 A pure ASGI middleware: a declared ``Content-Length`` over the limit is answered with
 413 at once, without reading the body; a body streamed without one (chunked) is counted

@@ -1,4 +1,4 @@
-"""GET /metrics: Prometheus text format, no auth (DESIGN.md §4).
+"""GET /metrics: Prometheus text format, no auth.
 
 Off (404) with ``BATCH_METRICS=false``. The state gauges are refreshed right before
 the registry is rendered; see ``app.metrics``."""

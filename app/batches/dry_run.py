@@ -1,4 +1,4 @@
-"""``dry_run``: what a batch would do, with nothing written (DESIGN.md §4).
+"""``dry_run``: what a batch would do, with nothing written.
 
 The targets are resolved exactly as at creation (an id list, or the filter paged in id
 order) and each chunk goes through the operation's own ``apply`` with ``run.dry_run``:

@@ -1,4 +1,4 @@
-"""The one owner of batch and detail state (DESIGN.md §2, §6).
+"""The one owner of batch and detail state.
 
 Everything that decides *which status a batch may move to*, *what an exhausted item
 is*, *how the batch row is locked* and *what must be woken up for a batch in a given

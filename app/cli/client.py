@@ -29,7 +29,15 @@ from rich.console import Console
 
 from app.cli import ui
 from app.cli.base import cli, fail
-from app.cli.sse import StreamLost, WatchError, exit_code, follow_batch, stream_timeout, watch_batch
+from app.cli.sse import (
+    StreamLost,
+    WatchError,
+    error_sentence,
+    exit_code,
+    follow_batch,
+    stream_timeout,
+    watch_batch,
+)
 from app.cli.watch import DEFAULT_URL
 
 SERVER_ERROR = 3
@@ -136,21 +144,8 @@ class ServerError(Exception):
     @classmethod
     def from_response(cls, response: httpx.Response) -> ServerError:
         """The server's sentence (``detail``) and, for a 422, its fields."""
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        detail = body.get("detail") if isinstance(body, dict) else None
-        if not isinstance(detail, str):
-            detail = response.text.strip() or response.reason_phrase
-        code = body.get("error") if isinstance(body, dict) else None
-        suffix = f"HTTP {response.status_code}" + (f" {code}" if isinstance(code, str) else "")
-        fields = []
-        for f in (body.get("fields") if isinstance(body, dict) else None) or []:
-            if isinstance(f, dict):
-                loc = ".".join(str(p) for p in f.get("loc") or [])
-                fields.append(f"{loc}: {f.get('msg', '')}" if loc else str(f.get("msg", "")))
-        return cls(f"{detail} ({suffix})", fields)
+        message, fields = error_sentence(response)
+        return cls(message, fields)
 
 
 class Api:
@@ -488,7 +483,8 @@ def list_(
         if api.conn.as_json:
             _print_json(response)
         else:
-            _out().print(ui.batches_table(response.json()))
+            console = _out()
+            console.print(ui.batches_table(response.json(), console.width))
 
 
 @batch_app.command("show")

@@ -1,4 +1,4 @@
-"""Server commands: ``serve``, ``worker``, ``migrate`` (DESIGN.md §5).
+"""Server commands: ``serve``, ``worker``, ``migrate``.
 
 Each is a thin shell around the app's own async functions, run inside a single
 ``asyncio.run``. Settings always come from the environment (``BATCH_*``).

@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.markup import escape
 
 from app.cli import ui
 
@@ -147,7 +146,7 @@ async def watch_batch(
 
     0 = completed, 1 = aborted/cancelled, ``lost_code`` = the stream could not be
     resumed, ``refused_code`` = a request the server refuses — 3 by default for both, a
-    server or network error, like every client command (DESIGN.md §5).
+    server or network error, like every client command.
     """
     console = console or Console()
     err_console = err_console or Console(stderr=True)
@@ -168,18 +167,20 @@ async def watch_batch(
                 )
             except WatchError as exc:
                 view.stop()
-                err_console.print(f"[red]batchd watch: {escape(str(exc))}[/]")
+                _error_line(err_console, str(exc))
                 return refused_code
             except StreamLost as exc:
                 view.stop()
-                err_console.print(
-                    f"[red]batchd watch: giving up after {exc.attempts} retries: "
-                    f"{escape(exc.reason)}[/]"
-                )
+                _error_line(err_console, f"giving up after {exc.attempts} retries: {exc.reason}")
                 return lost_code
             view.show(final)
             view.stop()
     return ui.print_outcome(console, final)
+
+
+def _error_line(console: Console, message: str) -> None:
+    """``batchd: …`` on one line, as every client command reports an error."""
+    console.print(f"batchd: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def stream_timeout() -> httpx.Timeout:
@@ -221,11 +222,26 @@ async def _probe(client: httpx.AsyncClient, batch_id: int, headers: dict[str, st
 
 
 def _error_text(response: httpx.Response) -> str:
+    return error_sentence(response)[0]
+
+
+def error_sentence(response: httpx.Response) -> tuple[str, list[str]]:
+    """The server's sentence for an answer ≥ 400 — ``detail (HTTP 404 NotFound)`` — and,
+    for a 422, its fields as ``loc: msg`` lines: the one wording of every client error."""
     try:
         body = response.json()
-        detail = body.get("detail") if isinstance(body, dict) else None
     except ValueError:
-        detail = None
-    return (
-        f"HTTP {response.status_code}: {detail or response.text.strip() or response.reason_phrase}"
-    )
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    detail = body.get("detail")
+    if not isinstance(detail, str):
+        detail = response.text.strip() or response.reason_phrase
+    code = body.get("error")
+    suffix = f"HTTP {response.status_code}" + (f" {code}" if isinstance(code, str) else "")
+    fields = []
+    for f in body.get("fields") or []:
+        if isinstance(f, dict):
+            loc = ".".join(str(p) for p in f.get("loc") or [])
+            fields.append(f"{loc}: {f.get('msg', '')}" if loc else str(f.get("msg", "")))
+    return f"{detail} ({suffix})", fields

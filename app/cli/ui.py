@@ -10,6 +10,7 @@ import json
 from types import TracebackType
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -20,11 +21,10 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 Body = dict[str, Any]
 
-NO_WRAP = {"type", "status", "success", "progress", "created"}
 FINISHED = ("success", "failed", "ignored", "cancelled")
 STATUS_STYLE = {
     "completed": "green",
@@ -74,18 +74,23 @@ class BatchProgress:
 
     def __init__(self, console: Console, batch_id: int) -> None:
         self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
+            # The label wraps and the bar narrows in an 80-column terminal; the numbers
+            # and the elapsed time are never cut.
+            TextColumn("{task.description}", table_column=Column(overflow="fold")),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TaskProgressColumn(table_column=Column(no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
             console=console,
             transient=False,
         )
         self.bar = self.progress.add_task(describe({"id": batch_id}), total=None)
+        self.started = False
+        self.stopped = False
 
     def __enter__(self) -> BatchProgress:
-        self.progress.start()
+        """Nothing is drawn yet: the bar appears with the first batch object, so a
+        refused watch (unknown batch, bad token) prints its error line and nothing else."""
         return self
 
     def __exit__(
@@ -94,9 +99,12 @@ class BatchProgress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.progress.stop()
+        self.stop()
 
     def show(self, batch: Body) -> None:
+        if not self.started:
+            self.started = True
+            self.progress.start()
         total = int(batch.get("total") or 0)
         done = sum(int(batch.get(k) or 0) for k in FINISHED)
         final = is_final(batch.get("status"))
@@ -113,14 +121,18 @@ class BatchProgress:
         )
 
     def stop(self) -> None:
-        self.progress.stop()
+        """Idempotent: each extra ``Progress.stop`` (or one on a bar never started)
+        would print blank lines after the last word."""
+        if self.started and not self.stopped:
+            self.stopped = True
+            self.progress.stop()
 
 
 def batch_table(batch: Body) -> Table:
     """One batch as a two-column table (``batch show``, ``batch create``)."""
     table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # a long filter or error file name wraps, never cut
     table.add_row("id", _cell(batch.get("id")))
     table.add_row("type", _cell(batch.get("type")))
     table.add_row("status", _styled(batch.get("status")))
@@ -156,21 +168,47 @@ def batch_table(batch: Body) -> Table:
     return table
 
 
-def batches_table(page: Body) -> Table:
-    """A page of ``GET /batches``."""
-    table = Table(caption=page_caption(page), caption_justify="left")
-    for name, justify in (
-        ("id", "right"),
-        ("type", "left"),
-        ("status", "left"),
-        ("total", "right"),
-        ("success", "right"),
-        ("failed", "right"),
-        ("ignored", "right"),
-        ("progress", "right"),
-        ("created", "left"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=name in NO_WRAP)  # type: ignore[arg-type]
+LIST_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("id", "right", "no_wrap"),
+    ("type", "left", "fold"),
+    ("status", "left", "fold"),
+    ("total", "right", "fold"),
+    ("success", "right", "fold"),
+    ("failed", "right", "fold"),
+    ("ignored", "right", "fold"),
+    ("done", "right", "fold"),
+    ("created", "left", "fold"),
+)
+"""``batch list``'s columns: (header, justify, overflow). Only the id never wraps: in a
+narrow terminal rich narrows the widest wrappable columns (type, created) first, and a
+cell folds onto a second line rather than lose a digit or vanish."""
+
+
+WIDE = 100
+"""Below this many columns ``batch list`` puts a batch's creation time under its date."""
+
+
+def batches_table(page: Body, width: int | None = None) -> Table:
+    """A page of ``GET /batches``, fitting an 80-column terminal: no vertical rules, one
+    space of padding and a short ``done`` header leave room for every column; in a
+    terminal ``width`` columns wide (below ``WIDE``) the created date and time take two
+    lines, so the type column keeps the room (rich would narrow both alike)."""
+    table = Table(
+        caption=page_caption(page),
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for name, justify, overflow in LIST_COLUMNS:
+        table.add_column(
+            name,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=overflow == "no_wrap",
+            overflow="fold" if overflow == "fold" else "ellipsis",
+            max_width=10 if name == "created" and width is not None and width < WIDE else None,
+        )
     for b in page.get("items", []):
         table.add_row(
             _cell(b.get("id")),

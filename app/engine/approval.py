@@ -79,7 +79,7 @@ def task_gate(
 ) -> Outcome | None:
     """The checks before any form rule — who may decide, whether there is anything to
     decide, who holds the lock — in an order that never reveals a task the actor cannot
-    see: a hidden task fails exactly like a missing one (DESIGN.md §2). ``row`` has
+    see: a hidden task fails exactly like a missing one. ``row`` has
     ``task_status``, ``assignee_id`` and ``locked_by_batch_id`` (or is None). Used by
     approval and by batch creation, which locks only the tasks that pass it."""
     if row is None or (row.assignee_id != actor_id and not actor_is_admin):
@@ -154,7 +154,7 @@ async def approve_tasks(
     """Apply approvals/rejections for a set of tasks; returns one outcome per item, in
     order (a task listed twice is done once; the repeat is ``ignored``).
 
-    Rules (DESIGN.md §2): only the assignee, only a pending task of an active instance,
+    Rules: only the assignee, only a pending task of an active instance,
     never while another batch holds the task's lock; on approve, only ``write`` fields
     merge into the instance, types and options are checked and required fields must be
     present afterwards; the next node's task is created (assignee = next_assignee_id or

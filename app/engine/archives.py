@@ -1,4 +1,4 @@
-"""Reading the snapshots taken before instances were deleted (DESIGN.md §2, §4).
+"""Reading the snapshots taken before instances were deleted.
 
 The ``instance.delete`` operation writes ``instance_archives``; this module only reads
 them, for admins (the router enforces the role). A snapshot is returned as stored, so

@@ -1,5 +1,5 @@
 """Process definitions: validation, versioning (posting a key again makes version+1),
-lookup of the latest version, and the per-node field view (DESIGN.md §2).
+lookup of the latest version, and the per-node field view.
 
 Pydantic (``app.schemas.engine.DefinitionCreate``) checks the shape of a definition;
 this module checks what the shape cannot express — unique names, references from nodes
@@ -155,7 +155,7 @@ async def node_view(
 ) -> dict[str, Any]:
     """Every form field as one node sees it: visible, searchable, writable, required.
 
-    ``required`` follows DESIGN.md §2: the node's ``required`` plus form-level required
+    ``required`` is the node's ``required`` plus form-level required
     fields that are ``write`` at the node. Uses the latest version unless ``version``.
     """
     if version is None:

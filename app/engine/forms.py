@@ -1,4 +1,4 @@
-"""Form and node rules (DESIGN.md §2): field modes per node, required fields, and value
+"""Form and node rules: field modes per node, required fields, and value
 checks with messages a user understands. Shared by approval, the node view, definition
 validation and (later) the Excel template."""
 

@@ -1,4 +1,4 @@
-"""Starting process instances and reading one with its tasks and logs (DESIGN.md §2)."""
+"""Starting process instances and reading one with its tasks and logs."""
 
 from __future__ import annotations
 

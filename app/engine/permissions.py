@@ -1,5 +1,5 @@
 """Who may run instance operations: admins on everything, others on the definitions
-they hold a monitor grant for (DESIGN.md §2)."""
+they hold a monitor grant for."""
 
 from __future__ import annotations
 

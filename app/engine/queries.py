@@ -1,4 +1,4 @@
-"""Task and instance listing, filters and visibility (DESIGN.md §4).
+"""Task and instance listing, filters and visibility.
 
 The filter → WHERE translation lives here as plain functions returning SQLAlchemy
 clauses, so the HTTP lists and filter batches select exactly the same rows.

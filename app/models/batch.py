@@ -1,4 +1,4 @@
-"""Batches and their per-item details (DESIGN.md §2)."""
+"""Batches and their per-item details."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The local approval engine's tables (DESIGN.md §2): what batches act on."""
+"""The local approval engine's tables: what batches act on."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What every instance operation shares: one chunk is loaded with one query (rows
 locked), each item passes the same gate — exists and is visible to the creator, the
-creator is an admin or holds a monitor grant for its definition (DESIGN.md §2) — then
+creator is an admin or holds a monitor grant for its definition — then
 the type decides it (``decide``: success, ignored or failed with the reason) and writes
 every success with a few bulk statements (``write``), plus one process log row per
 changed instance naming the batch.

@@ -1,5 +1,5 @@
-"""``instance.migrate``: move instances to another version of their definition
-(DESIGN.md §2), the step they are at and their pending tasks following ``node_mapping``
+"""``instance.migrate``: move instances to another version of their definition, the
+step they are at and their pending tasks following ``node_mapping``
 (``{old node id: new node id}``; an unmapped node keeps its id).
 
 The params are checked against the definition's versions when the batch is created

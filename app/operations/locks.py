@@ -1,4 +1,4 @@
-"""Item locks (DESIGN.md §2): an operation may declare a lock its batch holds on its
+"""Item locks: an operation may declare a lock its batch holds on its
 items from detail creation until the item succeeds, is ignored or cancelled, or is
 exhausted. ``ItemLock`` is the seam; ``TaskLock`` (``tasks.locked_by_batch_id``) is
 the one ``task.approve`` declares."""
@@ -49,7 +49,7 @@ class TaskLock(ItemLock):
         tasks, free of other batches), and return, for every other item, the outcome it
         gets at once (``task_gate``: missing or hidden, already decided, not theirs, locked
         by another batch). Such an item is never locked, so a batch cannot block another
-        user's work (DESIGN.md §2)."""
+        user's work."""
         if not item_ids:
             return {}
         ids = list(item_ids)

@@ -1,4 +1,4 @@
-"""Pydantic request/response models (the HTTP contract of DESIGN.md §4)."""
+"""Pydantic request/response models (the HTTP contract)."""
 
 from app.schemas.common import (
     ID_MAX,

@@ -1,4 +1,4 @@
-"""Batch request/response models (DESIGN.md §4)."""
+"""Batch request/response models."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class BatchSource(enum.StrEnum):
 
 
 class OperationType(enum.StrEnum):
-    """The built-in operation types (DESIGN.md §2). The registry may hold more: a custom
+    """The built-in operation types. The registry may hold more: a custom
     type registered at run time is accepted and returned as a plain string, which is why
     every ``type`` field is ``OperationType | string`` (an open enum) rather than this
     enum alone. ``tests/test_openapi.py`` keeps this list equal to the built-ins."""
@@ -131,7 +131,7 @@ BATCH_EXAMPLE: dict[str, Any] = {
     "start_at": None,
     "max_items_per_second": None,
 }
-"""The batch object of DESIGN.md §4, as documented on every batch response."""
+"""The batch object, as documented on every batch response."""
 
 DETAIL_EXAMPLE: dict[str, Any] = {
     "id": 7,
@@ -173,7 +173,7 @@ class BatchCreate(StrictModel):
 
 
 class BatchOut(BaseModel):
-    """The batch object (DESIGN.md §4), read straight from the ORM row; ``pending``,
+    """The batch object, read straight from the ORM row; ``pending``,
     ``running`` and ``progress`` are derived from the counters."""
 
     model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [BATCH_EXAMPLE]})
@@ -268,7 +268,7 @@ class Problem(BaseModel):
 
 
 class DryRunOut(BaseModel):
-    """What a batch would do (DESIGN.md §4 ``dry_run``): predicted counts and the first
+    """What a batch would do (``dry_run``): predicted counts and the first
     ≤ 100 problems; nothing was written."""
 
     dry_run: Literal[True] = True

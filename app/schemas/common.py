@@ -25,11 +25,11 @@ ID_MAX = 2**63 - 1
 NO_NUL = r"^[^\x00]*$"
 """``pattern=`` for query/path strings: PostgreSQL text cannot hold NUL characters."""
 TEXT_MAX = 10_000
-"""The longest text value accepted anywhere in a JSON request body (DESIGN.md §4)."""
+"""The longest text value accepted anywhere in a JSON request body."""
 PAGE_SIZE_MAX = 1000
 """The largest ``page_size`` of any list (``BATCH_MAX_PAGE_SIZE`` may only lower it)."""
 FORM_KEYS_MAX = 200
-"""The most keys a ``form_data`` / ``variables`` object may hold (DESIGN.md §4)."""
+"""The most keys a ``form_data`` / ``variables`` object may hold."""
 NESTING_MAX = 32
 """The deepest a JSON value may nest (objects and lists): deeper values could be stored
 but not read back (JSON serialisers stop at a few hundred levels)."""
@@ -171,7 +171,7 @@ class StrictModel(BaseModel):
 
 
 class Page(BaseModel, Generic[T]):
-    """DESIGN.md §4 list shape: ``{"items", "total", "page", "page_size"}``.
+    """The list shape: ``{"items", "total", "page", "page_size"}``.
 
     Generic so every resource (tasks, instances, batches, details) documents its own
     item type in OpenAPI: ``Page[TaskListItem]``.

@@ -1,5 +1,5 @@
 """Request and response models of the local approval engine: users, definitions,
-instances, tasks and node views (DESIGN.md §2, §4).
+instances, tasks and node views.
 
 Request models forbid unknown keys, so a typo is a 422 and never silently ignored.
 Cross-field rules of a definition (unique names, references between nodes and form
@@ -37,7 +37,7 @@ class Role(enum.StrEnum):
 
 
 class InstanceStatus(enum.StrEnum):
-    """DESIGN.md §2: ``active`` until it completes, is rejected or is terminated."""
+    """``active`` until it completes, is rejected or is terminated."""
 
     ACTIVE = "active"
     SUSPENDED = "suspended"

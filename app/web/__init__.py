@@ -1,4 +1,4 @@
-"""The web console (DESIGN.md §4 ``GET /``): server-rendered page shells that call the
+"""The web console (``GET /``): server-rendered page shells that call the
 JSON API with ``fetch`` from the browser, signed in with the session cookie.
 
 Why a package of its own: the console is a client of the API, not a second API. It
