@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.base import utcnow
 from app.db.session import transaction
 from app.engine.definitions import create_definition, latest_definition
-from app.engine.users import create_user, grant_monitor, hash_token, new_token
+from app.engine.users import create_user, grant_monitor, rotate_token
 from app.models import ProcessDefinition, ProcessInstance, Task, User
 from app.schemas.engine import DefinitionCreate
 
@@ -193,9 +193,8 @@ async def _ensure_users(session: AsyncSession) -> tuple[dict[str, User], dict[st
             user, token = await create_user(
                 session, spec.name, role=spec.role, department_id=spec.department_id
             )
-        else:
-            token = new_token()
-            user.token_hash = hash_token(token)
+        else:  # re-issued: the old token and its browser sessions end
+            token = await rotate_token(session, user, actor_id=None)
         users[spec.name] = user
         tokens[spec.name] = token
     await session.flush()
