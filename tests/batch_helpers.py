@@ -1,22 +1,104 @@
-"""Helpers for batch tests: a ready expense definition with volume, and waiting for a
-batch to reach a state (bounded polling; no timing assertions)."""
+"""Helpers for batch tests: a ready expense definition with volume, waiting for a
+condition (``eventually``, ``wait_for``: bounded polling, no timing assertions) and
+waiting for the job runner to be idle (``idle``) before asserting that nothing more
+happens."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.queue.backend import QueueBackend, Wakeup
+from app.queue.backend import PRIORITIES, QueueBackend, Wakeup, queue_name
 from app.queue.context import JobContext
+from app.queue.inprocess import InProcessRunner
 from tests.conftest import Actor
 from tests.factories import bulk_tasks, create_definition, expense_definition
 
 FINAL = ("completed", "cancelled", "aborted")
+
+T = TypeVar("T")
+
+POLL_S = 0.05
+"""Between two looks: often enough to notice quickly, rarely enough that the polling
+requests do not compete with the work they wait for (two cores, SQLite's one writer)."""
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    what: str,
+    limit_s: float = 30,
+    *,
+    until: Callable[[T], object] = bool,
+) -> T:
+    """Poll ``check()`` until ``until(value)`` holds (by default: the value is truthy)
+    and return that value; after ``limit_s`` seconds fail saying ``what`` never
+    happened, with the last value seen. Nothing is asserted about how long it took."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while True:
+        value = await check()
+        if until(value):
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not within {limit_s} s; last seen: {value!r}")
+        await asyncio.sleep(POLL_S)
+
+
+async def clock_passes(moment: Any) -> None:
+    """Wait until the wall clock is past ``moment`` (an aware ``datetime`` or an ISO
+    string): for tests whose point is that a time passes while nothing may happen."""
+    from datetime import UTC, datetime
+
+    when = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+
+    async def now() -> datetime:
+        return datetime.now(UTC)
+
+    await eventually(now, f"the clock passes {when}", until=lambda t: t > when)
+
+
+async def idle(app: FastAPI, limit_s: float = 30) -> None:
+    """Wait until the app's job runner is idle, so that a test can then assert that
+    nothing more happens (instead of sleeping and hoping the work was done by then).
+
+    Embedded default: ``InProcessRunner.drained`` — no wake-up queued (or deferred and
+    already due), no job running, no cron pass under way.
+
+    PostgreSQL + Redis (the ``app`` fixture's in-process arq ``WorkerGroup``, kept in
+    ``app.state.test_workers``): arq has no such hook, so this polls until no arq queue
+    holds a due job and no worker has a job task in flight. arq keeps a job in its
+    queue's sorted set until the job has finished (the in-progress key only marks it
+    taken), and a job enqueues its follow-ups before it returns, so an empty snapshot of
+    every queue (one MULTI, so all queues at the same instant) means no work is waiting
+    or running; the workers' ``tasks`` are checked too for a job whose bookkeeping is
+    still finishing. Jobs deferred to a later time do not count, and crons only while
+    due or running (as on the embedded default). Not for tests whose workers run in
+    other processes (``external_workers``): wait there for a row or a status that proves
+    the job ran."""
+    runner = app.state.queue
+    if isinstance(runner, InProcessRunner):
+        await asyncio.wait_for(runner.drained(), limit_s)
+        return
+    group = getattr(app.state, "test_workers", None)
+    assert group is not None and group.pool is not None, "idle() needs in-process workers"
+
+    async def busy() -> dict[str, int]:
+        now_ms = int(time.time() * 1000)
+        async with group.pool.pipeline(transaction=True) as pipe:
+            for priority in PRIORITIES:
+                pipe.zcount(queue_name(priority), "-inf", now_ms)
+            due = await pipe.execute()
+        workers = [*group.workers.values(), *group.retired]
+        running = sum(1 for w in workers for t in w.tasks.values() if not t.done())
+        return {"due": sum(due), "running": running}
+
+    await eventually(busy, "the arq workers are idle", limit_s, until=lambda b: not any(b.values()))
 
 
 class RecordingQueue(QueueBackend):
@@ -79,16 +161,20 @@ async def wait_for(
     actor: Actor, batch_id: int, statuses: tuple[str, ...] = FINAL, limit_s: float = 90
 ) -> dict[str, Any]:
     """Poll GET /batches/{id} until its status is one of ``statuses``."""
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while True:
-        r = await actor.get(f"/api/v1/batches/{batch_id}")
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        if body["status"] in statuses:
-            return body
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"batch {batch_id} still {body['status']}: {body}")
-        await asyncio.sleep(0.05)
+    return await eventually(
+        lambda: get_batch(actor, batch_id),
+        f"batch {batch_id} reaches {statuses}",
+        limit_s,
+        until=lambda body: body["status"] in statuses,
+    )
+
+
+async def get_batch(actor: Actor, batch_id: int) -> dict[str, Any]:
+    """GET /batches/{id} (must answer 200)."""
+    r = await actor.get(f"/api/v1/batches/{batch_id}")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def details(actor: Actor, batch_id: int, **params: Any) -> list[dict[str, Any]]:

@@ -123,6 +123,7 @@ async def app(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterat
 
             group = WorkerGroup(settings)
             await group.start()
+            application.state.test_workers = group  # for tests.batch_helpers.idle
             try:
                 yield application
             finally:
@@ -253,6 +254,7 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
 
         group = WorkerGroup(settings)
         await group.start()
+        application.state.test_workers = group  # for tests.batch_helpers.idle
     try:
         yield LiveServer(f"http://127.0.0.1:{port}", application)
     finally:

@@ -3,10 +3,10 @@ lifecycle and locks, with task approval as the operation."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -16,7 +16,9 @@ from tests.batch_helpers import (
     count,
     create,
     details,
+    eventually,
     expense_setup,
+    idle,
     wait_for,
 )
 from tests.conftest import Actor
@@ -141,7 +143,11 @@ async def test_empty_batches_complete_at_once(alice: Actor) -> None:
 
 
 async def test_suspend_stops_progress_and_activate_resumes(
-    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
 ) -> None:
     await expense_setup(sessionmaker, admin, alice, bob, 2000)
     batch = await create(
@@ -156,12 +162,11 @@ async def test_suspend_stops_progress_and_activate_resumes(
     )
     assert batch["status"] == "suspended"
     # Created suspended: the items are resolved and locked, but none is applied.
-    for _ in range(400):
-        seeded = select(BatchDetail.id).where(BatchDetail.batch_id == batch["id"])
-        if await count(sessionmaker, seeded) == 2000:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
+    seeded = select(BatchDetail.id).where(BatchDetail.batch_id == batch["id"])
+    await eventually(
+        lambda: count(sessionmaker, seeded), "2000 details seeded", until=lambda n: n == 2000
+    )
+    await idle(app)  # whatever the seeding woke has run: still nothing applied
     seen = (await alice.get(f"/api/v1/batches/{batch['id']}")).json()
     assert (seen["status"], seen["success"], seen["pending"]) == ("suspended", 0, 2000)
     async with sessionmaker() as s:
@@ -198,7 +203,11 @@ async def test_suspend_stops_progress_and_activate_resumes(
 
 
 async def test_cancel_while_seeding_leaves_nothing_behind(
-    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
 ) -> None:
     """A DELETE that lands while seed pages are being written: no page may commit after
     it, so no pending detail and no task lock outlives the cancel (or the purge)."""
@@ -212,12 +221,13 @@ async def test_cancel_while_seeding_leaves_nothing_behind(
     }
     kept = await create(alice, body)
     purged = await create(alice, body)
-    await asyncio.sleep(0.05)  # seeding under way
+    seeded = select(BatchDetail.id).where(BatchDetail.batch_id == kept["id"])
+    await eventually(lambda: count(sessionmaker, seeded), "seeding under way")
     r = await alice.delete(f"/api/v1/batches/{kept['id']}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
     r = await alice.delete(f"/api/v1/batches/{purged['id']}", params={"cascade": "true"})
     assert r.status_code == 204, r.text
-    await asyncio.sleep(1.0)  # any seed job still queued runs and must stop
+    await idle(app)  # any seed job still queued has run (and must have stopped)
     final = (await alice.get(f"/api/v1/batches/{kept['id']}")).json()
     assert final["status"] == "cancelled"
     assert_counters_consistent(final)
@@ -234,7 +244,11 @@ async def test_cancel_while_seeding_leaves_nothing_behind(
 
 
 async def test_cancel_releases_locks_and_keeps_history_then_cascade_purges(
-    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
 ) -> None:
     setup = await expense_setup(sessionmaker, admin, alice, bob, 1000)
     batch = await create(
@@ -255,7 +269,7 @@ async def test_cancel_releases_locks_and_keeps_history_then_cascade_purges(
     assert cancelled["cancelled"] > 0
     assert cancelled["success"] + cancelled["cancelled"] == 1000
     assert_counters_consistent(cancelled)
-    await asyncio.sleep(0.3)
+    await idle(app)  # a seed or run job the cancel raced has run: it changed nothing
     kept = (await alice.get(f"/api/v1/batches/{batch['id']}")).json()
     assert (kept["status"], kept["cancelled"]) == ("cancelled", cancelled["cancelled"])
     async with sessionmaker() as s:

@@ -25,6 +25,7 @@ from rich.console import Console
 from app.cli import iter_sse, watch_batch
 from app.demo import EXPENSE_COUNT, LEAVE_COUNT
 from app.main import create_app
+from tests.batch_helpers import eventually
 from tests.conftest import ON_POSTGRES, make_settings
 
 TOKEN_LINE = re.compile(r"^bd_[A-Za-z0-9_\-]{20,}$")
@@ -285,20 +286,24 @@ async def _wait_for_banner(
     proc: asyncio.subprocess.Process, client: httpx.AsyncClient, log_path: Path
 ) -> str:
     """Poll /health, then the log for the banner, both bounded; fail with the log."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
     healthy = False
-    while loop.time() < deadline:
+
+    async def banner() -> str | None:
+        nonlocal healthy
         if proc.returncode is not None:
             pytest.fail(f"serve exited with {proc.returncode}:\n{read_log(log_path)}")
         if not healthy:
             with contextlib.suppress(httpx.TransportError):
                 healthy = (await client.get("/health")).status_code == 200
         text = read_log(log_path)
-        if healthy and "curl -H" in text:
-            return text
-        await asyncio.sleep(0.2)
-    pytest.fail(f"serve --demo did not come up within 60 s:\n{read_log(log_path)}")
+        return text if healthy and "curl -H" in text else None
+
+    try:
+        text = await eventually(banner, "serve --demo comes up", 60)
+    except AssertionError:
+        pytest.fail(f"serve --demo did not come up within 60 s:\n{read_log(log_path)}")
+    assert text is not None
+    return text
 
 
 # --------------------------------------------------------------------------- watch

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.cli.client import parse_ids, parse_pairs, parse_value
 from app.models import Task
-from tests.batch_helpers import count, expense_setup, wait_for
+from tests.batch_helpers import count, eventually, expense_setup, wait_for
 from tests.conftest import Actor, LiveServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -438,15 +438,19 @@ async def test_watched_batch_cancelled_exits_1(
         server.url, alice.token, "batch", "create", "task.approve",
         "--ids", ",".join(map(str, ids[:4])), *APPROVE_ARGS, "--start-suspended", "--watch",
     )  # fmt: skip
+
     # Find the batch the command made, then cancel it while the command watches.
-    deadline = asyncio.get_running_loop().time() + 60
-    batch_id = None
-    while batch_id is None:
+    async def newest() -> int | None:
         listed = (await alice.get("/api/v1/batches")).json()["items"]
-        batch_id = listed[0]["id"] if listed else None
-        assert asyncio.get_running_loop().time() < deadline, "the batch was never created"
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)  # let the stream connect (either way the watch must see the end)
+        return int(listed[0]["id"]) if listed else None
+
+    batch_id = await eventually(newest, "the command creates its batch", 60)
+
+    async def listeners() -> int:
+        return int(server.app.state.progress.listener_count(batch_id))
+
+    # The watch's stream is open (subscribed to the batch's progress): it sees the cancel.
+    await eventually(listeners, "the watch connects its stream", 60)
     r = await alice.delete(f"/api/v1/batches/{batch_id}")
     assert r.status_code == 200, r.text
     result = await finish(proc)

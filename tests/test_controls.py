@@ -3,18 +3,29 @@ results export — through the HTTP API, on both backends."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fastapi import FastAPI
 from openpyxl import load_workbook
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batches.recovery import start_due
 from app.models import ActionLog, Batch, BatchDetail, ProcessInstance, ProcessLog, Task
-from tests.batch_helpers import create, details, expense_setup, wait_for
+from app.queue.backend import Wakeup
+from tests.batch_helpers import (
+    clock_passes,
+    create,
+    details,
+    eventually,
+    expense_setup,
+    get_batch,
+    idle,
+    wait_for,
+)
 from tests.conftest import Actor
 from tests.factories import approve
 
@@ -174,7 +185,11 @@ async def test_start_at_is_validated(alice: Actor) -> None:
 
 
 async def test_a_scheduled_batch_can_be_cancelled_suspended_and_activated(
-    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
 ) -> None:
     setup = await expense_setup(sessionmaker, admin, alice, bob, 4)
     ids = setup.task_ids
@@ -202,7 +217,10 @@ async def test_a_scheduled_batch_can_be_cancelled_suspended_and_activated(
     assert r.status_code == 200 and r.json()["status"] == "scheduled"  # its time has not come
     r = await alice.post(f"/api/v1/batches/{soon['id']}/suspend")
     assert r.json()["status"] == "suspended"
-    await asyncio.sleep(2)  # start_at passes while it is suspended: it must not start
+    # start_at passes while it is suspended: a schedule pass then must not start it.
+    await clock_passes(soon["start_at"])
+    await start_due(app.state.jobs)  # the schedule cron's pass, run here to be sure of it
+    await idle(app)
     assert (await alice.get(f"/api/v1/batches/{soon['id']}")).json()["status"] == "suspended"
     r = await alice.post(f"/api/v1/batches/{soon['id']}/activate")
     assert r.status_code == 200 and r.json()["status"] == "running"
@@ -245,7 +263,11 @@ async def test_the_rate_limit_sets_a_floor_on_the_span_and_pauses_with_suspend(
 
 
 async def test_suspend_freezes_a_rate_limited_batch_and_activate_resumes_it(
-    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
 ) -> None:
     await expense_setup(sessionmaker, admin, alice, bob, 40)
     batch = await create(
@@ -256,17 +278,19 @@ async def test_suspend_freezes_a_rate_limited_batch_and_activate_resumes_it(
             "max_items_per_second": 10,
         },
     )
-    for _ in range(400):
-        seen = (await admin.get(f"/api/v1/batches/{batch['id']}")).json()
-        if seen["success"] >= 2:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: get_batch(admin, batch["id"]),
+        "two items applied",
+        until=lambda seen: seen["success"] >= 2,
+    )
     r = await admin.post(f"/api/v1/batches/{batch['id']}/suspend")
     assert r.status_code == 200, r.text
-    await asyncio.sleep(0.5)  # a chunk already claimed may still commit
-    frozen = (await admin.get(f"/api/v1/batches/{batch['id']}")).json()["success"]
-    await asyncio.sleep(1.0)
-    assert (await admin.get(f"/api/v1/batches/{batch['id']}")).json()["success"] == frozen < 40
+    await idle(app)  # a chunk already claimed may still commit
+    frozen = (await get_batch(admin, batch["id"]))["success"]
+    # A wake-up that arrives now (a deferred one falling due, a stray one) changes nothing.
+    await app.state.queue.enqueue(Wakeup("execute", batch["id"]))
+    await idle(app)
+    assert (await get_batch(admin, batch["id"]))["success"] == frozen < 40
     assert (await admin.post(f"/api/v1/batches/{batch['id']}/activate")).status_code == 200
     done = await wait_for(admin, batch["id"])
     assert (done["status"], done["success"]) == ("completed", 40)

@@ -7,7 +7,6 @@ itself is stopped mid-batch and started again. Recovery settings are shortened.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.main import create_app
 from app.models import BatchDetail, ProcessInstance, ProcessLog, Task
-from tests.batch_helpers import create, expense_setup, wait_for
+from tests.batch_helpers import create, eventually, expense_setup, get_batch, wait_for
 from tests.conftest import ON_POSTGRES, TEST_REDIS, Actor, postgres_only
 from tests.workers_proc import WorkerProcess
 
@@ -36,12 +35,16 @@ N = 3000
 
 
 async def wait_until_success(actor: Actor, batch_id: int, at_least: int) -> dict[str, Any]:
-    for _ in range(1200):
-        batch = (await actor.get(f"/api/v1/batches/{batch_id}")).json()
-        if batch["success"] >= at_least or batch["status"] in ("completed", "aborted"):
-            return batch
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} made no progress: {batch}")
+    return await eventually(
+        lambda: get_batch(actor, batch_id),
+        f"batch {batch_id} reaches {at_least} successes",
+        60,
+        until=lambda b: b["success"] >= at_least or b["status"] in ("completed", "aborted"),
+    )
+
+
+def _none(n: int) -> bool:
+    return n == 0
 
 
 async def assert_applied_exactly_once(
@@ -202,11 +205,21 @@ async def test_sigterm_finishes_the_chunk_and_exits(scene: Scene) -> None:
         async with scene.sm() as s:
             return await s.scalar(select(func.count()).where(BatchDetail.status == "success"))
 
+    async def worker_sessions() -> int:
+        async with scene.sm() as s:
+            query = text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = 'batchd-worker'"
+            )
+            return int(await s.scalar(query) or 0)
+
     async def stop_gracefully(worker: WorkerProcess) -> None:
         assert await worker.terminate() == 0, worker.output()
         assert "shutting down" in worker.output()
         at_exit = await success_count()
-        await asyncio.sleep(1.0)
+        # Nothing of it may commit later: once PostgreSQL has closed every session of
+        # the worker (it is the only one), the counts must not have moved.
+        await eventually(worker_sessions, "the stopped worker's sessions close", until=_none)
         assert at_exit == await success_count()
         assert at_exit is not None and at_exit < N
         scene.start_worker()

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.api.events import watch_count
-from tests.batch_helpers import expense_setup
+from tests.batch_helpers import eventually, expense_setup
 from tests.conftest import Actor, LiveServer
 
 APPROVE = {"decision": "approve", "form_data": {"category": "travel"}}
@@ -179,12 +179,8 @@ class Reader:
             await self.task
 
 
-async def wait_until(check: Any, limit_s: float = 10) -> None:
-    for _ in range(int(limit_s * 20)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
+def _none(counts: tuple[int, int]) -> bool:
+    return counts == (0, 0)
 
 
 @pytest.mark.parametrize("settings_overrides", [{"sse_ping_interval": 0.3}])
@@ -246,11 +242,12 @@ async def test_finished_batch_ends_at_once(
             json={"type": "task.approve", "ids": setup.task_ids, "params": APPROVE},
         )
         batch_id = r.json()["id"]
-        for _ in range(200):
+
+        async def status() -> str:
             got = await client.get(f"/api/v1/batches/{batch_id}", headers=alice.headers)
-            if got.json()["status"] == "completed":
-                break
-            await asyncio.sleep(0.05)
+            return str(got.json()["status"])
+
+        await eventually(status, "the batch completes", until=lambda s: s == "completed")
         url = f"/api/v1/batches/{batch_id}/events"
         started = asyncio.get_running_loop().time()
         events = await collect(client, url, alice.headers)
@@ -292,7 +289,11 @@ async def test_disconnect_leaves_nothing_running(
                 assert app.state.engine.pool.checkedout() <= 2
                 for reader in streams:
                     await reader.close()
-            await wait_until(lambda: bus.listener_count() == 0 and watch_count(app) == 0)
+
+            async def listening() -> tuple[int, int]:
+                return bus.listener_count(), watch_count(app)
+
+            await eventually(listening, "the streams' listeners and watch go", until=_none)
             leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("batchd-watch-")]
             for t in leftovers:
                 with contextlib.suppress(asyncio.CancelledError):

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.batch_helpers import expense_setup
+from tests.batch_helpers import eventually, expense_setup
 from tests.conftest import Actor, LiveServer
 
 PACKAGE = "batchd_client"
@@ -122,17 +122,25 @@ async def test_generated_client_drives_a_batch(
         assert batch.total == TASKS + MISSING
         assert batch.priority is models.Priority.NORMAL
 
-        deadline = asyncio.get_running_loop().time() + LIMIT_S
-        while batch.status is not models.BatchStatus.COMPLETED:
-            assert batch.status in {
+        batch_id = batch.id
+
+        async def current() -> Any:
+            seen = await get_batch.asyncio(batch_id, client=api)
+            assert isinstance(seen, models.BatchOut), seen
+            assert seen.status in {
                 models.BatchStatus.CREATED,
                 models.BatchStatus.SEEDING,
                 models.BatchStatus.RUNNING,
-            }, batch
-            assert asyncio.get_running_loop().time() < deadline, batch
-            await asyncio.sleep(0.05)
-            batch = await get_batch.asyncio(batch.id, client=api)
-            assert isinstance(batch, models.BatchOut), batch
+                models.BatchStatus.COMPLETED,
+            }, seen
+            return seen
+
+        batch = await eventually(
+            current,
+            "the batch completes",
+            LIMIT_S,
+            until=lambda b: b.status is models.BatchStatus.COMPLETED,
+        )
 
         assert (batch.success, batch.failed, batch.ignored, batch.cancelled) == (
             TASKS,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -15,7 +13,7 @@ from app import metrics
 from app.config import Settings
 from app.queue.backend import Wakeup
 from app.queue.inprocess import InProcessRunner
-from tests.batch_helpers import create, expense_setup, wait_for
+from tests.batch_helpers import create, eventually, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor, LiveServer, free_port, postgres_only
 from tests.test_events import sse_events
 from tests.workers_proc import WorkerProcess
@@ -175,11 +173,11 @@ async def test_sse_subscribers_gauge(
             first = [await anext(events) for events in streams]
             assert [e["event"] for e in first] == ["progress", "progress"]
             assert value(await scrape(client), "batchd_sse_subscribers") == base + 2
-        for _ in range(100):  # the server notices the disconnects
-            if value(await scrape(client), "batchd_sse_subscribers") == base:
-                break
-            await asyncio.sleep(0.05)
-        assert value(await scrape(client), "batchd_sse_subscribers") == base
+        await eventually(  # the server notices the disconnects
+            lambda: scrape(client),
+            "the subscriber gauge drops back",
+            until=lambda text: value(text, "batchd_sse_subscribers") == base,
+        )
 
 
 @pytest.mark.parametrize("settings_overrides", [{"metrics": False}])

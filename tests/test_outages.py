@@ -9,10 +9,9 @@ again, from the same process.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine
-from tests.batch_helpers import create, details, expense_setup, wait_for
+from tests.batch_helpers import create, details, eventually, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor, LiveServer, _reset_postgres, postgres_only
 from tests.outage_servers import PostgresServer, RedisServer
 from tests.test_events import Reader
@@ -38,15 +37,6 @@ FAST_RECOVERY: dict[str, Any] = {
     "slice_seconds": 1,
     "auto_retry_window": 0,
 }
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, limit_s: float = 20) -> None:
-    """Wait until ``check()`` holds (polling), or fail saying ``what`` never happened."""
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what}: not within {limit_s} s")
-        await asyncio.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- fixtures

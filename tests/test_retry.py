@@ -3,15 +3,24 @@ auto-retry cron, and the errors for retries that cannot happen."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batches.recovery import auto_retry
 from app.models import ActionLog, ProcessInstance, Task
-from tests.batch_helpers import create, details, expense_setup, wait_for
+from tests.batch_helpers import (
+    create,
+    details,
+    eventually,
+    expense_setup,
+    get_batch,
+    idle,
+    wait_for,
+)
 from tests.conftest import Actor
 
 BAD = {"decision": "approve", "form_data": {"category": "yachts"}}
@@ -122,11 +131,11 @@ async def test_auto_retry_cron_finishes_items_once_their_cause_is_gone(
     async with sessionmaker() as s:
         await s.execute(update(ProcessInstance).values(status="active"))
         await s.commit()
-    for _ in range(400):
-        now = (await alice.get(f"/api/v1/batches/{batch['id']}")).json()
-        if now["status"] == "completed" and now["success"] == 6:
-            break
-        await asyncio.sleep(0.05)
+    now = await eventually(
+        lambda: get_batch(alice, batch["id"]),
+        "the auto-retry cron completes the batch",
+        until=lambda b: b["status"] == "completed" and b["success"] == 6,
+    )
     assert (now["success"], now["failed"]) == (6, 0), now
     assert min(d["retry_count"] for d in await details(alice, batch["id"])) >= 1
     assert await locked(sessionmaker) == 0
@@ -143,17 +152,22 @@ async def test_auto_retry_cron_finishes_items_once_their_cause_is_gone(
     "settings_overrides", [{"auto_retry_delay": 0, "recover_interval": 0.3, "max_retries": 2}]
 )
 async def test_auto_retry_stops_at_max_retries(
-    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
 ) -> None:
     setup = await expense_setup(sessionmaker, admin, alice, bob, 3)
     batch = await create(alice, {"type": "task.approve", "ids": setup.task_ids, "params": BAD})
-    for _ in range(400):
-        items = await details(alice, batch["id"])
-        if {d["retry_count"] for d in items} == {2} and {d["status"] for d in items} == {"failed"}:
-            break
-        await asyncio.sleep(0.05)
-    assert {(d["status"], d["retry_count"]) for d in items} == {("failed", 2)}
-    await asyncio.sleep(1.0)  # further passes change nothing
+    await eventually(
+        lambda: details(alice, batch["id"]),
+        "every item failed twice over",
+        until=lambda items: {(d["status"], d["retry_count"]) for d in items} == {("failed", 2)},
+    )
+    await wait_for(alice, batch["id"])
+    await auto_retry(app.state.jobs)  # a further pass (run here to be sure of it) ...
+    await idle(app)  # ... and whatever it woke: nothing changes
     final = (await alice.get(f"/api/v1/batches/{batch['id']}")).json()
     assert (final["status"], final["failed"]) == ("completed", 3)
     assert {d["retry_count"] for d in await details(alice, batch["id"])} == {2}

@@ -6,7 +6,6 @@ not asserted: speed and size belong to bench/, behaviour to the tests.
 
 from __future__ import annotations
 
-import asyncio
 import resource
 import time
 
@@ -15,7 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.models import BatchDetail, Task
-from tests.batch_helpers import create, expense_setup
+from tests.batch_helpers import create, eventually, expense_setup
 from tests.conftest import Actor
 
 N = 100_000
@@ -77,14 +76,14 @@ async def test_100k_filter_batch_seeds_with_flat_memory(
     )
     post_s = time.perf_counter() - started
     assert batch["total"] == N and batch["status"] == "suspended"
-    for _ in range(3000):
+
+    async def seeded() -> int:
         async with sessionmaker() as s:
-            seeded = await s.scalar(select(func.count()).where(BatchDetail.batch_id == batch["id"]))
-        if seeded == N:
-            break
-        await asyncio.sleep(0.05)
+            query = select(func.count()).where(BatchDetail.batch_id == batch["id"])
+            return int(await s.scalar(query) or 0)
+
+    await eventually(seeded, f"{N} details seeded", 150, until=lambda n: n == N)
     seeded_s = time.perf_counter() - started
-    assert seeded == N
     async with sessionmaker() as s:
         locked = await s.scalar(select(func.count()).where(Task.locked_by_batch_id == batch["id"]))
         duplicates = await s.scalar(

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.models import Batch
-from tests.batch_helpers import expense_setup
+from tests.batch_helpers import eventually, expense_setup
 from tests.conftest import Actor, LiveServer
 from tests.test_events import sse_events
 
@@ -71,7 +71,13 @@ async def test_a_signed_in_browser_reads_and_writes_with_the_csrf_token(
                     events.append(event)
 
         listening = asyncio.create_task(listen())
-        await asyncio.sleep(0.3)
+
+        async def connected() -> int:
+            if listening.done():
+                listening.result()  # a stream that failed fails here
+            return len(events)
+
+        await eventually(connected, "the stream sends the current state")  # it is connected
         r = await browser.post(
             f"/api/v1/batches/{batch_id}/activate", headers={"X-CSRF-Token": csrf}
         )

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.api.events import watch_count
-from tests.batch_helpers import expense_setup
+from tests.batch_helpers import eventually, expense_setup
 from tests.conftest import Actor, LiveServer
 from tests.test_events import APPROVE, sse_events
 
@@ -84,8 +84,8 @@ async def test_200_subscribers_all_get_end(
         assert seqs == sorted(set(seqs))
     assert elapsed < 30, elapsed
     assert watch_count(app) == 0
-    for _ in range(100):
-        if app.state.progress.listener_count() == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert app.state.progress.listener_count() == 0
+
+    async def listeners() -> int:
+        return int(app.state.progress.listener_count())
+
+    await eventually(listeners, "every stream's listener goes", until=lambda n: n == 0)

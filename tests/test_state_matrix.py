@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.main import create_app
 from app.models import Batch, BatchDetail, ProcessInstance, Task
-from tests.batch_helpers import create, details, expense_setup, wait_for
+from tests.batch_helpers import clock_passes, create, details, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, TEST_REDIS, Actor
 from tests.serve_proc import ServeProcess
 from tests.test_crash_safety import APPROVE, FAST_RECOVERY, FILTER, assert_applied_exactly_once
@@ -370,7 +370,6 @@ async def test_scheduled(rig: Rig) -> None:
     wake-ups are lost and ``start_at`` passes while nobody runs; a worker starts → its
     schedule cron moves the batch to ``created`` and seeds it (the filter is resolved
     then) → completed, exactly once."""
-    import asyncio
     from datetime import UTC, datetime, timedelta
 
     await rig.expense(N)
@@ -378,7 +377,7 @@ async def test_scheduled(rig: Rig) -> None:
     batch = await create(rig.alice, approve(filter=FILTER, start_at=start_at.isoformat()))
     assert batch["status"] == "scheduled", batch
     await rig.lose_wakeups()
-    await asyncio.sleep(1.5)  # start_at passes while no worker runs
+    await clock_passes(start_at)  # start_at passes while no worker runs
     assert (await rig.status(batch["id"]))["status"] == "scheduled"
     await rig.start_worker()
     await rig.completes(batch["id"], N)

@@ -39,7 +39,10 @@ class InProcessRunner(QueueBackend):
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._busy = 0
+        self._crons_busy = 0
         self._depth: Counter[str] = Counter()
+        self._changed = asyncio.Event()
+        """Set whenever work is queued or finishes; ``drained`` re-checks on it."""
 
     def bind(self, ctx: JobContext) -> None:
         self.ctx = ctx
@@ -47,7 +50,12 @@ class InProcessRunner(QueueBackend):
     async def enqueue(self, wakeup: Wakeup) -> None:
         if wakeup.defer:
             loop = asyncio.get_running_loop()
-            handle = loop.call_later(wakeup.defer, self._put, wakeup)
+
+            def due() -> None:
+                self._timers.discard(handle)
+                self._put(wakeup)
+
+            handle = loop.call_later(wakeup.defer, due)
             self._timers.add(handle)
         else:
             self._put(wakeup)
@@ -60,10 +68,42 @@ class InProcessRunner(QueueBackend):
         rank = PRIORITIES.index(wakeup.priority) if wakeup.priority in PRIORITIES else 1
         self._queue.put_nowait((rank, next(self._seq), wakeup))
         self._depth[PRIORITIES[rank]] += 1
+        self._changed.set()
 
     async def depth(self) -> dict[str, int]:
         """Wake-ups waiting per priority (deferred ones count once they are due)."""
         return {p: self._depth[p] for p in PRIORITIES}
+
+    def _idle(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        return (
+            self._queue.empty()
+            and self._busy == 0
+            and self._crons_busy == 0
+            and not any(h.when() <= now and not h.cancelled() for h in self._timers)
+        )
+
+    async def drained(self) -> None:
+        """Return once the runner is idle: no wake-up queued, no job running and no cron
+        pass under way, all at the same moment.
+
+        A job that enqueues a follow-up does so before it returns, so the runner is not
+        idle between the two. Deferred wake-ups that are not due yet do not count (they
+        are future work, not pending work); one whose time has come counts as queued
+        even if its timer has not fired yet. Crons count only while a pass runs: the
+        wait between passes is idle, so ``drained`` does not promise that a cron ran
+        (a test that needs a pass calls the cron itself). Without ``run_jobs`` nothing
+        ever runs here, so the runner is idle at once. Used by tests to assert that
+        nothing more happens, instead of sleeping."""
+        if not self.run_jobs:
+            return
+        while not self._idle():
+            self._changed.clear()
+            if self._timers:  # a deferred wake-up falls due without any other event
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.05)
+            else:
+                await self._changed.wait()
 
     async def start(self) -> None:
         if not self.run_jobs:
@@ -111,14 +151,19 @@ class InProcessRunner(QueueBackend):
                 log.exception("job %s(%s) failed", wakeup.job, wakeup.batch_id)
             finally:
                 self._busy -= 1
+                self._changed.set()
 
     async def _every(self, cron: Cron, interval: float) -> None:
         assert self.ctx is not None
         while not self.ctx.stopping.is_set():
+            self._crons_busy += 1
             try:
                 await cron(self.ctx)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("cron %s failed", getattr(cron, "__name__", cron))
+            finally:
+                self._crons_busy -= 1
+                self._changed.set()
             await asyncio.sleep(interval)
