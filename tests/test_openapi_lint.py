@@ -60,7 +60,10 @@ async def document_file(client: httpx.AsyncClient, tmp_path: Path) -> Path:
     return path
 
 
-async def _run(*args: str | Path, cwd: Path) -> str:
+async def run_node_tool(*args: str | Path, cwd: Path, must_succeed: bool = False) -> str:
+    """Run a pinned node tool and return what it printed on stdout (a linter exits
+    non-zero when it has findings, so by default only an empty output fails; with
+    ``must_succeed`` any non-zero exit fails, with everything it printed)."""
     proc = await asyncio.create_subprocess_exec(
         *map(str, args),
         cwd=cwd,
@@ -69,12 +72,14 @@ async def _run(*args: str | Path, cwd: Path) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=180)
-    assert out, err.decode(errors="replace")
-    return out.decode()
+    printed = out.decode(errors="replace") + err.decode(errors="replace")
+    assert proc.returncode == 0 or not must_succeed, printed
+    assert out or must_succeed, printed
+    return out.decode(errors="replace")
 
 
 async def test_redocly_recommended_finds_no_error(node_tools: Path, document_file: Path) -> None:
-    out = await _run(
+    out = await run_node_tool(
         node_tools / "redocly", "lint", document_file, "--format=json", cwd=document_file.parent
     )
     report: dict[str, Any] = json.loads(out)
@@ -88,7 +93,7 @@ async def test_redocly_recommended_finds_no_error(node_tools: Path, document_fil
 
 async def test_spectral_oas_finds_no_error(node_tools: Path, document_file: Path) -> None:
     (document_file.parent / ".spectral.yaml").write_text('extends: ["spectral:oas"]\n')
-    out = await _run(
+    out = await run_node_tool(
         node_tools / "spectral", "lint", document_file, "-f", "json", cwd=document_file.parent
     )
     report: list[dict[str, Any]] = json.loads(out[out.index("[") :])

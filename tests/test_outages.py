@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine
-from tests.batch_helpers import create, details, eventually, expense_setup, wait_for
+from tests.batch_helpers import create, details, eventually, expense_setup, get_batch, wait_for
 from tests.conftest import ON_POSTGRES, Actor, LiveServer, _reset_postgres, postgres_only
 from tests.outage_servers import PostgresServer, RedisServer
 from tests.test_events import Reader
@@ -124,6 +124,16 @@ async def completes(actor: Actor, batch_id: int, n: int, limit_s: float = 30) ->
     ), done
 
 
+async def under_way(actor: Actor, batch_id: int, applied: int) -> dict[str, Any]:
+    """The batch once at least ``applied`` items succeeded: an outage after this point is
+    a mid-batch one (the caller checks it was not already finished)."""
+    return await eventually(
+        lambda: get_batch(actor, batch_id),
+        "the batch making progress",
+        until=lambda b: b["success"] >= applied,
+    )
+
+
 def assert_applied_once(items: list[dict[str, Any]], task_ids: list[int]) -> None:
     """One ``success`` result per task, none missing, none twice."""
     assert sorted(i["item_id"] for i in items) == sorted(task_ids)
@@ -212,13 +222,7 @@ async def test_batch_outlives_a_redis_restart_mid_batch(
     worker = workers()
     await worker.ready()
     batch = await approve(alice, setup.task_ids, chunk_size=10)
-    seen: dict[str, Any] = {}
-
-    async def under_way() -> bool:
-        seen.update((await alice.get(f"/api/v1/batches/{batch['id']}")).json())
-        return bool(seen["success"] >= 300)
-
-    await eventually(under_way, "the batch making progress")
+    seen = await under_way(alice, batch["id"], 300)
     await redis_server.shutdown()
     assert seen["success"] < n, "stopped after the end: not a mid-batch outage"
     await worker.logged("lost Redis")
@@ -380,13 +384,7 @@ async def test_worker_outlives_a_postgres_restart_mid_batch(
     await worker.ready()
     batch = await approve(alice, setup.task_ids[:n], chunk_size=10)
 
-    seen: dict[str, Any] = {}
-
-    async def under_way() -> bool:
-        seen.update((await alice.get(f"/api/v1/batches/{batch['id']}")).json())
-        return bool(seen["success"] >= 100)
-
-    await eventually(under_way, "the batch making progress")
+    seen = await under_way(alice, batch["id"], 100)
     await postgres_server.stop()
     assert seen["success"] < n, "stopped after the end: not a mid-batch outage"
     await worker.logged("Connect call failed")  # its jobs and crons hit the outage

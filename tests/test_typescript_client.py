@@ -7,13 +7,16 @@ defaulted request fields typed as required, and the stream typed ``unknown``."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.test_openapi_lint import document_file, node_tools  # noqa: F401 (fixtures)
+from tests.test_openapi_lint import (  # noqa: F401 (fixtures)
+    document_file,
+    node_tools,
+    run_node_tool,
+)
 
 CLIENT_TS = """\
 import type { components, operations, paths } from "./schema";
@@ -55,21 +58,6 @@ export function firstLine(stream: Events): string {
 """
 
 
-async def _run(*args: str | Path, cwd: Path) -> str:
-    """Run a node tool; fail with everything it printed unless it exits 0."""
-    proc = await asyncio.create_subprocess_exec(
-        *map(str, args),
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=180)
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, text
-    return text
-
-
 async def test_openapi_typescript_types_compile_strict(
     node_tools: Path,  # noqa: F811
     document_file: Path,  # noqa: F811
@@ -77,8 +65,17 @@ async def test_openapi_typescript_types_compile_strict(
     if shutil.which("node") is None:
         pytest.skip("node is not installed (it runs openapi-typescript and tsc)")
     workdir = document_file.parent
-    await _run(node_tools / "openapi-typescript", document_file, "-o", "schema.d.ts", cwd=workdir)
+    await run_node_tool(
+        node_tools / "openapi-typescript",
+        document_file,
+        "-o",
+        "schema.d.ts",
+        cwd=workdir,
+        must_succeed=True,
+    )
     schema = (workdir / "schema.d.ts").read_text()
     assert '"text/event-stream": string;' in schema
     (workdir / "client.ts").write_text(CLIENT_TS)
-    await _run(node_tools / "tsc", "--noEmit", "--strict", "client.ts", cwd=workdir)
+    await run_node_tool(
+        node_tools / "tsc", "--noEmit", "--strict", "client.ts", cwd=workdir, must_succeed=True
+    )
