@@ -33,6 +33,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check app workers tests bench
 	$(BIN)/mypy app workers tests
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m bench.run

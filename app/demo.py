@@ -30,10 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
 from app.db.session import transaction
-from app.engine.definitions import create_definition, latest_definition
-from app.engine.users import create_user, grant_monitor, rotate_token
 from app.models import ProcessDefinition, ProcessInstance, Task, User
 from app.schemas.engine import DefinitionCreate
+from app.workflow.definitions import create_definition, latest_definition
+from app.workflow.users import create_user, grant_monitor, rotate_token
 
 EXPENSE_COUNT = 300
 LEAVE_COUNT = 100

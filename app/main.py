@@ -20,7 +20,7 @@ from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
 from app.errors import MAX_LISTED_ERRORS, AppError, Unavailable, is_unavailable, join_messages
 from app.openapi import TAGS, install_openapi
-from app.queue.factory import build_runtime
+from app.runtime.factory import build_runtime
 from app.schemas.common import printable
 
 log = logging.getLogger("batchd")

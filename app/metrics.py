@@ -13,20 +13,14 @@ every hook a no-op.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.domain import DetailStatus
 
 log = logging.getLogger("batchd.metrics")
-
-SCRAPE_TIMEOUT_S = 5.0
-"""A scrape never waits longer than this for the database or Redis: on a timeout it
-shows the last values it read (a slow scrape must not pile up connections)."""
 
 ITEMS = Counter(
     "batchd_items_processed",
@@ -55,7 +49,6 @@ SSE_SUBSCRIBERS = Gauge(
 )
 
 _enabled = True
-_refreshing = False
 
 
 def configure(*, enabled: bool) -> None:
@@ -68,7 +61,7 @@ def enabled() -> bool:
     return _enabled
 
 
-def chunk_done(op_type: str, seconds: float, counts: Mapping[str, int]) -> None:
+def chunk_done(op_type: str, seconds: float, counts: Mapping[DetailStatus, int]) -> None:
     """One chunk finished: how long it took (claim to commit) and its items by outcome."""
     if not _enabled:
         return
@@ -86,52 +79,6 @@ def sse_opened() -> None:
 def sse_closed() -> None:
     if _enabled:
         SSE_SUBSCRIBERS.dec()
-
-
-@runtime_checkable
-class HasDepth(Protocol):
-    """A queue backend that can say how many wake-ups wait per priority."""
-
-    async def depth(self) -> dict[str, int]: ...
-
-
-async def refresh(sessionmaker: async_sessionmaker[AsyncSession], queue: Any) -> None:
-    """Read the state gauges (batches by status, queue depth) just before a scrape.
-
-    One refresh at a time (a scrape arriving meanwhile shows the values being read),
-    each read bounded by ``SCRAPE_TIMEOUT_S``; a failed read keeps the previous values."""
-    global _refreshing
-    if _refreshing:
-        return
-    _refreshing = True
-    try:
-        try:
-            await asyncio.wait_for(_refresh_batches(sessionmaker), SCRAPE_TIMEOUT_S)
-        except Exception as exc:
-            log.warning("metrics: batches by status not read: %r", exc)
-        if isinstance(queue, HasDepth):
-            try:
-                depth = await asyncio.wait_for(queue.depth(), SCRAPE_TIMEOUT_S)
-            except Exception as exc:
-                log.warning("metrics: queue depth not read: %r", exc)
-            else:
-                for priority, n in depth.items():
-                    QUEUE_DEPTH.labels(priority).set(n)
-    finally:
-        _refreshing = False
-
-
-async def _refresh_batches(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-    from app.batches.state import BatchStatus
-    from app.models import Batch
-
-    async with sessionmaker() as session:
-        rows = (
-            await session.execute(select(Batch.status, func.count()).group_by(Batch.status))
-        ).all()
-    counts = {str(status): int(n) for status, n in rows}
-    for status in [*BatchStatus, *counts]:  # every known status, 0 when there is none
-        BATCHES.labels(str(status)).set(counts.get(str(status), 0))
 
 
 def render() -> bytes:

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
-from app.engine.users import create_user
+from app.workflow.users import create_user
 from bench import data, infra
 from bench.api import FINAL, running_api
 from bench.config import ROOT, BenchConfig

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.base import Base
 from app.db.session import transaction
-from app.engine.users import create_user
+from app.workflow.users import create_user
 from tests.factories import expense_definition  # the same definition the suite uses
 
 CATEGORY = "travel"

@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 from app.db.session import create_engine, create_sessionmaker, transaction
-from app.engine.users import create_user
+from app.workflow.users import create_user
 from bench.config import ROOT
 from bench.procs import RssSampler, _status_kb, cpu_seconds
 from tests.conftest import free_port

@@ -31,10 +31,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
 from app.db.session import transaction
-from app.engine.approval import ApprovalInput, Outcome, approve_tasks
+from app.domain import BatchRun, Outcome, WorkItem
 from app.models import Batch, BatchDetail
 from app.operations.instances import SuspendInstances
-from app.operations.registry import BatchRun, WorkItem
+from app.workflow.approval import ApprovalInput, approve_tasks
 from bench.data import APPROVE_PARAMS
 
 # --------------------------------------------------------------------------- baseline

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
-from app.queue.gc_tuning import tune_for_batches
+from app.runtime.gc_tuning import tune_for_batches
 from bench import data, infra, references
 from bench.api import BatchRun, run_batch, running_api
 from bench.config import EXTRA_PHASES, PHASES, ROOT, BenchConfig

@@ -98,9 +98,9 @@ STEPS = [
     ("app.batches.monitor", "finalize_if_done"),
     ("app.operations.tasks", "ApproveTasks.apply"),
     ("app.operations.instances", "InstanceTransition.apply"),
-    ("app.engine.approval", "_Plan.write"),
-    ("app.queue.progress", "RedisProgressBus.publish"),
-    ("app.queue.arq_backend", "ArqQueue.enqueue"),
+    ("app.workflow.approval", "_Plan.write"),
+    ("app.runtime.progress", "RedisProgressBus.publish"),
+    ("app.runtime.arq_backend", "ArqQueue.enqueue"),
 ]
 
 

@@ -15,9 +15,10 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.queue.backend import PRIORITIES, QueueBackend, Wakeup, queue_name
-from app.queue.context import JobContext
-from app.queue.inprocess import InProcessRunner
+from app.domain import Wakeup
+from app.runtime.backend import PRIORITIES, QueueBackend, queue_name
+from app.runtime.context import JobContext
+from app.runtime.inprocess import InProcessRunner
 from tests.conftest import Actor
 from tests.factories import bulk_tasks, create_definition, expense_definition
 

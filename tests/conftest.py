@@ -24,8 +24,8 @@ from app.config import Settings
 from app.db.base import Base
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine
-from app.engine.users import create_user
 from app.main import create_app
+from app.workflow.users import create_user
 from tests.workers_proc import WorkerProcess
 
 TEST_DB = os.environ.get("BATCH_TEST_DATABASE_URL")

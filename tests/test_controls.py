@@ -14,8 +14,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches.recovery import start_due
+from app.domain import Wakeup
 from app.models import ActionLog, Batch, BatchDetail, ProcessInstance, ProcessLog, Task
-from app.queue.backend import Wakeup
 from tests.batch_helpers import (
     clock_passes,
     create,

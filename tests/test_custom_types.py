@@ -14,12 +14,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import app.operations as operations
-from app.engine.approval import Outcome
-from app.engine.logs import write_process_logs
+from app.domain import Outcome
 from app.models import ProcessInstance, ProcessLog
 from app.operations import OPERATIONS, BatchRun, Operation, WorkItem, register
 from app.operations.targets import INSTANCES
 from app.schemas.common import StrictModel
+from app.workflow.logs import write_process_logs
 from tests.batch_helpers import create, details, expense_setup, wait_for
 from tests.conftest import Actor
 
@@ -57,7 +57,9 @@ class TagInstances(Operation):
             ),
         )
         return [
-            Outcome("success") if i in found else Outcome("failed", f"Process {i} does not exist.")
+            Outcome.success()
+            if i in found
+            else Outcome.failed("not_found", f"Process {i} does not exist.")
             for i in ids
         ]
 

@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
 from app.demo import EXPENSE_COUNT, LEAVE_COUNT, OLD_LEAVE_COUNT, seed_demo
-from app.engine.definitions import definition_errors
-from app.engine.forms import check_value
-from app.engine.users import user_by_token
 from app.models import MonitorGrant, ProcessDefinition, ProcessInstance, Task, User
 from app.schemas.engine import DefinitionCreate
+from app.workflow.definitions import definition_errors
+from app.workflow.forms import check_value
+from app.workflow.users import user_by_token
 
 DEMO_ROLES = {"admin": "admin", "manager": "user", "finance": "user", "employee": "user"}
 

@@ -12,16 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches.recovery import purge
 from app.config import Settings
-from app.engine.approval import Outcome
+from app.domain import BatchRun, Outcome, WorkItem
 from app.models import Batch, BatchDetail, ProcessLog
-from app.operations.registry import (
-    OPERATIONS,
-    BatchRun,
-    BulkSql,
-    Operation,
-    WorkItem,
-    register,
-)
+from app.operations.registry import OPERATIONS, BulkSql, Operation, register
 from app.operations.targets import INSTANCES
 from tests.batch_helpers import create, details, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor
@@ -49,7 +42,7 @@ class PoisonableOperation(Operation):
             ),
             {"poison": POISON},
         )
-        return [Outcome("success") for _ in items]
+        return [Outcome.success() for _ in items]
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.base import Base
 from app.db.migrate import upgrade_to, upgrade_to_head
 from app.db.session import create_engine
-from app.engine.users import hash_token
 from app.main import create_app
+from app.workflow.users import hash_token
 from tests.batch_helpers import create, details, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor, make_settings
 from tests.factories import create_definition, expense_definition, start_instance

@@ -10,9 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import metrics
+from app.api.metrics import refresh as refresh_gauges
 from app.config import Settings
-from app.queue.backend import Wakeup
-from app.queue.inprocess import InProcessRunner
+from app.domain import Wakeup
+from app.runtime.inprocess import InProcessRunner
 from tests.batch_helpers import create, eventually, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor, LiveServer, free_port, postgres_only
 from tests.test_events import sse_events
@@ -137,7 +138,7 @@ async def test_queue_depth_per_priority(app: FastAPI, client: httpx.AsyncClient)
             assert got - value(before, "batchd_queue_depth", priority=priority) == added
         assert ("batchd_queue_depth", frozenset({("priority", "high")})) in after
     else:
-        await metrics.refresh(app.state.sessionmaker, runner)
+        await refresh_gauges(app.state.sessionmaker, runner)
         samples = await scrape(client)  # the app's idle runner: all zero again
         assert value(samples, "batchd_queue_depth", priority="low") == 0
         assert ("batchd_queue_depth", frozenset({("priority", "low")})) in samples

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.demo import seed_demo
-from app.engine.users import create_user
+from app.workflow.users import create_user
 from tests.conftest import BACKEND, Actor, LiveServer
 
 CHECKS = (
@@ -359,7 +359,7 @@ async def test_statuses_types_and_priorities_are_enums(client: httpx.AsyncClient
     """One named enum per vocabulary, taken from the code that owns it; ``type`` is an
     open enum (built-ins or any registered custom type) on requests and responses."""
     import app.operations as operations
-    from app.batches.state import BatchStatus, DetailStatus
+    from app.domain import BatchStatus, DetailStatus
     from app.schemas.batch import OperationType
 
     schemas = (await _document(client))["components"]["schemas"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from app.queue.backend import Wakeup
-from app.queue.context import JobContext
-from app.queue.inprocess import InProcessRunner
+from app.domain import Wakeup
+from app.runtime.context import JobContext
+from app.runtime.inprocess import InProcessRunner
 
 
 class _Ctx:

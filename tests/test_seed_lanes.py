@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches import seeding
 from app.models import Batch, BatchDetail, ProcessInstance, ProcessLog, SeedClaim, Task
-from app.queue.context import JobContext
+from app.runtime.context import JobContext
 from tests.batch_helpers import create, expense_setup, recording_context, wait_for
 from tests.conftest import ON_POSTGRES, Actor
 

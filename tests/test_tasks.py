@@ -10,8 +10,8 @@ import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.engine.queries import TASK_INSTANCE_JOIN, task_filter_clauses
 from app.models import ProcessInstance, ProcessLog, Task
+from app.workflow.queries import TASK_INSTANCE_JOIN, task_filter_clauses
 from tests.conftest import Actor, make_actor
 from tests.factories import (
     approve,

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches import state
 from app.batches.monitor import monitor
-from app.batches.state import BatchStatus
 from app.config import Settings
+from app.domain import FINAL, BatchStatus
 from app.models import Batch, Task
 from tests.batch_helpers import create, details, expense_setup, recording_context, wait_for
 from tests.conftest import Actor
@@ -181,7 +181,7 @@ def test_every_state_has_a_way_forward() -> None:
                 if nxt not in reachable:
                     reachable.add(nxt)
                     todo.append(nxt)
-        assert status in state.FINAL or reachable & state.FINAL, status
+        assert status in FINAL or reachable & FINAL, status
         jobs = {w.job for w in state.wakeups(settings, 1, status, "normal", seeding_done=False)}
         expected = {
             BatchStatus.CREATED: {"seed"},
@@ -195,7 +195,7 @@ def test_every_state_has_a_way_forward() -> None:
     assert state.wakeups(settings, 1, "suspended", "normal", seeding_done=True) == []
     assert not state.may_move("cancelled", BatchStatus.RUNNING)
     assert state.sources_of(BatchStatus.CANCELLED) == sorted(
-        s.value for s in BatchStatus if s not in state.FINAL
+        s.value for s in BatchStatus if s not in FINAL
     )
 
 

@@ -28,11 +28,11 @@ from app import metrics
 from app.batches.jobs import JOBS, cron_schedule, resume_after_restart
 from app.config import Settings
 from app.db.session import create_engine, create_sessionmaker
-from app.queue.arq_backend import ArqQueue, connect
-from app.queue.backend import PRIORITIES, queue_name
-from app.queue.context import JobContext
-from app.queue.gc_tuning import tune_for_batches
-from app.queue.progress import RedisProgressBus
+from app.runtime.arq_backend import ArqQueue, connect
+from app.runtime.backend import PRIORITIES, queue_name
+from app.runtime.context import JobContext
+from app.runtime.gc_tuning import tune_for_batches
+from app.runtime.progress import RedisProgressBus
 
 log = logging.getLogger("batchd.worker")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import AdminUser, PageDep, SessionDep
-from app.engine.archives import get_archive, list_archives
 from app.schemas.common import IdPath, KeyQuery, Page, error_responses
 from app.schemas.engine import ArchiveDetail, ArchiveSummary
+from app.workflow.archives import get_archive, list_archives
 
 router = APIRouter(prefix="/api/v1", tags=["archives"])
 

@@ -12,7 +12,7 @@ from fastapi.openapi.models import Example
 
 from app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
 from app.batches import service
-from app.batches.state import BatchStatus, DetailStatus
+from app.domain import BatchStatus, DetailStatus
 from app.schemas.batch import (
     BatchCreate,
     BatchOut,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import AdminUser, CurrentUser, PageDep, SessionDep
-from app.engine import definitions as service
 from app.schemas.common import IdPath, KeyQuery, Page, error_responses
 from app.schemas.engine import DefinitionCreate, DefinitionOut
+from app.workflow import definitions as service
 
 router = APIRouter(prefix="/api/v1", tags=["definitions"])
 

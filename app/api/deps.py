@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db.unit_of_work import unit_of_work
-from app.engine.users import browser_session_user, hash_token, user_by_token
 from app.errors import Forbidden, Unauthorized, ValidationFailed
 from app.models import User
-from app.queue.backend import QueueBackend
+from app.runtime.backend import QueueBackend
 from app.schemas.common import PAGE_SIZE_MAX
+from app.workflow.users import browser_session_user, hash_token, user_by_token
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

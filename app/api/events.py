@@ -6,7 +6,7 @@ sequence moves (coalesced to at most ~10 a second; ``id:`` is that sequence), a
 ``end`` event, after which the stream closes. ``Last-Event-ID`` resumes: the current
 state is sent at once only if it moved since that id.
 
-Scale: the streams of one batch share one reader (``app.queue.watch``), so a waiting
+Scale: the streams of one batch share one reader (``app.batches.events``), so a waiting
 client holds no database connection and 200 clients cost one read per change.
 """
 
@@ -24,9 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import metrics
 from app.api.deps import get_current_user
 from app.batches import service
-from app.batches.state import FINAL
+from app.batches.events import BatchWatches
+from app.domain import FINAL
 from app.models import User
-from app.queue.watch import BatchWatches
 from app.schemas.batch import BatchOut
 from app.schemas.common import IdPath, error_responses, parse_id
 

@@ -9,8 +9,6 @@ from fastapi import APIRouter, Body, Query
 from fastapi.openapi.models import Example
 
 from app.api.deps import CurrentUser, PageDep, SessionDep
-from app.engine import instances as service
-from app.engine.queries import instance_filter_clauses, list_instances
 from app.schemas.common import (
     NO_NUL,
     IdPath,
@@ -29,6 +27,8 @@ from app.schemas.engine import (
     TaskOut,
     UtcDatetime,
 )
+from app.workflow import instances as service
+from app.workflow.queries import instance_filter_clauses, list_instances
 
 router = APIRouter(prefix="/api/v1", tags=["instances"])
 

@@ -5,14 +5,71 @@ the registry is rendered; see ``app.metrics``."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any, Protocol, runtime_checkable
+
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import metrics
+from app.domain import BatchStatus
+from app.models import Batch
 from app.schemas.common import error_responses
 
 router = APIRouter(tags=["monitoring"])
+log = logging.getLogger("batchd.metrics")
+
+SCRAPE_TIMEOUT_S = 5.0
+"""A scrape never waits longer than this for the database or Redis: on a timeout it
+shows the last values it read (a slow scrape must not pile up connections)."""
+_refreshing = False
+
+
+@runtime_checkable
+class HasDepth(Protocol):
+    """A queue backend that can say how many wake-ups wait per priority."""
+
+    async def depth(self) -> dict[str, int]: ...
+
+
+async def refresh(sessionmaker: async_sessionmaker[AsyncSession], queue: Any) -> None:
+    """Read the state gauges (batches by status, queue depth) just before a scrape.
+
+    One refresh at a time (a scrape arriving meanwhile shows the values being read),
+    each read bounded by ``SCRAPE_TIMEOUT_S``; a failed read keeps the previous values."""
+    global _refreshing
+    if _refreshing:
+        return
+    _refreshing = True
+    try:
+        try:
+            await asyncio.wait_for(_refresh_batches(sessionmaker), SCRAPE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("metrics: batches by status not read: %r", exc)
+        if isinstance(queue, HasDepth):
+            try:
+                depth = await asyncio.wait_for(queue.depth(), SCRAPE_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("metrics: queue depth not read: %r", exc)
+            else:
+                for priority, n in depth.items():
+                    metrics.QUEUE_DEPTH.labels(priority).set(n)
+    finally:
+        _refreshing = False
+
+
+async def _refresh_batches(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with sessionmaker() as session:
+        rows = (
+            await session.execute(select(Batch.status, func.count()).group_by(Batch.status))
+        ).all()
+    counts = {str(status): int(n) for status, n in rows}
+    for status in [*BatchStatus, *counts]:  # every known status, 0 when there is none
+        metrics.BATCHES.labels(str(status)).set(counts.get(str(status), 0))
 
 
 @router.get(
@@ -33,5 +90,5 @@ async def get_metrics(request: Request) -> Response:
     priority and SSE subscribers (all prefixed ``batchd_``)."""
     if not request.app.state.settings.metrics:
         raise HTTPException(404, "Metrics are turned off (BATCH_METRICS=false).")
-    await metrics.refresh(request.app.state.sessionmaker, request.app.state.queue)
+    await refresh(request.app.state.sessionmaker, request.app.state.queue)
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from app.api.deps import CurrentUser, SessionDep
-from app.engine.definitions import node_view
 from app.schemas.common import ID_MAX, NO_NUL, error_responses
 from app.schemas.engine import NodeView
+from app.workflow.definitions import node_view
 
 router = APIRouter(prefix="/api/v1", tags=["nodes"])
 

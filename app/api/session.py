@@ -18,10 +18,10 @@ from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from app.api.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, SettingsDep
-from app.engine.users import end_browser_session, start_browser_session, user_by_token
 from app.errors import Forbidden, Unauthorized
 from app.schemas.common import StrictModel, error_responses
 from app.schemas.engine import UserOut
+from app.workflow.users import end_browser_session, start_browser_session, user_by_token
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 

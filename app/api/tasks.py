@@ -8,9 +8,6 @@ from fastapi import APIRouter, Body, Query
 from fastapi.openapi.models import Example
 
 from app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
-from app.engine import approval
-from app.engine.instances import reload_step
-from app.engine.queries import TaskRow, get_task_row, list_tasks, task_filter_clauses
 from app.errors import ValidationFailed
 from app.schemas.common import (
     IdPath,
@@ -29,6 +26,9 @@ from app.schemas.engine import (
     TaskOut,
     TaskStatus,
 )
+from app.workflow import approval
+from app.workflow.instances import reload_step
+from app.workflow.queries import TaskRow, get_task_row, list_tasks, task_filter_clauses
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
 

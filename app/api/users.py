@@ -6,9 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import AdminUser, CurrentUser, SessionDep
-from app.engine.users import create_user, get_user, grant_monitor, granted_keys, rotate_token
 from app.schemas.common import IdPath, error_responses
 from app.schemas.engine import GrantCreate, GrantOut, Me, NewToken, UserCreate, UserCreated
+from app.workflow.users import create_user, get_user, grant_monitor, granted_keys, rotate_token
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches.resolve import Listed, ListedSource
-from app.batches.state import DetailStatus
 from app.db.base import utcnow
 from app.db.bulk import insert_rows, update_rows
-from app.engine.approval import Outcome
+from app.domain import BatchRun, DetailStatus, Outcome
 from app.models import Batch, BatchDetail, User
 from app.operations import Operation
-from app.operations.registry import BatchRun, BulkSql
+from app.operations.registry import BulkSql
 
 log = logging.getLogger("batchd.seeding")
 _details = cast(Table, BatchDetail.__table__)
@@ -52,13 +50,13 @@ async def create_details(
     count, last = 0, None
     for page in listed.pages(INSERT_PAGE):
         ids, errors = page.item_ids, page.errors
-        pre = {i: errors[i] for i in range(len(ids)) if errors and errors[i]}
+        pre: dict[int, str] = {i: e for i, e in enumerate(errors or []) if e}
         lockable = [ids[i] for i in range(len(ids)) if i not in pre]
         refused = await op.lock.acquire(session, batch.id, creator, lockable) if op.lock else {}
         now = utcnow()
         values = []
         for i, item_id in enumerate(ids):
-            outcome = Outcome("failed", pre[i]) if i in pre else refused.get(item_id)
+            outcome = Outcome.failed("invalid", pre[i]) if i in pre else refused.get(item_id)
             values.append(
                 {
                     "batch_id": batch.id,
@@ -256,26 +254,6 @@ async def _seed_and_apply(
     )
     count, last, applied = (await session.execute(stmt)).one()
     return Seeded(int(count), last, success=int(applied), fused=True)
-
-
-async def detail_pages(
-    sm: async_sessionmaker[AsyncSession], query: Select[Any], page: int
-) -> AsyncIterator[Sequence[Any]]:
-    """The rows of ``query`` — whose first column is ``BatchDetail.id`` — in detail-id
-    order, ``page`` at a time, each page read in a short transaction of its own (keyset
-    paging): an export of a million details never holds a connection or a snapshot."""
-    after = 0
-    while True:
-        async with sm() as session:
-            rows = (
-                await session.execute(
-                    query.where(BatchDetail.id > after).order_by(BatchDetail.id).limit(page)
-                )
-            ).all()
-        if not rows:
-            return
-        yield rows
-        after = rows[-1][0]
 
 
 async def status_counts(session: AsyncSession, batch_id: int) -> dict[str, int]:

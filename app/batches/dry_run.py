@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches.resolve import Resolved
-from app.engine.approval import Outcome
+from app.domain import DetailStatus, Outcome
 from app.models import User
 from app.operations import BatchRun, WorkItem
 from app.schemas.batch import DryRunOut, Problem
@@ -35,7 +35,7 @@ async def predict(session: AsyncSession, user: User, r: Resolved) -> DryRunOut:
         items = [WorkItem(detail_id=i, item_id=item) for i, item in enumerate(ids)]
         for item, outcome in zip(items, await _decide(session, r, run, items), strict=True):
             counts[outcome.status] += 1
-            if outcome.status != "success" and len(problems) < MAX_PROBLEMS:
+            if outcome.status != DetailStatus.SUCCESS and len(problems) < MAX_PROBLEMS:
                 problems.append(
                     Problem(item_id=item.item_id, status=outcome.status, error=outcome.error)
                 )
@@ -62,7 +62,7 @@ async def _decide(
     except Exception:
         # Only an operation that really applies (no dry-run support) can get here.
         return [
-            Outcome("failed", f"Item {i.item_id} could not be checked; it may fail.", "error")
+            Outcome.failed("error", f"Item {i.item_id} could not be checked; it may fail.")
             for i in items
         ]
     finally:

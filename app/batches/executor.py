@@ -32,15 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
 from app.batches import monitor, rate, state
-from app.batches.state import RUNNABLE, DetailStatus
 from app.db.base import utcnow
 from app.db.bulk import id_in, update_rows
-from app.engine.approval import Outcome
+from app.domain import RUNNABLE, BatchStatus, DetailStatus, Outcome, Wakeup
 from app.models import Batch, BatchDetail
 from app.operations import BatchRun, Operation, WorkItem, get_operation
 from app.operations.registry import BulkSql
-from app.queue.backend import Wakeup
-from app.queue.context import JobContext
+from app.runtime.context import JobContext
 
 log = logging.getLogger("batchd.executor")
 
@@ -61,7 +59,7 @@ class Chunk:
 
 @dataclass
 class ChunkResult:
-    counts: Counter[str]
+    counts: Counter[DetailStatus]
     over_threshold: bool = False
     op_type: str = ""
 
@@ -96,7 +94,7 @@ async def execute(ctx: JobContext, batch_id: int) -> None:
         if turn.result is not None:
             metrics.chunk_done(turn.result.op_type, loop.time() - started, turn.result.counts)
         if turn.result is None:
-            if turn.status != state.BatchStatus.SEEDING:
+            if turn.status != BatchStatus.SEEDING:
                 break
             if loop.time() > deadline:  # details still coming: hand back, come again
                 await ctx.queue.enqueue(Wakeup("execute", batch_id, turn.priority))
@@ -175,9 +173,9 @@ async def run_next_chunk(
             # Not the items' fault: the rollback handed them back untouched.
             log.warning("batch %s: database connection lost; chunk left pending", batch_id)
             lost = ChunkResult(Counter(), op_type=chunk.op.type)
-            return Turn(lost, state.BatchStatus.RUNNING, priority)
+            return Turn(lost, BatchStatus.RUNNING, priority)
         log.warning("batch %s: bulk chunk failed (%s); isolating items", batch_id, exc)
-        return Turn(await _isolate(ctx, chunk), state.BatchStatus.RUNNING, priority)
+        return Turn(await _isolate(ctx, chunk), BatchStatus.RUNNING, priority)
 
 
 _FUSED = """
@@ -239,7 +237,7 @@ def _pending(batch_id: int, limit: int, detail_id: int | None = None) -> Any:
 
 async def _isolate(ctx: JobContext, chunk: Chunk) -> ChunkResult:
     """One transaction per item, so one bad item never fails another."""
-    total: Counter[str] = Counter()
+    total: Counter[DetailStatus] = Counter()
     over = False
     for item in chunk.items:
         try:
@@ -304,7 +302,7 @@ async def _record(
         done = [
             item.item_id
             for item, o in zip(items, outcomes, strict=True)
-            if o.status == "ignored"
+            if o.status == DetailStatus.IGNORED
             or (
                 o.status == DetailStatus.FAILED
                 and state.is_exhausted(chunk.retry_counts[item.detail_id], chunk.max_retries)
@@ -312,15 +310,15 @@ async def _record(
         ]
         await chunk.op.lock.release(session, batch_id, done)
     counts = Counter(o.status for o in outcomes)
-    counts["success"] += applied
+    counts[DetailStatus.SUCCESS] += applied
     row = (
         await session.execute(
             update(_batches)
             .where(_batches.c.id == batch_id)
             .values(
-                success=_batches.c.success + counts["success"],
-                failed=_batches.c.failed + counts["failed"],
-                ignored=_batches.c.ignored + counts["ignored"],
+                success=_batches.c.success + counts[DetailStatus.SUCCESS],
+                failed=_batches.c.failed + counts[DetailStatus.FAILED],
+                ignored=_batches.c.ignored + counts[DetailStatus.IGNORED],
                 updated_at=now,
                 progress_seq=_batches.c.progress_seq + 1,
             )
@@ -350,7 +348,7 @@ async def _record_crash(
     async with ctx.unit() as session:
         if not await _still_pending(session, chunk, item):
             return ChunkResult(Counter(), op_type=chunk.op.type)
-        return await _record(session, chunk, [item], [Outcome("failed", message, "error")])
+        return await _record(session, chunk, [item], [Outcome.failed("error", message)])
 
 
 def _lost_connection(exc: BaseException) -> bool:

@@ -11,10 +11,11 @@ from app.batches.monitor import monitor
 from app.batches.recovery import auto_retry, purge, recover, start_due
 from app.batches.seeding import seed
 from app.config import Settings
+from app.db.unit_of_work import request_wakeup
+from app.domain import FINAL
 from app.models import Batch
-from app.queue.backend import request_wakeup
-from app.queue.context import JobContext
-from app.queue.inprocess import Cron, Job
+from app.runtime.context import JobContext
+from app.runtime.inprocess import Cron, Job
 
 JOBS: dict[str, Job] = {"seed": seed, "execute": execute, "monitor": monitor}
 
@@ -45,7 +46,7 @@ async def resume_after_restart(ctx: JobContext) -> None:
                     Batch.priority,
                     Batch.seeding_done,
                     Batch.targets_resolved,
-                ).where(Batch.status.not_in(state.statuses(state.FINAL)))
+                ).where(Batch.status.not_in(state.statuses(FINAL)))
             )
         ).all()
         for row in rows:

@@ -6,20 +6,18 @@ on, and wakes a new monitor when it runs again)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, locks
-from app.batches.state import RUNNABLE, BatchStatus, DetailStatus, lock_batch, may_move, move
-from app.config import Settings
+from app.batches import details, seed_exclusion
+from app.batches.state import lock_batch, may_move, monitor_wakeup, move
 from app.db.base import utcnow
+from app.domain import RUNNABLE, BatchStatus, DetailStatus
 from app.models import Batch, BatchDetail
 from app.operations import get_operation
-from app.queue.backend import Wakeup
-from app.queue.context import JobContext
+from app.runtime.context import JobContext
 
 MIN_FINISHED_FOR_THRESHOLD = 20
 
@@ -44,13 +42,6 @@ async def monitor(ctx: JobContext, batch_id: int) -> None:
     if await finalize_if_done(ctx, batch_id):
         return
     await ctx.queue.enqueue(monitor_wakeup(ctx.settings, batch_id, batch.priority))
-
-
-def monitor_wakeup(settings: Settings, batch_id: int, priority: str) -> Wakeup:
-    """Deduplicated per poll slot: any number of requests make one monitor per slot."""
-    poll = settings.poll_time
-    slot = int(time.time() // poll) + 1
-    return Wakeup("monitor", batch_id, priority, defer=poll, key=f"monitor:{batch_id}:{slot}")
 
 
 async def finalize_if_done(ctx: JobContext, batch_id: int) -> bool:
@@ -88,7 +79,7 @@ async def abort(ctx: JobContext, batch_id: int) -> None:
     """Failure rate above the threshold: stop, pending items become cancelled. (Like a
     cancel, it never overlaps a seed page, which would add pending items after.)"""
     async with ctx.unit() as session:
-        await locks.exclude_seeding(session, batch_id)
+        await seed_exclusion.exclude_seeding(session, batch_id)
         await session.execute(
             update(BatchDetail)
             .where(BatchDetail.batch_id == batch_id, BatchDetail.status == DetailStatus.PENDING)

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import case, select, update
 
-from app.batches.state import RUNNABLE
 from app.db.base import utcnow
+from app.domain import RUNNABLE
 from app.models import Batch
-from app.queue.context import JobContext
+from app.runtime.context import JobContext
 
 PACE_WINDOW_S = 0.2
 """A rate-limited chunk holds about this much of the batch's budget."""

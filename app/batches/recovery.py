@@ -13,12 +13,12 @@ from datetime import timedelta
 from sqlalchemy import and_, delete, exists, or_, select, update
 
 from app.batches import service, state
-from app.batches.state import BatchStatus, DetailStatus
 from app.db.base import utcnow
+from app.db.unit_of_work import request_wakeup
+from app.domain import FINAL, STARTING, BatchStatus, DetailStatus
 from app.errors import AppError
 from app.models import Batch, BatchDetail, SeedClaim, Task
-from app.queue.backend import request_wakeup
-from app.queue.context import JobContext
+from app.runtime.context import JobContext
 
 log = logging.getLogger("batchd.recovery")
 PASS_LIMIT = 100
@@ -44,7 +44,7 @@ async def recover(ctx: JobContext) -> None:
                             Batch.updated_at < now - timedelta(seconds=s.stuck_after),
                         ),
                         and_(
-                            Batch.status.in_(state.statuses(state.STARTING)),
+                            Batch.status.in_(state.statuses(STARTING)),
                             Batch.updated_at < not_started,
                         ),
                         # Created suspended: its items are still resolved while it waits.
@@ -111,7 +111,7 @@ async def auto_retry(ctx: JobContext) -> None:
             await session.scalars(
                 select(Batch.id)
                 .where(
-                    Batch.status.in_(state.statuses(state.FINAL - {BatchStatus.CANCELLED})),
+                    Batch.status.in_(state.statuses(FINAL - {BatchStatus.CANCELLED})),
                     Batch.finished_at >= now - timedelta(seconds=s.auto_retry_window),
                     Batch.finished_at <= now - timedelta(seconds=s.auto_retry_delay),
                     exists().where(
@@ -141,9 +141,7 @@ async def purge(ctx: JobContext) -> None:
     async with ctx.unit() as session:
         ttls = set(
             await session.scalars(
-                select(Batch.history_ttl)
-                .where(Batch.status.in_(state.statuses(state.FINAL)))
-                .distinct()
+                select(Batch.history_ttl).where(Batch.status.in_(state.statuses(FINAL))).distinct()
             )
         )
         old: list[int] = []
@@ -153,7 +151,7 @@ async def purge(ctx: JobContext) -> None:
             old += await session.scalars(
                 select(Batch.id)
                 .where(
-                    Batch.status.in_(state.statuses(state.FINAL)),
+                    Batch.status.in_(state.statuses(FINAL)),
                     same_ttl,
                     Batch.finished_at < cutoff,
                 )
@@ -170,7 +168,7 @@ async def purge(ctx: JobContext) -> None:
         stale = (
             select(Batch.id)
             .where(
-                Batch.status.in_(state.statuses(state.FINAL)),
+                Batch.status.in_(state.statuses(FINAL)),
                 Batch.finished_at < now - timedelta(seconds=s.auto_retry_window),
             )
             .scalar_subquery()

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.batches.details import detail_pages
+from app.db.pages import keyset_pages
 from app.excel.cells import csv_safe
 from app.excel.stream import XlsxStream
 from app.models import Batch, BatchDetail, User
@@ -56,7 +56,7 @@ async def _pages(
     ).where(BatchDetail.batch_id == batch.id)
     if status:
         query = query.where(BatchDetail.status == status)
-    async for rows in detail_pages(sm, query, PAGE):
+    async for rows in keyset_pages(sm, query, BatchDetail.id, PAGE):
         yield [r[1:] for r in rows]
 
 

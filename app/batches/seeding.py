@@ -29,14 +29,14 @@ from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, locks, state
-from app.batches.state import RUNNABLE, STARTING, BatchStatus
+from app.batches import details, seed_exclusion, state
 from app.db.base import utcnow
-from app.engine.logs import write_action_log
+from app.db.unit_of_work import request_wakeup
+from app.domain import RUNNABLE, STARTING, SUSPENDABLE, BatchStatus, Wakeup
 from app.models import Batch, BatchDetail, SeedClaim, User
 from app.operations import BatchRun, Operation, get_operation, targets
-from app.queue.backend import Wakeup, request_wakeup
-from app.queue.context import JobContext
+from app.runtime.context import JobContext
+from app.workflow.logs import write_action_log
 
 log = logging.getLogger("batchd.seeding")
 
@@ -105,7 +105,7 @@ async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | object | None:
     claim the page after ``seed_cursor`` if anything matches there. None: go on to seed
     a claimed page; a ``SeededPage``: what happened instead; ``_NOTHING``: stop."""
     async with ctx.unit() as session:
-        await locks.share_seeding(session, batch_id)
+        await seed_exclusion.share_seeding(session, batch_id)
         batch = await state.lock_batch(session, batch_id)
         if batch is None or state.is_final(batch.status):
             return _NOTHING
@@ -163,7 +163,7 @@ async def _seed_claimed(ctx: JobContext, batch_id: int) -> SeededPage | None:
     """The page transaction: seed one claimed page that no other lane holds, or, with
     none left to take, finish seeding if nothing remains at all."""
     async with ctx.unit() as session:
-        await locks.share_seeding(session, batch_id)
+        await seed_exclusion.share_seeding(session, batch_id)
         claim = await session.scalar(
             select(SeedClaim)
             .where(SeedClaim.batch_id == batch_id)
@@ -303,7 +303,7 @@ async def _refuse_too_large(
     applied; the batch ends ``aborted`` (``cancelled`` if it was created suspended),
     and the reason goes to the action log and the worker log."""
     batch = await state.lock_batch(session, batch_id)
-    if batch is None or batch.seed_cursor != 0 or batch.status not in state.SUSPENDABLE:
+    if batch is None or batch.seed_cursor != 0 or batch.status not in SUSPENDABLE:
         return False
     message = f"This batch would hold {total} items; the limit is {max_items}."
     if batch.status == BatchStatus.SUSPENDED:

@@ -14,20 +14,20 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, locks, state
+from app.batches import details, seed_exclusion, state
 from app.batches.dry_run import predict
 from app.batches.resolve import Resolved, resolve
-from app.batches.state import BatchStatus, DetailStatus
 from app.config import Settings
 from app.db.base import utcnow
 from app.db.bulk import id_in
 from app.db.pages import total_of
-from app.engine.logs import write_action_log
+from app.db.unit_of_work import request_wakeup
+from app.domain import SUSPENDABLE, BatchStatus, DetailStatus
 from app.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
 from app.models import Batch, BatchDetail, SeedClaim, User
 from app.operations import get_operation
-from app.queue.backend import request_wakeup
 from app.schemas.batch import BatchCreate, BatchOut, DetailOut, DryRunOut
+from app.workflow.logs import write_action_log
 
 # --------------------------------------------------------------------------- create
 
@@ -241,7 +241,7 @@ async def _locked(session: AsyncSession, user: User, batch_id: int) -> Batch:
 
 async def suspend(session: AsyncSession, user: User, batch_id: int) -> Batch:
     batch = await _locked(session, user, batch_id)
-    if batch.status not in state.SUSPENDABLE:
+    if batch.status not in SUSPENDABLE:
         raise Conflict(
             f"Batch {batch_id} is {batch.status}; only an active batch can be suspended."
         )
@@ -287,7 +287,7 @@ async def cancel(
     failed ones exhausted (no retry takes them again; a cancelled batch cannot be retried
     anyway), and the row locks these updates take keep a concurrent retry from
     requeueing anything behind our back."""
-    await locks.exclude_seeding(session, batch_id)  # no seed page commits meanwhile
+    await seed_exclusion.exclude_seeding(session, batch_id)  # no seed page commits meanwhile
     batch = await get_batch(session, user, batch_id)
     op = get_operation(batch.type)
     await session.execute(

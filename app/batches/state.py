@@ -23,7 +23,7 @@ the clock; no job polls it.
 
 from __future__ import annotations
 
-import enum
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,42 +32,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db.base import utcnow
+from app.domain import FINAL, RUNNABLE, BatchStatus, Wakeup, may_retry
 from app.errors import Conflict
 from app.models import Batch
-from app.queue.backend import Wakeup
-
-
-class BatchStatus(enum.StrEnum):
-    SCHEDULED = "scheduled"
-    CREATED = "created"
-    SEEDING = "seeding"
-    RUNNING = "running"
-    SUSPENDED = "suspended"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    ABORTED = "aborted"
-
-
-class DetailStatus(enum.StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCESS = "success"
-    FAILED = "failed"
-    IGNORED = "ignored"
-    CANCELLED = "cancelled"
-
 
 S = BatchStatus
-
-FINAL: frozenset[BatchStatus] = frozenset({S.COMPLETED, S.CANCELLED, S.ABORTED})
-STARTING: frozenset[BatchStatus] = frozenset({S.CREATED, S.SEEDING})
-"""Not yet running: details are still being made (or about to be)."""
-RUNNABLE: frozenset[BatchStatus] = frozenset({S.SEEDING, S.RUNNING})
-"""Executors claim chunks only in these states."""
-SUSPENDABLE: frozenset[BatchStatus] = frozenset({S.SCHEDULED, S.CREATED, S.SEEDING, S.RUNNING})
-FINISHED_DETAILS: frozenset[DetailStatus] = frozenset(
-    {DetailStatus.SUCCESS, DetailStatus.FAILED, DetailStatus.IGNORED, DetailStatus.CANCELLED}
-)
 
 TRANSITIONS: dict[BatchStatus, frozenset[BatchStatus]] = {
     S.SCHEDULED: frozenset({S.CREATED, S.SUSPENDED, S.CANCELLED}),
@@ -154,12 +123,12 @@ async def lock_batch(session: AsyncSession, batch_id: int) -> Batch | None:
 
 def is_exhausted(retry_count: int, max_retries: int) -> bool:
     """A failed item that has used up its retries: never retried again, lock released."""
-    return retry_count >= max_retries
+    return not may_retry(retry_count, max_retries)
 
 
 def retryable(retry_count: Any, max_retries: Any) -> ColumnElement[bool]:
     """SQL form of ``not is_exhausted`` (columns or values)."""
-    expr: ColumnElement[bool] = retry_count < max_retries
+    expr: ColumnElement[bool] = may_retry(retry_count, max_retries)
     return expr
 
 
@@ -174,10 +143,15 @@ def executors_per_batch(settings: Settings) -> int:
 
 def execution_wakeups(settings: Settings, batch_id: int, priority: str) -> list[Wakeup]:
     """The executors of a runnable batch, and its monitor."""
-    from app.batches.monitor import monitor_wakeup
-
     execute = [Wakeup("execute", batch_id, priority)] * executors_per_batch(settings)
     return [*execute, monitor_wakeup(settings, batch_id, priority)]
+
+
+def monitor_wakeup(settings: Settings, batch_id: int, priority: str) -> Wakeup:
+    """Deduplicated per poll slot: any number of requests make one monitor per slot."""
+    poll = settings.poll_time
+    slot = int(time.time() // poll) + 1
+    return Wakeup("monitor", batch_id, priority, defer=poll, key=f"monitor:{batch_id}:{slot}")
 
 
 def wakeups(

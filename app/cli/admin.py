@@ -32,7 +32,7 @@ def create_user_cmd(
     ] = None,
 ) -> None:
     """Create a user and print only their bearer token (shown once, stored hashed)."""
-    from app.engine.users import create_user
+    from app.workflow.users import create_user
 
     if not name.strip():
         raise fail("NAME must not be empty.")
@@ -67,8 +67,8 @@ def rotate_token_cmd(
     from sqlalchemy import select
 
     from app.config import get_settings
-    from app.engine.users import rotate_token
     from app.models import User
+    from app.workflow.users import rotate_token
 
     settings = get_settings()
 

@@ -46,7 +46,7 @@ async def _serve(settings: Settings, host: str, port: int, demo: bool) -> None:
     import uvicorn
 
     from app.main import create_app
-    from app.queue.gc_tuning import tune_for_batches
+    from app.runtime.gc_tuning import tune_for_batches
 
     users = await seed(settings, migrate=True) if demo else []
     server = uvicorn.Server(

@@ -7,19 +7,43 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.queue.backend import discard_wakeups
+from app.domain import Wakeup
 
-if TYPE_CHECKING:
-    from app.queue.backend import QueueBackend
+_WAKEUPS = "batchd.wakeups"
+
+
+class WakeupSender(Protocol):
+    """Whatever delivers wake-ups after the commit (the runtime's broker)."""
+
+    async def enqueue(self, wakeup: Wakeup) -> None: ...
+
+
+def request_wakeup(session: AsyncSession, wakeup: Wakeup) -> None:
+    """Send ``wakeup`` once this session's unit of work has committed."""
+    session.info.setdefault(_WAKEUPS, []).append(wakeup)
+
+
+def take_wakeups(session: AsyncSession) -> list[Wakeup]:
+    wakeups: list[Wakeup] = session.info.pop(_WAKEUPS, [])
+    return wakeups
+
+
+def discard_wakeups(session: AsyncSession) -> None:
+    session.info.pop(_WAKEUPS, None)
+
+
+async def send_wakeups(session: AsyncSession, sender: WakeupSender) -> None:
+    for wakeup in take_wakeups(session):
+        await sender.enqueue(wakeup)
 
 
 @asynccontextmanager
 async def unit_of_work(
-    sm: async_sessionmaker[AsyncSession], queue: QueueBackend
+    sm: async_sessionmaker[AsyncSession], queue: WakeupSender
 ) -> AsyncIterator[AsyncSession]:
     async with sm() as session:
         try:
@@ -29,4 +53,4 @@ async def unit_of_work(
             discard_wakeups(session)
             await session.rollback()
             raise
-    await queue.send_wakeups(session)
+    await send_wakeups(session, queue)

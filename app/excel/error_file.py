@@ -30,14 +30,14 @@ from openpyxl import Workbook
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.batches.details import detail_pages
-from app.batches.state import DetailStatus
-from app.engine.forms import find_node
+from app.db.pages import keyset_pages
+from app.domain import DetailStatus
 from app.excel.built import BuiltFile, build_file
 from app.excel.cells import text_cell
 from app.excel.layout import ERROR, Column, approval_columns
 from app.models import Batch, BatchDetail, ProcessDefinition, ProcessInstance, Task, User
 from app.operations import get_operation
+from app.workflow.forms import find_node
 
 PAGE = 2_000
 
@@ -62,7 +62,7 @@ async def _failed_pages(
     query = select(BatchDetail.id, *columns).where(
         BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED
     )
-    async for rows in detail_pages(sm, query, PAGE):
+    async for rows in keyset_pages(sm, query, BatchDetail.id, PAGE):
         yield rows
 
 
@@ -166,7 +166,7 @@ async def _failed_pages_joined(
         .outerjoin(ProcessInstance, ProcessInstance.id == Task.instance_id)
         .where(BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED)
     )
-    async for rows in detail_pages(sm, query, PAGE):
+    async for rows in keyset_pages(sm, query, BatchDetail.id, PAGE):
         yield rows
 
 

@@ -41,8 +41,7 @@ from app.batches.resolve import Listed, Resolved
 from app.batches.spool import ListedSpool
 from app.config import Settings
 from app.db.bulk import id_in
-from app.engine.approval import ApprovalInput, Outcome, approve_tasks
-from app.engine.forms import find_node
+from app.domain import DetailStatus, Outcome
 from app.errors import AppError, TooLarge, Unavailable, ValidationFailed
 from app.excel.guard import Budget, Package
 from app.excel.layout import (
@@ -58,6 +57,8 @@ from app.models import Batch, ProcessDefinition, ProcessInstance, Task, User
 from app.operations import get_operation
 from app.schemas.batch import BatchCreate
 from app.schemas.common import ID_MAX, unstorable
+from app.workflow.approval import ApprovalInput, approve_tasks
+from app.workflow.forms import find_node
 
 MAX_COLUMNS = 1_000
 """A header row wider than this is not an approval template (a node has few fields)."""
@@ -590,12 +591,16 @@ async def _engine_check(session: AsyncSession, user: User, rows: list[_Row]) -> 
         ]
         outcomes = await approve_tasks(session, user.id, inputs, dry_run=True)
         for row, outcome in zip(page, outcomes, strict=True):
-            if outcome.status != "success" and (_gate(outcome) or row.error is None):
+            if outcome.status != DetailStatus.SUCCESS and (_gate(outcome) or row.error is None):
                 row.error = outcome.error or "The task cannot be decided."
 
 
 def _gate(outcome: Outcome) -> bool:
-    return outcome.status == "ignored" or outcome.kind in ("not_found", "forbidden", "locked")
+    return outcome.status == DetailStatus.IGNORED or outcome.error_code in (
+        "not_found",
+        "forbidden",
+        "locked",
+    )
 
 
 async def _task_infos(session: AsyncSession, ids: list[int]) -> dict[int, _TaskInfo]:

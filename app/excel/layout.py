@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.engine.forms import NodeRules, field_mode
+from app.workflow.forms import NodeRules, field_mode
 
 REQUIRED_MARK = " *"
 TASK_ID = "Task ID"

@@ -41,15 +41,15 @@ from openpyxl.worksheet.worksheet import Worksheet
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.engine.definitions import latest_definition
-from app.engine.forms import NUMBER_MAX, find_node
-from app.engine.queries import TASK_INSTANCE_JOIN, task_filter_clauses
 from app.errors import NotFound, TooLarge
 from app.excel.built import BuiltFile, build_file
 from app.excel.cells import comment, text_cell, validation
 from app.excel.layout import DECISIONS, Column, approval_columns
 from app.models import ProcessInstance, Task, User
 from app.schemas.common import TEXT_MAX
+from app.workflow.definitions import latest_definition
+from app.workflow.forms import NUMBER_MAX, find_node
+from app.workflow.queries import TASK_INSTANCE_JOIN, task_filter_clauses
 
 Format = Literal["xlsx", "zip"]
 Sheet: TypeAlias = Any

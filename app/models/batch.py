@@ -78,7 +78,7 @@ class BatchDetail(Base):
     # No foreign key, on purpose: its check runs once per inserted detail and cost half
     # of seeding's time (measured: 92 → 50 ms per 5 000 rows). Details are written at
     # creation (same transaction as the batch) or by a seed page, which never overlaps a
-    # cancel or purge of its batch (``locks.exclude_seeding``) and only commits for a
+    # cancel or purge of its batch (``seed_exclusion.exclude_seeding``) and only commits for a
     # batch that is not final; every delete path removes details before the batch.
     batch_id: Mapped[int]
     item_id: Mapped[int]

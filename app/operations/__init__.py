@@ -11,18 +11,12 @@ import logging
 import pkgutil
 from importlib.metadata import entry_points
 
-from app.operations.registry import (
-    OPERATIONS,
-    BatchRun,
-    Operation,
-    WorkItem,
-    get_operation,
-    register,
-)
+from app.domain import BatchRun, WorkItem
+from app.operations.registry import OPERATIONS, Operation, get_operation, register
 
 log = logging.getLogger("batchd.operations")
 
-_SEAMS = {"registry", "locks", "targets"}
+_SEAMS = {"registry", "item_locks", "targets"}
 """Modules of this package that hold the machinery, not types."""
 
 

@@ -23,13 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import id_in
-from app.engine.approval import Outcome
-from app.engine.logs import write_process_logs
-from app.engine.permissions import Operator, load_operator
-from app.engine.queries import instance_visibility_clause
+from app.domain import BatchRun, DetailStatus, Outcome, WorkItem
 from app.models import ProcessInstance, User
-from app.operations.registry import BatchRun, BulkSql, Operation, WorkItem
+from app.operations.registry import BulkSql, Operation
 from app.operations.targets import INSTANCES
+from app.workflow.logs import write_process_logs
+from app.workflow.permissions import Operator, load_operator
+from app.workflow.queries import instance_visibility_clause
 
 ENDED = ("completed", "rejected", "terminated")
 """Instance states no operation brings back (but delete)."""
@@ -43,15 +43,15 @@ BASE_COLUMNS: tuple[Any, ...] = (
 )
 
 
-def failed(message: str, kind: str = "conflict") -> Outcome:
-    return Outcome("failed", message, kind)
+def failed(message: str, error_code: str = "conflict") -> Outcome:
+    return Outcome.failed(error_code, message)
 
 
 def ignored(message: str) -> Outcome:
-    return Outcome("ignored", message)
+    return Outcome.ignored(message)
 
 
-SUCCESS = Outcome("success")
+SUCCESS = Outcome.success()
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class InstanceOperation(Operation):
                 continue
             row = rows.get(item.item_id)
             outcome = self._gate(operator, item.item_id, row) or self.decide(run, row, prepared)
-            if outcome.status == "success":
+            if outcome.status == DetailStatus.SUCCESS:
                 todo.append(row)
             outcomes.append(outcome)
         if todo and not run.dry_run:

@@ -29,13 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import id_in, insert_rows
-from app.engine.approval import Outcome
-from app.engine.permissions import load_operator
+from app.domain import BatchRun, Outcome, WorkItem
 from app.models import InstanceArchive, ProcessInstance, ProcessLog, Task
 from app.operations.instance_base import BASE_COLUMNS, SUCCESS, InstanceOperation, failed, ignored
 from app.operations.instances import ReasonParams
-from app.operations.registry import BatchRun, Operation, WorkItem, register
+from app.operations.registry import Operation, register
 from app.operations.targets import ARCHIVES
+from app.workflow.permissions import load_operator
 
 _INSTANCES = cast(Table, ProcessInstance.__table__)
 _TASKS = cast(Table, Task.__table__)

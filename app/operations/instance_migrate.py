@@ -26,13 +26,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import id_in, update_rows
-from app.engine.approval import Outcome
-from app.engine.logs import write_process_logs
+from app.domain import BatchRun, Outcome
 from app.errors import ValidationFailed, join_messages
 from app.models import ProcessDefinition, ProcessInstance, Task
 from app.operations.instance_base import ENDED, SUCCESS, InstanceOperation, failed, ignored
-from app.operations.registry import BatchRun, register
+from app.operations.registry import register
 from app.schemas.common import StrictModel
+from app.workflow.logs import write_process_logs
 
 MAPPING_MAX = 200
 VERSION_MAX = 2**31 - 1

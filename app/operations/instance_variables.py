@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import update_rows
-from app.engine.approval import Outcome
+from app.domain import BatchRun, Outcome
 from app.models import ProcessInstance
 from app.operations.instance_base import (
     ENDED,
@@ -30,7 +30,7 @@ from app.operations.instance_base import (
     failed,
     ignored,
 )
-from app.operations.registry import BatchRun, register
+from app.operations.registry import register
 from app.schemas.common import FormBag, StrictModel
 
 MAX_KEYS_IN_LOG = 10

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import id_in
-from app.engine.approval import Outcome
+from app.domain import BatchRun, Outcome
 from app.models import ProcessInstance, Task
 from app.operations.instance_base import (
     SUCCESS,
@@ -31,7 +31,7 @@ from app.operations.instance_base import (
     failed,
     ignored,
 )
-from app.operations.registry import BatchRun, register
+from app.operations.registry import register
 from app.schemas.common import StrictModel
 
 _MOVE = """

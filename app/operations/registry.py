@@ -10,36 +10,15 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.engine.approval import Outcome
+from app.domain import BatchRun, Outcome, WorkItem
 from app.errors import ValidationFailed
-from app.operations.locks import ItemLock
+from app.operations.item_locks import ItemLock
 from app.operations.targets import Target
 from app.schemas.common import StrictModel, validate_part
 
 
 class NoParams(StrictModel):
     """Operations without parameters still reject unknown keys."""
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One claimed detail: which item, and its per-row payload (Excel) if any."""
-
-    detail_id: int
-    item_id: int
-    payload: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class BatchRun:
-    """What an operation needs to know about the batch it runs for."""
-
-    batch_id: int
-    creator_id: int
-    params: dict[str, Any]
-    dry_run: bool = False
-    """Decide every item, write nothing, lock no row (``POST /batches`` with
-    ``dry_run``). The caller runs the chunk in a savepoint it rolls back either way."""
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from app.engine.queries import (
+from app.models import InstanceArchive, ProcessInstance, Task, User
+from app.schemas.batch import ArchiveFilter, InstanceFilter, TaskFilter
+from app.schemas.common import validate_part
+from app.workflow.queries import (
     instance_filter_clauses,
     instance_visibility_clause,
     task_filter_clauses,
 )
-from app.models import InstanceArchive, ProcessInstance, Task, User
-from app.schemas.batch import ArchiveFilter, InstanceFilter, TaskFilter
-from app.schemas.common import validate_part
 
 ESTIMATE_FROM = 200_000
 """From this many rows on (the planner's estimate), a create request takes PostgreSQL's

@@ -7,11 +7,12 @@ from typing import Any, Literal
 from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.engine.approval import ApprovalInput, Outcome, approve_at_seed, approve_tasks
-from app.operations.locks import TASK_LOCK
-from app.operations.registry import BatchRun, Operation, WorkItem, register
+from app.domain import BatchRun, Outcome, WorkItem
+from app.operations.item_locks import TASK_LOCK
+from app.operations.registry import Operation, register
 from app.operations.targets import TASKS
 from app.schemas.common import FormBag, Id, StrictModel
+from app.workflow.approval import ApprovalInput, approve_at_seed, approve_tasks
 
 
 class ApproveParams(StrictModel):

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field
 from pydantic_core import PydanticCustomError
 
-from app.batches.state import BatchStatus, DetailStatus
+from app.domain import BatchStatus, DetailStatus
 from app.schemas.common import DbInt, Id, StrictModel
 from app.schemas.engine import InstanceStatus, UtcDatetime
 

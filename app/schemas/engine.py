@@ -3,7 +3,7 @@ instances, tasks and node views.
 
 Request models forbid unknown keys, so a typo is a 422 and never silently ignored.
 Cross-field rules of a definition (unique names, references between nodes and form
-fields, existing assignees) are checked in ``app.engine.definitions`` so that every
+fields, existing assignees) are checked in ``app.workflow.definitions`` so that every
 problem is reported at once with its exact location.
 """
 

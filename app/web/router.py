@@ -22,10 +22,10 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.deps import cookie_user
 from app.batches import service
-from app.engine.users import granted_keys
 from app.errors import NotFound
 from app.models import User
 from app.schemas.common import parse_id
+from app.workflow.users import granted_keys
 
 HERE = Path(__file__).parent
 STATIC_URL = "/console/static"

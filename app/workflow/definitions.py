@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.db.pages import total_of
-from app.engine.forms import NodeRules, field_mode, find_node
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.models import ProcessDefinition, User
 from app.schemas.engine import DefinitionCreate
+from app.workflow.forms import NodeRules, field_mode, find_node
 
 CHOICE_TYPES = ("select", "multiselect")
 VERSION_ATTEMPTS = 5

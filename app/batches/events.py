@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches import service
-from app.batches.state import FINAL
+from app.domain import FINAL
 from app.models import Batch
-from app.queue.progress import LocalProgressBus
+from app.runtime.progress import LocalProgressBus
 from app.schemas.batch import BatchOut
 
 T = TypeVar("T")

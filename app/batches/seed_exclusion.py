@@ -1,5 +1,5 @@
 """Serialising a batch's seed pages with its cancel or purge (the item locks an
-operation may take live with the operation: ``app/operations/locks.py``)."""
+operation may take live with the operation: ``app/operations/item_locks.py``)."""
 
 from __future__ import annotations
 

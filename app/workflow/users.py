@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.engine.logs import write_action_log
 from app.errors import NotFound
 from app.models import BrowserSession, MonitorGrant, User
+from app.workflow.logs import write_action_log
 
 ROLES = ("admin", "user")
 

@@ -9,12 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
-from app.engine.definitions import latest_definition
-from app.engine.forms import FieldError, check_value
-from app.engine.logs import write_process_logs
-from app.engine.queries import get_visible_instance
 from app.errors import ValidationFailed, join_messages
 from app.models import ProcessDefinition, ProcessInstance, ProcessLog, Task, User
+from app.workflow.definitions import latest_definition
+from app.workflow.forms import FieldError, check_value
+from app.workflow.logs import write_process_logs
+from app.workflow.queries import get_visible_instance
 
 
 @dataclass(frozen=True)

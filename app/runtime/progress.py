@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 
-from app.queue.arq_backend import progress_client
+from app.runtime.arq_backend import progress_client
 
 log = logging.getLogger("batchd.progress")
 

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db.unit_of_work import unit_of_work
-from app.queue.backend import QueueBackend
-from app.queue.progress import LocalProgressBus
+from app.runtime.backend import QueueBackend
+from app.runtime.progress import LocalProgressBus
 
 
 @dataclass

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.engine.users import granted_keys
 from app.models import User
+from app.workflow.users import granted_keys
 
 
 @dataclass(frozen=True)

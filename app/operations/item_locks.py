@@ -12,10 +12,10 @@ from typing import cast
 from sqlalchemy import Table, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches.state import DetailStatus, retryable
 from app.db.bulk import id_in
-from app.engine.approval import Outcome, task_gate
+from app.domain import DetailStatus, Outcome, may_retry
 from app.models import BatchDetail, Task, User
+from app.workflow.approval import task_gate
 
 _tasks = cast(Table, Task.__table__)
 
@@ -122,7 +122,7 @@ class TaskLock(ItemLock):
                     BatchDetail.batch_id == batch_id,
                     BatchDetail.item_id == _tasks.c.id,
                     BatchDetail.status == DetailStatus.FAILED,
-                    retryable(BatchDetail.retry_count, keep_retryable_of),
+                    may_retry(BatchDetail.retry_count, keep_retryable_of),
                 )
             )
             stmt = stmt.where(~still_retryable)

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.queue.arq_backend import ArqQueue
-from app.queue.backend import QueueBackend
-from app.queue.context import JobContext
-from app.queue.inprocess import InProcessRunner
-from app.queue.progress import LocalProgressBus, RedisProgressBus
+from app.runtime.arq_backend import ArqQueue
+from app.runtime.backend import QueueBackend
+from app.runtime.context import JobContext
+from app.runtime.inprocess import InProcessRunner
+from app.runtime.progress import LocalProgressBus, RedisProgressBus
 
 
 @dataclass

@@ -10,8 +10,9 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from app.queue.backend import PRIORITIES, QueueBackend, Wakeup
-from app.queue.context import JobContext
+from app.domain import Wakeup
+from app.runtime.backend import PRIORITIES, QueueBackend
+from app.runtime.context import JobContext
 
 log = logging.getLogger("batchd.runner")
 

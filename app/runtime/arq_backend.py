@@ -9,7 +9,8 @@ from typing import Any
 from arq import ArqRedis
 from redis.asyncio import Redis
 
-from app.queue.backend import PRIORITIES, QueueBackend, Wakeup, queue_name
+from app.domain import Wakeup
+from app.runtime.backend import PRIORITIES, QueueBackend, queue_name
 
 log = logging.getLogger("batchd.arq")
 

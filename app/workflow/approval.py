@@ -19,8 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import id_in, insert_rows, update_rows
-from app.engine.forms import NodeRules, find_node
-from app.engine.logs import write_process_logs
+from app.domain import DetailStatus, Outcome
 from app.errors import (
     MAX_LISTED_ERRORS,
     AppError,
@@ -31,6 +30,8 @@ from app.errors import (
     join_messages,
 )
 from app.models import ProcessDefinition, ProcessInstance, Task, User
+from app.workflow.forms import NodeRules, find_node
+from app.workflow.logs import write_process_logs
 
 DECISIONS = ("approve", "reject")
 
@@ -47,31 +48,21 @@ class ApprovalInput:
     next_assignee_id: int | None = None
 
 
-@dataclass
-class Outcome:
-    """What happened to one item: ``success``, ``ignored`` or ``failed`` (+ why)."""
-
-    status: str
-    error: str | None = None
-    kind: str | None = None
-    """For failures: not_found | forbidden | conflict | locked | invalid."""
-    fields: list[dict[str, Any]] | None = None
-
-    def raise_for_single(self) -> None:
-        """Turn a failed/ignored single approval into the matching HTTP error."""
-        if self.status == "success":
-            return
-        message = self.error or "The task could not be approved."
-        errors: dict[str | None, type[AppError]] = {
-            "not_found": NotFound,
-            "forbidden": Forbidden,
-            "invalid": ValidationFailed,
-        }
-        raise errors.get(self.kind, Conflict)(message, fields=self.fields)
+def raise_for_single(outcome: Outcome) -> None:
+    """Turn a failed/ignored single approval into the matching HTTP error."""
+    if outcome.status == DetailStatus.SUCCESS:
+        return
+    message = outcome.error or "The task could not be approved."
+    errors: dict[str | None, type[AppError]] = {
+        "not_found": NotFound,
+        "forbidden": Forbidden,
+        "invalid": ValidationFailed,
+    }
+    raise errors.get(outcome.error_code, Conflict)(message, fields=outcome.fields)
 
 
-def _fail(kind: str, message: str, fields: list[dict[str, Any]] | None = None) -> Outcome:
-    return Outcome("failed", message, kind, fields)
+def _fail(code: str, message: str, fields: list[dict[str, Any]] | None = None) -> Outcome:
+    return Outcome.failed(code, message, fields)
 
 
 def task_gate(
@@ -85,7 +76,7 @@ def task_gate(
     if row is None or (row.assignee_id != actor_id and not actor_is_admin):
         return _fail("not_found", f"Task {task_id} does not exist.")
     if row.task_status != "pending":
-        return Outcome("ignored", f"Task {task_id} is already {row.task_status}.")
+        return Outcome.ignored(f"Task {task_id} is already {row.task_status}.")
     if row.assignee_id != actor_id:
         return _fail("forbidden", f"Only the assignee may decide task {task_id}.")
     if row.locked_by_batch_id is not None and row.locked_by_batch_id != batch_id:
@@ -226,7 +217,7 @@ class _Plan:
     def decide(self, item: ApprovalInput, row: Any) -> Outcome:
         tid = item.task_id
         if tid in self.seen:
-            return Outcome("ignored", f"Task {tid} appears twice; it was decided once.")
+            return Outcome.ignored(f"Task {tid} appears twice; it was decided once.")
         self.seen.add(tid)
         gate = task_gate(
             tid,
@@ -288,7 +279,7 @@ class _Plan:
                 "current_node_id": current_node,
             }
         )
-        return Outcome("success")
+        return Outcome.success()
 
     async def write(self, session: AsyncSession) -> None:
         """A handful of statements for the whole chunk, however many items it holds (on
@@ -550,9 +541,9 @@ async def approve_one(
         user.id,
         [ApprovalInput(task_id, decision, comment, form_data or {}, next_assignee_id)],
     )
-    if outcome.status == "ignored":
+    if outcome.status == DetailStatus.IGNORED:
         raise Conflict(outcome.error or f"Task {task_id} is not pending.")
-    outcome.raise_for_single()
+    raise_for_single(outcome)
     task = await session.get(Task, task_id, populate_existing=True)
     assert task is not None
     return task
