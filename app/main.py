@@ -1,5 +1,5 @@
-"""create_app(): lifespan (engine, migrations on the embedded default, queue backend,
-progress bus), routers and the one error handler."""
+"""create_app(): lifespan (engine, migrations on the embedded default, the job runtime
+with the batch feature's job table), routers and the one error handler."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.limits import BodyLimitMiddleware
 from app.api.methods import MethodsMiddleware
+from app.batches.jobs import job_table
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine, create_sessionmaker
@@ -51,11 +52,12 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         if settings.is_sqlite:
             await upgrade_to_head(engine)
         sessionmaker = create_sessionmaker(engine)
-        runtime = build_runtime(settings, sessionmaker, run_jobs=run_jobs)
+        runtime = build_runtime(settings, sessionmaker, job_table(settings), run_jobs=run_jobs)
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
-        app.state.queue = runtime.queue
+        app.state.queue = runtime.broker
+        app.state.runner = runtime.runner  # None on Redis: `batchd worker` runs the jobs
         app.state.progress = runtime.progress
         app.state.jobs = runtime.ctx  # what jobs and crons of this process receive
         await runtime.start()

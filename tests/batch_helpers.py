@@ -6,9 +6,8 @@ happens."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
@@ -16,9 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.domain import Wakeup
-from app.runtime.backend import PRIORITIES, QueueBackend, queue_name
+from app.runtime.backend import PRIORITIES, Runner
 from app.runtime.context import JobContext
-from app.runtime.inprocess import InProcessRunner
 from tests.conftest import Actor
 from tests.factories import bulk_tasks, create_definition, expense_definition
 
@@ -68,42 +66,18 @@ async def idle(app: FastAPI, limit_s: float = 30) -> None:
     """Wait until the app's job runner is idle, so that a test can then assert that
     nothing more happens (instead of sleeping and hoping the work was done by then).
 
-    Embedded default: ``InProcessRunner.drained`` — no wake-up queued (or deferred and
-    already due), no job running, no cron pass under way.
-
-    PostgreSQL + Redis (the ``app`` fixture's in-process arq ``WorkerGroup``, kept in
-    ``app.state.test_workers``): arq has no such hook, so this polls until no arq queue
-    holds a due job and no worker has a job task in flight. arq keeps a job in its
-    queue's sorted set until the job has finished (the in-progress key only marks it
-    taken), and a job enqueues its follow-ups before it returns, so an empty snapshot of
-    every queue (one MULTI, so all queues at the same instant) means no work is waiting
-    or running; the workers' ``tasks`` are checked too for a job whose bookkeeping is
-    still finishing. Jobs deferred to a later time do not count, and crons only while
-    due or running (as on the embedded default). Not for tests whose workers run in
-    other processes (``external_workers``): wait there for a row or a status that proves
-    the job ran."""
-    runner = app.state.queue
-    if isinstance(runner, InProcessRunner):
-        await asyncio.wait_for(runner.drained(), limit_s)
-        return
-    group = getattr(app.state, "test_workers", None)
-    assert group is not None and group.pool is not None, "idle() needs in-process workers"
-
-    async def busy() -> dict[str, int]:
-        now_ms = int(time.time() * 1000)
-        async with group.pool.pipeline(transaction=True) as pipe:
-            for priority in PRIORITIES:
-                pipe.zcount(queue_name(priority), "-inf", now_ms)
-            due = await pipe.execute()
-        workers = [*group.workers.values(), *group.retired]
-        running = sum(1 for w in workers for t in w.tasks.values() if not t.done())
-        return {"due": sum(due), "running": running}
-
-    await eventually(busy, "the arq workers are idle", limit_s, until=lambda b: not any(b.values()))
+    The runner's ``drained``: the embedded default's ``InProcessRunner``, or on
+    PostgreSQL + Redis the ``app`` fixture's in-process arq ``WorkerGroup`` (kept in
+    ``app.state.test_workers``: the API process runs no jobs there). Not for tests whose
+    workers run in other processes (``external_workers``): wait there for a row or a
+    status that proves the job ran."""
+    runner: Runner | None = getattr(app.state, "test_workers", None) or app.state.runner
+    assert runner is not None, "idle() needs in-process workers"
+    await asyncio.wait_for(runner.drained(), limit_s)
 
 
-class RecordingQueue(QueueBackend):
-    """A queue that keeps the wake-ups instead of sending them (nothing runs by itself)."""
+class RecordingQueue:
+    """A broker that keeps the wake-ups instead of sending them (nothing runs by itself)."""
 
     def __init__(self) -> None:
         self.sent: list[Wakeup] = []
@@ -111,13 +85,25 @@ class RecordingQueue(QueueBackend):
     async def enqueue(self, wakeup: Wakeup) -> None:
         self.sent.append(wakeup)
 
+    async def depth(self) -> dict[str, int]:
+        return {p: sum(w.priority == p for w in self.sent) for p in PRIORITIES}
+
+    async def ping(self) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
 
 def recording_context(app: FastAPI) -> tuple[JobContext, RecordingQueue]:
     """The app's job context with its queue replaced by a ``RecordingQueue``: a test runs
     a job by hand and sees what it would have enqueued."""
     base: JobContext = app.state.jobs
     queue = RecordingQueue()
-    return JobContext(base.settings, base.sessionmaker, queue, base.progress, base.semaphore), queue
+    return replace(base, queue=queue, stopping=asyncio.Event()), queue
 
 
 @dataclass

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batches.jobs import job_table
 from app.config import Settings
 from app.db.base import Base
 from app.db.migrate import upgrade_to_head
@@ -121,7 +122,7 @@ async def app(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterat
         if ON_POSTGRES and not external:
             from workers.arq_worker import WorkerGroup
 
-            group = WorkerGroup(settings)
+            group = WorkerGroup(settings, job_table(settings))
             await group.start()
             application.state.test_workers = group  # for tests.batch_helpers.idle
             try:
@@ -252,7 +253,7 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
     if ON_POSTGRES:
         from workers.arq_worker import WorkerGroup
 
-        group = WorkerGroup(settings)
+        group = WorkerGroup(settings, job_table(settings))
         await group.start()
         application.state.test_workers = group  # for tests.batch_helpers.idle
     try:

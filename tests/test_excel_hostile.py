@@ -29,8 +29,9 @@ from openpyxl import Workbook, load_workbook
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batches import imports
 from app.config import Settings
-from app.excel import importer, template
+from app.excel import template
 from app.models import Batch, BatchDetail
 from tests.batch_helpers import count, create, expense_setup, wait_for
 from tests.conftest import Actor, LiveServer
@@ -258,7 +259,7 @@ async def test_an_upload_waits_for_its_turn_then_is_told_to_retry(
     app: FastAPI, sessionmaker: async_sessionmaker[AsyncSession], alice: Actor
 ) -> None:
     """(One slot, a 50 ms wait: ``BATCH_IMPORT_CONCURRENCY`` / ``BATCH_IMPORT_WAIT``.)"""
-    slots = app.state.import_slots = importer.ImportSlots(1, 0.05)
+    slots = app.state.import_slots = imports.ImportSlots(1, 0.05)
     data = package({})
     async with slots.hold():  # another upload is being read
         r = await alice.post(IMPORT, files={"file": ("tasks.xlsx", data, XLSX)})

@@ -15,8 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches import details as details_module
-from app.batches import spool
-from app.excel import importer
+from app.batches import imports, spool
 from app.excel.layout import ERROR, approval_columns
 from app.models import Batch, BatchDetail, ProcessInstance, Task
 from tests.batch_helpers import count, create, details, expense_setup, wait_for
@@ -125,8 +124,8 @@ async def strangers(
 def tiny_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     """Read, check, spool and insert a sheet a few rows at a time (the spool on disk),
     so a small sheet crosses every page boundary a 50 000-row one does."""
-    monkeypatch.setattr(importer, "READ_PAGE", 3)
-    monkeypatch.setattr(importer, "CHECK_PAGE", 2)
+    monkeypatch.setattr(imports, "READ_PAGE", 3)
+    monkeypatch.setattr(imports, "CHECK_PAGE", 2)
     monkeypatch.setattr(spool, "IN_MEMORY_BYTES", 1)
     monkeypatch.setattr(details_module, "INSERT_PAGE", 4)
 

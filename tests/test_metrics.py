@@ -13,7 +13,7 @@ from app import metrics
 from app.api.metrics import refresh as refresh_gauges
 from app.config import Settings
 from app.domain import Wakeup
-from app.runtime.inprocess import InProcessRunner
+from app.runtime.inprocess import InProcessBroker
 from tests.batch_helpers import create, eventually, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor, LiveServer, free_port, postgres_only
 from tests.test_events import sse_events
@@ -120,13 +120,13 @@ async def test_batches_by_status(
 
 
 async def test_queue_depth_per_priority(app: FastAPI, client: httpx.AsyncClient) -> None:
-    # A runner that runs nothing keeps what it is given.
-    runner = InProcessRunner({}, [], workers=1, run_jobs=False)
+    # A broker nobody takes from keeps what it is given.
+    broker = InProcessBroker()
     for priority in ("high", "low", "low"):
-        await runner.enqueue(Wakeup("seed", 1, priority))
-    await runner.enqueue(Wakeup("seed", 2, "low", key="dup"))
-    await runner.enqueue(Wakeup("seed", 2, "low", key="dup"))  # deduplicated
-    assert await runner.depth() == {"high": 1, "normal": 0, "low": 3}
+        await broker.enqueue(Wakeup("seed", 1, priority))
+    await broker.enqueue(Wakeup("seed", 2, "low", key="dup"))
+    await broker.enqueue(Wakeup("seed", 2, "low", key="dup"))  # deduplicated
+    assert await broker.depth() == {"high": 1, "normal": 0, "low": 3}
 
     if ON_POSTGRES:  # the app's own queue: ZCARD of each arq queue
         before = await scrape(client)  # the crons wait in batchd:high already
@@ -138,7 +138,7 @@ async def test_queue_depth_per_priority(app: FastAPI, client: httpx.AsyncClient)
             assert got - value(before, "batchd_queue_depth", priority=priority) == added
         assert ("batchd_queue_depth", frozenset({("priority", "high")})) in after
     else:
-        await refresh_gauges(app.state.sessionmaker, runner)
+        await refresh_gauges(app.state.sessionmaker, broker)
         samples = await scrape(client)  # the app's idle runner: all zero again
         assert value(samples, "batchd_queue_depth", priority="low") == 0
         assert ("batchd_queue_depth", frozenset({("priority", "low")})) in samples

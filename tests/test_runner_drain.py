@@ -8,7 +8,8 @@ from typing import Any, cast
 
 from app.domain import Wakeup
 from app.runtime.context import JobContext
-from app.runtime.inprocess import InProcessRunner
+from app.runtime.inprocess import InProcessBroker, InProcessRunner
+from app.runtime.registry import Cron, JobTable
 
 
 class _Ctx:
@@ -18,9 +19,9 @@ class _Ctx:
         self.stopping = asyncio.Event()
 
 
-async def _runner(jobs: dict[str, Any], crons: list[Any] | None = None) -> InProcessRunner:
-    runner = InProcessRunner(jobs, crons or [], workers=2)
-    runner.bind(cast(JobContext, _Ctx()))
+async def _runner(jobs: dict[str, Any], crons: list[Cron] | None = None) -> InProcessRunner:
+    table = JobTable(jobs=jobs, crons=crons or [])
+    runner = InProcessRunner(InProcessBroker(), table, cast(JobContext, _Ctx()), workers=2)
     await runner.start()
     return runner
 
@@ -31,8 +32,8 @@ async def test_drained_waits_for_follow_ups_but_not_for_later_deferrals() -> Non
 
     async def first(ctx: Any, batch_id: int) -> None:
         await asyncio.sleep(0)  # a job that yields before it enqueues its follow-up
-        await runner.enqueue(Wakeup("second", batch_id))
-        await runner.enqueue(Wakeup("second", batch_id + 100, defer=3600))  # due later
+        await runner.broker.enqueue(Wakeup("second", batch_id))
+        await runner.broker.enqueue(Wakeup("second", batch_id + 100, defer=3600))  # due later
         ran.append(("first", batch_id))
 
     async def second(ctx: Any, batch_id: int) -> None:
@@ -41,11 +42,11 @@ async def test_drained_waits_for_follow_ups_but_not_for_later_deferrals() -> Non
 
     runner = await _runner({"first": first, "second": second})
     try:
-        await runner.enqueue(Wakeup("first", 1))
+        await runner.broker.enqueue(Wakeup("first", 1))
         await asyncio.wait_for(runner.drained(), 5)
         assert ran == [("first", 1), ("second", 1)]  # not the one due in an hour
 
-        await runner.enqueue(Wakeup("second", 2, defer=0.05))  # due soon: counts once due
+        await runner.broker.enqueue(Wakeup("second", 2, defer=0.05))  # due soon: counts once due
         await asyncio.sleep(0.06)  # the clock passes its due time (the timer may lag)
         await asyncio.wait_for(runner.drained(), 5)
         assert ran[-1] == ("second", 2)
@@ -61,7 +62,7 @@ async def test_drained_waits_for_a_cron_pass_under_way() -> None:
         await gate.wait()
         passes.append("done")
 
-    runner = await _runner({}, [(cron, 3600)])
+    runner = await _runner({}, [Cron(cron, 3600)])
     try:
         await asyncio.sleep(0)  # the cron's first pass starts (and waits on the gate)
         drained = asyncio.create_task(runner.drained())

@@ -9,9 +9,8 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.batches import details as details_module
 from app.models import ActionLog, BatchDetail, ProcessInstance, ProcessLog, Task
-from app.operations import targets
+from app.operations import pipeline_sql, targets
 from tests.batch_helpers import create, details, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor
 
@@ -86,9 +85,9 @@ async def test_a_failing_fused_seed_page_is_seeded_plainly(
     bob: Actor,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    broken = details_module._SEED_AND_APPLY.replace("count(*) AS n", "count(*) / 0 AS n")
-    assert broken != details_module._SEED_AND_APPLY
-    monkeypatch.setattr(details_module, "_SEED_AND_APPLY", broken)
+    broken = pipeline_sql.SEED_AND_APPLY.replace("count(*) AS n", "count(*) / 0 AS n")
+    assert broken != pipeline_sql.SEED_AND_APPLY
+    monkeypatch.setattr(pipeline_sql, "SEED_AND_APPLY", broken)
     setup = await expense_setup(sessionmaker, admin, alice, bob, 60)
     batch = await create(admin, SUSPEND_ALL)
     done = await wait_for(admin, batch["id"])

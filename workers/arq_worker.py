@@ -1,6 +1,8 @@
 """``batchd worker``: three arq workers (one per priority queue) in one process, sharing
-one database engine and one coroutine cap, plus the crons. Wiring only: the job
-functions live in ``app.batches.jobs``.
+one database engine and one coroutine cap, plus the crons, supervised so that the
+process outlives Redis restarts. Entry point and supervisor only: the runtime comes from
+``app.runtime.factory.build_runtime``, the arq adaptation of the job table from
+``app.runtime.arq_runner``, the jobs themselves from ``app.batches.jobs``.
 
 With ``BATCH_WORKER_METRICS_PORT`` set (and ``BATCH_METRICS`` on) the process also
 serves its own Prometheus ``/metrics`` (its chunks: items and durations) on that port:
@@ -12,31 +14,29 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+import time
 from typing import Any
 
 from arq import ArqRedis
-from arq.cron import CronJob, cron
-from arq.worker import Function, Worker, func
+from arq.worker import Worker
 from prometheus_client import start_http_server
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app import metrics
-from app.batches.jobs import JOBS, cron_schedule, resume_after_restart
+from app.batches.jobs import job_table
 from app.config import Settings
 from app.db.session import create_engine, create_sessionmaker
-from app.runtime.arq_backend import ArqQueue, connect
+from app.runtime.arq_backend import connect
+from app.runtime.arq_runner import arq_worker
 from app.runtime.backend import PRIORITIES, queue_name
-from app.runtime.context import JobContext
+from app.runtime.factory import Runtime, build_runtime
 from app.runtime.gc_tuning import tune_for_batches
-from app.runtime.progress import RedisProgressBus
+from app.runtime.registry import JobTable
 
 log = logging.getLogger("batchd.worker")
 
-JOB_TIMEOUT_S = 600
 SHUTDOWN_GRACE_S = 20.0
 RECONNECT_BASE_S = 0.1
 RECONNECT_MAX_S = 2.0
@@ -46,52 +46,8 @@ STILL_DOWN_LOG_S = 60.0
 """While Redis stays down, the worker says so again this often."""
 STABLE_S = 30.0
 """A worker that ran this long before losing Redis is restarted without a pause."""
-
-
-def _arq_function(name: str) -> Function:
-    job = JOBS[name]
-
-    async def run(ctx: dict[str, Any], batch_id: int) -> None:
-        await job(ctx["batchd"], batch_id)
-
-    run.__qualname__ = run.__name__ = name
-    return func(run, name=name, timeout=JOB_TIMEOUT_S, max_tries=1000)
-
-
-def _arq_crons(settings: Settings) -> list[CronJob]:
-    """The same schedule as the in-process runner, as ``unique`` arq crons (so several
-    workers never run the same pass of a cron at the same moment)."""
-    crons = []
-    for job, interval in cron_schedule(settings):
-
-        async def run(
-            ctx: dict[str, Any], _job: Callable[[JobContext], Awaitable[None]] = job
-        ) -> None:
-            await _job(ctx["batchd"])
-
-        second, minute = _cron_times(interval)
-        crons.append(
-            cron(
-                run,
-                name=f"cron:{getattr(job, '__name__', 'cron')}",
-                second=second,
-                minute=minute,
-                unique=True,
-                run_at_startup=True,
-                timeout=JOB_TIMEOUT_S,
-            )
-        )
-    return crons
-
-
-def _cron_times(interval: float) -> tuple[set[int], set[int] | None]:
-    """Every ``interval`` seconds as arq (second, minute) fields: whole seconds under a
-    minute, whole minutes under an hour, else hourly."""
-    if interval < 60:
-        return set(range(0, 60, max(1, int(interval)))), None
-    if interval < 3600:
-        return {0}, set(range(0, 60, max(1, int(interval // 60))))
-    return {0}, {0}
+DRAIN_POLL_S = 0.05
+"""How often ``drained`` looks at the queues again (arq has no idle hook)."""
 
 
 def lost_redis(exc: BaseException) -> bool:
@@ -114,7 +70,8 @@ def lost_redis(exc: BaseException) -> bool:
 
 
 class WorkerGroup:
-    """One arq ``Worker`` per priority queue, so low-priority work never starves high.
+    """The arq ``Runner`` (``app.runtime.backend``): one arq ``Worker`` per priority
+    queue, so low-priority work never starves high.
 
     arq has no reconnect of its own: ``Worker.main`` ends with the first Redis command
     that fails, and a process whose workers ended would stay alive doing nothing. So
@@ -124,9 +81,10 @@ class WorkerGroup:
     it. The database needs nothing of the kind: a job that fails on a lost connection
     fails alone, and the engine's pre-ping replaces dead pooled connections."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, table: JobTable) -> None:
         assert settings.redis_url, "batchd worker needs BATCH_REDIS_URL"
         self.settings = settings
+        self.table = table
         self.workers: dict[str, Worker] = {}
         """The live worker of each priority."""
         self.retired: list[Worker] = []
@@ -134,7 +92,7 @@ class WorkerGroup:
         self.tasks: list[asyncio.Task[None]] = []
         """One supervisor per priority."""
         self.pool: ArqRedis | None = None
-        self.ctx: JobContext | None = None
+        self.runtime: Runtime | None = None
         self.metrics_server: MetricsServer | None = None
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
@@ -147,20 +105,18 @@ class WorkerGroup:
         Does not wait for Redis: each supervisor does, and says so in the log."""
         s = self.settings
         assert s.redis_url is not None
-        metrics.configure(enabled=s.metrics)
-        if serve_metrics and s.metrics and s.worker_metrics_port is not None:
-            self.metrics_server = MetricsServer(s.worker_metrics_host, s.worker_metrics_port)
         self.engine = create_engine(s.database_url, pool_size=s.db_pool_size, name="batchd-worker")
         self.pool = connect(s.redis_url)
-        self.progress = RedisProgressBus(s.redis_url, listen=False)
-        self.ctx = JobContext(
-            settings=s,
-            sessionmaker=create_sessionmaker(self.engine),
-            queue=ArqQueue(s.redis_url, pool=self.pool),
-            progress=self.progress,
-            semaphore=asyncio.Semaphore(s.max_concurrency),
+        self.runtime = build_runtime(
+            s,
+            create_sessionmaker(self.engine),
+            self.table,
+            listen_progress=False,  # a worker serves no event streams
+            redis_pool=self.pool,
         )
-        self.functions = [_arq_function(name) for name in JOBS]
+        await self.runtime.start()
+        if serve_metrics and s.metrics and s.worker_metrics_port is not None:
+            self.metrics_server = MetricsServer(s.worker_metrics_host, s.worker_metrics_port)
         for priority in PRIORITIES:
             supervisor = asyncio.create_task(self._supervise(priority), name=f"arq-{priority}")
             self.tasks.append(supervisor)
@@ -169,28 +125,38 @@ class WorkerGroup:
         """A fresh arq worker for one queue. The crons (on the first queue's worker) are
         new too, and ``run_at_startup``: after a reconnect the recovery pass runs at
         once and re-sends whatever wake-ups a Redis restart lost."""
-        assert self.pool is not None and self.ctx is not None
-        s = self.settings
-        return Worker(
-            functions=self.functions,
-            cron_jobs=_arq_crons(s) if priority == PRIORITIES[0] else None,
-            queue_name=queue_name(priority),
-            redis_pool=self.pool,
-            ctx={"batchd": self.ctx},
-            max_jobs=s.worker_max_jobs,
-            job_timeout=JOB_TIMEOUT_S,
-            keep_result=0,
-            poll_delay=0.05,
-            handle_signals=False,
-            log_results=False,
-            max_tries=1000,
-        )
+        assert self.pool is not None and self.runtime is not None
+        return arq_worker(self.table, self.runtime.ctx, self.pool, priority)
+
+    async def drained(self) -> None:
+        """Return once no arq queue holds a due job and no worker has a job task in
+        flight (``Runner.drained``; arq has no such hook, so this polls).
+
+        arq keeps a job in its queue's sorted set until the job has finished (the
+        in-progress key only marks it taken), and a job enqueues its follow-ups before it
+        returns, so an empty snapshot of every queue (one MULTI, so all queues at the
+        same instant) means no work is waiting or running; the workers' ``tasks`` are
+        checked too for a job whose bookkeeping is still finishing. Jobs deferred to a
+        later time do not count, and crons only while due or running."""
+        assert self.pool is not None
+        while True:
+            now_ms = int(time.time() * 1000)
+            async with self.pool.pipeline(transaction=True) as pipe:
+                for priority in PRIORITIES:
+                    pipe.zcount(queue_name(priority), "-inf", now_ms)
+                due = await pipe.execute()
+            workers = [*self.workers.values(), *self.retired]
+            running = any(not t.done() for w in workers for t in w.tasks.values())
+            if not any(due) and not running:
+                return
+            await asyncio.sleep(DRAIN_POLL_S)
 
     async def _supervise(self, priority: str) -> None:
         """Run one queue's worker for as long as the group runs, replacing it whenever
         it ends on a lost Redis connection. A worker that dies again at once (Redis
         answers PING but not the worker's commands) is restarted after a growing pause."""
-        assert self.ctx is not None
+        assert self.runtime is not None
+        ctx = self.runtime.ctx
         backoff = ExponentialBackoff(cap=RECONNECT_MAX_S, base=RECONNECT_BASE_S)
         quick_deaths = 0
         reconnecting = False
@@ -206,7 +172,7 @@ class WorkerGroup:
                 await worker.async_run()
                 raise RuntimeError("the arq worker stopped by itself")
             except Exception as exc:
-                if self.ctx.stopping.is_set():
+                if ctx.stopping.is_set():
                     return
                 self._retire(worker)
                 if not lost_redis(exc):
@@ -227,9 +193,9 @@ class WorkerGroup:
         once, instead of leaving the wake-ups a restart lost to the recovery cron's
         timeouts (minutes). Jobs are idempotent and wake-ups keyed, so several workers
         doing this together cost duplicates, never double work."""
-        assert self.ctx is not None
+        assert self.runtime is not None
         try:
-            await resume_after_restart(self.ctx)
+            await self.table.on_start(self.runtime.ctx)
         except Exception as exc:  # the database may be away too: the crons catch up
             log.warning("could not wake unfinished batches after reconnecting: %s", describe(exc))
 
@@ -288,8 +254,8 @@ class WorkerGroup:
     async def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None:
         """Graceful: stop picking jobs, let running chunks finish (they stop claiming when
         ``ctx.stopping`` is set), then cancel whatever is left (it rolls back)."""
-        if self.ctx is not None:
-            self.ctx.stopping.set()
+        if self.runtime is not None:
+            self.runtime.ctx.stopping.set()
         workers = [*self.workers.values(), *self.retired]
         for worker in workers:
             worker.allow_pick_jobs = False
@@ -309,7 +275,8 @@ class WorkerGroup:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.progress.stop()
+        if self.runtime is not None:
+            await self.runtime.stop()
         if self.pool is not None:
             await self.pool.aclose()
         await self.engine.dispose()
@@ -356,7 +323,7 @@ async def run_forever(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully. If a queue's worker fails in
     a way this process cannot cure, shut down the same way and exit with status 1, so
     that a process supervisor (systemd, Docker, Kubernetes) starts a fresh one."""
-    group = WorkerGroup(settings)
+    group = WorkerGroup(settings, job_table(settings))
     await group.start(serve_metrics=True)
     tune_for_batches()
     stop = asyncio.Event()

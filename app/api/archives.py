@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
 
 from app.api.deps import AdminUser, PageDep, SessionDep
-from app.schemas.common import IdPath, KeyQuery, Page, error_responses
+from app.schemas.common import IdPath, Page, error_responses
 from app.schemas.engine import ArchiveDetail, ArchiveSummary
+from app.schemas.filters import ARCHIVE_FILTERS
 from app.workflow.archives import get_archive, list_archives
+from app.workflow.queries import filter_clauses
 
 router = APIRouter(prefix="/api/v1", tags=["archives"])
 
@@ -22,12 +26,12 @@ router = APIRouter(prefix="/api/v1", tags=["archives"])
 async def list_(
     _admin: AdminUser,
     session: SessionDep,
+    filters: Annotated[dict[str, Any], Depends(ARCHIVE_FILTERS.query_dependency())],
     page: PageDep,
-    definition_key: KeyQuery = None,
 ) -> Page[ArchiveSummary]:
     """Archived (deleted) instances, newest first; snapshots are in the detail."""
     rows, total = await list_archives(
-        session, definition_key=definition_key, offset=page.offset, limit=page.page_size
+        session, filter_clauses(ARCHIVE_FILTERS, filters), offset=page.offset, limit=page.page_size
     )
     return Page[ArchiveSummary](
         items=[ArchiveSummary.model_validate(a) for a in rows],

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.db.unit_of_work import unit_of_work
 from app.errors import Forbidden, Unauthorized, ValidationFailed
 from app.models import User
-from app.runtime.backend import QueueBackend
+from app.runtime.backend import Broker
 from app.schemas.common import PAGE_SIZE_MAX
 from app.workflow.users import browser_session_user, hash_token, user_by_token
 
@@ -33,14 +33,14 @@ def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
-def get_queue(request: Request) -> QueueBackend:
-    queue: QueueBackend = request.app.state.queue
+def get_queue(request: Request) -> Broker:
+    queue: Broker = request.app.state.queue
     return queue
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-QueueDep = Annotated[QueueBackend, Depends(get_queue)]
+QueueDep = Annotated[Broker, Depends(get_queue)]
 
 
 SESSION_COOKIE = "batchd_session"

@@ -1,7 +1,7 @@
 """POST /api/v1/batches/import: a filled approval template becomes a ``task.approve``
 batch with one detail per row.
 
-The flow is ``app.excel.importer.import_batch``: the file is checked against the upload
+The flow is ``app.batches.imports.import_batch``: the file is checked against the upload
 limits (``app.excel.guard``) as it streams, then read a page of rows at a time in a
 thread (openpyxl read-only; the event loop keeps serving), each page checked as
 approvals would be and spooled to disk, then the batch is written — memory stays flat
@@ -18,10 +18,10 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import CurrentUser, SessionDep, SettingsDep
-from app.batches import service
+from app.batches import imports, service
 from app.config import Settings
 from app.errors import AppError, NotFound, TooLarge
-from app.excel import error_file, importer
+from app.excel import error_file
 from app.schemas.batch import BatchOut, Priority
 from app.schemas.common import IdPath, error_responses
 
@@ -94,21 +94,21 @@ async def import_batch(
     # No transaction is held while waiting for a turn (on SQLite one holds the write
     # lock, which the upload being read needs): the import begins its own.
     await session.commit()
-    batch = await importer.import_batch(
+    batch = await imports.import_batch(
         session, settings, user, file.file, priority, _slots(request, settings)
     )
     return service.to_out(batch)
 
 
-def _slots(request: Request, settings: Settings) -> importer.ImportSlots:
+def _slots(request: Request, settings: Settings) -> imports.ImportSlots:
     """This app's import slots, made on first use: one on SQLite, where an import holds
     the database's write lock while it reads its rows (a second one would wait for the
     lock, not for a slot, and fail with "database is locked" instead of a 503)."""
     state = request.app.state
-    slots: importer.ImportSlots | None = getattr(state, "import_slots", None)
+    slots: imports.ImportSlots | None = getattr(state, "import_slots", None)
     if slots is None:
         size = 1 if settings.is_sqlite else settings.import_concurrency
-        slots = state.import_slots = importer.ImportSlots(size, settings.import_wait)
+        slots = state.import_slots = imports.ImportSlots(size, settings.import_wait)
     return slots
 
 

@@ -3,47 +3,25 @@ tasks and logs."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Depends
 from fastapi.openapi.models import Example
 
 from app.api.deps import CurrentUser, PageDep, SessionDep
-from app.schemas.common import (
-    NO_NUL,
-    IdPath,
-    IntQuery,
-    KeyQuery,
-    KeywordQuery,
-    Page,
-    error_responses,
-)
+from app.schemas.common import IdPath, Page, error_responses
 from app.schemas.engine import (
     InstanceCreate,
     InstanceDetail,
     InstanceOut,
-    InstanceStatus,
     ProcessLogOut,
     TaskOut,
-    UtcDatetime,
 )
+from app.schemas.filters import INSTANCE_FILTERS
 from app.workflow import instances as service
 from app.workflow.queries import instance_filter_clauses, list_instances
 
 router = APIRouter(prefix="/api/v1", tags=["instances"])
-
-BusinessKeyQuery = Annotated[
-    str | None, Query(max_length=200, pattern=NO_NUL, description="Exact business key.")
-]
-StartedAfterQuery = Annotated[
-    UtcDatetime | None,
-    Query(description="Created at or after (ISO 8601 with an offset, e.g. 2026-01-01T00:00Z)."),
-]
-StartedBeforeQuery = Annotated[
-    UtcDatetime | None,
-    Query(description="Created strictly before (ISO 8601 with an offset)."),
-]
-
 
 START_EXAMPLES: dict[str, Example] = {
     "expense": {
@@ -108,29 +86,14 @@ async def start(
 async def list_(
     user: CurrentUser,
     session: SessionDep,
+    filters: Annotated[dict[str, Any], Depends(INSTANCE_FILTERS.query_dependency())],
     page: PageDep,
-    status: InstanceStatus | None = None,
-    definition_key: KeyQuery = None,
-    keyword: KeywordQuery = None,
-    department_id: IntQuery = None,
-    business_key: BusinessKeyQuery = None,
-    started_after: StartedAfterQuery = None,
-    started_before: StartedBeforeQuery = None,
 ) -> Page[InstanceOut]:
     """Visible instances, newest first: a user's own, those they hold a task in, and
     those of definitions they have a monitor grant for; an admin sees all. The filters
-    are the same as an instance batch's ``filter`` (one translation to SQL), so a list
-    shows exactly what a filter batch would select."""
-    clauses = instance_filter_clauses(
-        user,
-        status=status,
-        definition_key=definition_key,
-        keyword=keyword,
-        department_id=department_id,
-        business_key=business_key,
-        started_after=started_after,
-        started_before=started_before,
-    )
+    are the same as an instance batch's ``filter`` (one declaration, one translation to
+    SQL), so a list shows exactly what a filter batch would select."""
+    clauses = instance_filter_clauses(user, **filters)
     rows, total = await list_instances(session, clauses, offset=page.offset, limit=page.page_size)
     return Page[InstanceOut](
         items=[InstanceOut.model_validate(i) for i in rows],

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol, runtime_checkable
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import metrics
 from app.domain import BatchStatus
 from app.models import Batch
+from app.runtime.backend import Broker
 from app.schemas.common import error_responses
 
 router = APIRouter(tags=["monitoring"])
@@ -29,14 +29,7 @@ shows the last values it read (a slow scrape must not pile up connections)."""
 _refreshing = False
 
 
-@runtime_checkable
-class HasDepth(Protocol):
-    """A queue backend that can say how many wake-ups wait per priority."""
-
-    async def depth(self) -> dict[str, int]: ...
-
-
-async def refresh(sessionmaker: async_sessionmaker[AsyncSession], queue: Any) -> None:
+async def refresh(sessionmaker: async_sessionmaker[AsyncSession], broker: Broker) -> None:
     """Read the state gauges (batches by status, queue depth) just before a scrape.
 
     One refresh at a time (a scrape arriving meanwhile shows the values being read),
@@ -50,14 +43,13 @@ async def refresh(sessionmaker: async_sessionmaker[AsyncSession], queue: Any) ->
             await asyncio.wait_for(_refresh_batches(sessionmaker), SCRAPE_TIMEOUT_S)
         except Exception as exc:
             log.warning("metrics: batches by status not read: %r", exc)
-        if isinstance(queue, HasDepth):
-            try:
-                depth = await asyncio.wait_for(queue.depth(), SCRAPE_TIMEOUT_S)
-            except Exception as exc:
-                log.warning("metrics: queue depth not read: %r", exc)
-            else:
-                for priority, n in depth.items():
-                    metrics.QUEUE_DEPTH.labels(priority).set(n)
+        try:
+            depth = await asyncio.wait_for(broker.depth(), SCRAPE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("metrics: queue depth not read: %r", exc)
+        else:
+            for priority, n in depth.items():
+                metrics.QUEUE_DEPTH.labels(priority).set(n)
     finally:
         _refreshing = False
 

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Depends
 from fastapi.openapi.models import Example
 
 from app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
 from app.errors import ValidationFailed
-from app.schemas.common import (
-    IdPath,
-    IntQuery,
-    KeyQuery,
-    KeywordQuery,
-    Page,
-    error_responses,
-    parse_id,
-)
+from app.schemas.common import IdPath, Page, error_responses, parse_id
 from app.schemas.engine import (
     ApproveRequest,
     ApproveResult,
     InstanceOut,
     TaskListItem,
     TaskOut,
-    TaskStatus,
 )
+from app.schemas.filters import TASK_FILTERS
 from app.workflow import approval
 from app.workflow.instances import reload_step
 from app.workflow.queries import TaskRow, get_task_row, list_tasks, task_filter_clauses
@@ -53,10 +45,8 @@ APPROVE_EXAMPLES: dict[str, Example] = {
 }
 
 
-def parse_ids(raw: str | None, limit: int) -> list[int] | None:
+def parse_ids(raw: str, limit: int) -> list[int]:
     """``"11, 12,13"`` → ``[11, 12, 13]``; anything else is a 422 on ``ids``."""
-    if raw is None:
-        return None
     ids: list[int] = []
     for part in raw.split(","):
         part = part.strip()
@@ -99,33 +89,17 @@ async def list_(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
+    filters: Annotated[dict[str, Any], Depends(TASK_FILTERS.query_dependency())],
     page: PageDep,
-    status: TaskStatus | None = None,
-    node_id: KeyQuery = None,
-    definition_key: KeyQuery = None,
-    keyword: KeywordQuery = None,
-    department_id: IntQuery = None,
-    assignee_id: IntQuery = None,
-    ids: Annotated[
-        str | None,
-        Query(description="Comma-separated task ids; an empty value matches nothing."),
-    ] = None,
 ) -> Page[TaskListItem]:
     """Tasks, newest first, with their instance's title, key and department.
 
     A user sees only tasks assigned to them (an ``assignee_id`` of somebody else
     gives an empty page, not a 403); an admin sees every task.
     """
-    clauses = task_filter_clauses(
-        user,
-        status=status,
-        node_id=node_id,
-        definition_key=definition_key,
-        keyword=keyword,
-        department_id=department_id,
-        assignee_id=assignee_id,
-        ids=parse_ids(ids, settings.max_page_size),
-    )
+    if "ids" in filters:
+        filters["ids"] = parse_ids(filters["ids"], settings.max_page_size)
+    clauses = task_filter_clauses(user, **filters)
     rows, total = await list_tasks(session, clauses, offset=page.offset, limit=page.page_size)
     return Page[TaskListItem](
         items=[_item(r) for r in rows], total=total, page=page.page, page_size=page.page_size

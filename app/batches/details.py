@@ -1,42 +1,62 @@
-"""Creating details (with their locks) and keeping batch counters equal to detail counts."""
+"""Creating details (with their locks), recording their outcomes, and the batch counters.
+
+The counters (``success``/``failed``/``ignored`` on ``batches``) have one writer,
+``bump_counters`` — called by ``record_outcomes`` (every executed chunk, whatever its
+strategy), by a seed page for what it decided or applied, and by creation and retry —
+and one recount, ``status_counts`` + ``apply_counts``, which sets them from the rows
+when a batch finishes."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Select, Table, func, insert, literal, select, text
+from sqlalchemy import (
+    BigInteger,
+    Row,
+    Select,
+    Table,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.batches import state
 from app.batches.resolve import Listed, ListedSource
 from app.db.base import utcnow
-from app.db.bulk import insert_rows, update_rows
-from app.domain import BatchRun, DetailStatus, Outcome
+from app.db.bulk import id_in, insert_rows, update_rows
+from app.domain import BatchRun, DetailStatus, Outcome, WorkItem
 from app.models import Batch, BatchDetail, User
-from app.operations import Operation
+from app.operations import Operation, pipeline_sql
+from app.operations.pipeline import Stage, Strategy, strategy_for
 from app.operations.registry import BulkSql
 
 log = logging.getLogger("batchd.seeding")
+CounterRow = Row[str, int, int, int, float | None]
+"""A batch after ``bump_counters``: status, success, failed, ignored, failure threshold."""
 _details = cast(Table, BatchDetail.__table__)
 INSERT_PAGE = 5_000
 
 
 @dataclass(frozen=True)
 class Seeded:
-    """Details written for one page of items: how many, the highest item id, and how
-    many were decided at once (failed or ignored, never locked)."""
+    """Details written for one page of items: how many, the highest item id, and the
+    outcomes decided at once, by status, for the caller to count (``bump_counters``):
+    failed or ignored (never locked), and success for what a fused page applied."""
 
     count: int
     last_item_id: int | None
-    failed: int = 0
-    ignored: int = 0
-    success: int = 0
+    outcomes: Counter[DetailStatus] = field(default_factory=Counter)
     fused: bool = False
-    """``success``: items a fused seed page applied (``create_details_from(…, run=…)``);
-    ``fused``: the page was one (only stragglers were left pending)."""
+    """The page was applied as it was seeded (only stragglers were left pending)."""
 
 
 async def create_details(
@@ -46,7 +66,7 @@ async def create_details(
     for a locking operation — or already decided: a pre-failed row with its error, or an
     item the creator may not lock (``ItemLock.acquire``) with the reason (failed or
     ignored)."""
-    decided: Counter[str] = Counter()
+    decided: Counter[DetailStatus] = Counter()
     count, last = 0, None
     for page in listed.pages(INSERT_PAGE):
         ids, errors = page.item_ids, page.errors
@@ -74,7 +94,7 @@ async def create_details(
         await insert_rows(session, _details, values)
         count += len(ids)
         last = max(max(ids, default=0), last or 0) or None
-    return Seeded(count, last, decided["failed"], decided["ignored"])
+    return Seeded(count, last, decided)
 
 
 async def create_details_from(
@@ -94,23 +114,28 @@ async def create_details_from(
     gets the ids back (``RETURNING``) for the lock ``UPDATE``. (SQLite runs in-process,
     so it keeps the portable path.)
 
-    With ``run`` (PostgreSQL, a batch that may run now), an operation that offers it
-    is applied to the page as it is seeded: ``fuse_at_seed`` types through their
-    ``bulk_sql``, ``task.approve`` through ``apply_at_seed``. Each applied item's detail
+    With ``run`` (a batch that may run now) and ``Strategy.SEED_FUSED`` chosen by
+    ``pipeline.strategy_for``, the operation is applied to the page as it is seeded:
+    ``fuse_at_seed`` types through their ``bulk_sql``, ``task.approve`` through
+    ``apply_at_seed``. Each applied item's detail
     is written once, already ``success``; the rest is seeded as usual (pending, locked)
     for the executor, which decides it and says why. If the fused statement fails, the
     page is seeded plainly."""
-    if session.get_bind().dialect.name != "postgresql":
+    dialect = session.get_bind().dialect.name
+    if dialect != "postgresql":
         ids = list(await session.scalars(page))
         return await create_details(session, batch, creator, op, Listed(ids))
     sub = page.subquery()
     insert_page = insert(_details).from_select(
         ["batch_id", "item_id", "status", "retry_count"],
         select(
-            literal(batch.id, BigInteger), sub.c.id, literal("pending"), literal(0, BigInteger)
+            literal(batch.id, BigInteger),
+            sub.c.id,
+            literal(DetailStatus.PENDING.value),
+            literal(0, BigInteger),
         ).order_by(sub.c.id),
     )
-    if run is not None:
+    if run is not None and strategy_for(op, dialect, Stage.SEED) is Strategy.SEED_FUSED:
         try:
             async with session.begin_nested():
                 fused = await _seed_fused(session, batch, creator, op, page, run)
@@ -131,9 +156,7 @@ async def create_details_from(
     ).all()
     detail_of = {item_id: detail_id for detail_id, item_id in inserted}
     decided = await _lock_pending(session, batch, creator, op, detail_of)
-    return Seeded(
-        len(detail_of), max(detail_of, default=None), decided["failed"], decided["ignored"]
-    )
+    return Seeded(len(detail_of), max(detail_of, default=None), decided)
 
 
 async def _lock_pending(
@@ -142,7 +165,7 @@ async def _lock_pending(
     creator: User,
     op: Operation,
     detail_of: dict[int, int],
-) -> Counter[str]:
+) -> Counter[DetailStatus]:
     """Lock the items of just-inserted pending details ({item id: detail id}); a detail
     whose item the creator may not lock takes its outcome at once. Returns the counts
     of those outcomes by status."""
@@ -160,24 +183,6 @@ async def _lock_pending(
     return Counter(o.status for o in refused.values())
 
 
-_SEED_AND_APPLY = """
-WITH claimed AS (
-    SELECT item_id FROM unnest(CAST(:seed_ids AS BIGINT[])) AS u(item_id)
-), {ctes}, seeded AS (
-    INSERT INTO batch_details (batch_id, item_id, status, retry_count, finished_at)
-    SELECT CAST(:seed_batch AS BIGINT), c.item_id,
-           CASE WHEN a.id IS NULL THEN 'pending' ELSE 'success' END, 0,
-           CASE WHEN a.id IS NULL THEN NULL ELSE CAST(:seed_now AS TIMESTAMPTZ) END
-    FROM claimed AS c LEFT JOIN applied AS a ON a.id = c.item_id
-    ORDER BY c.item_id
-    RETURNING item_id, status
-)
-SELECT count(*) AS n, max(item_id) AS last,
-       count(*) FILTER (WHERE status = 'success') AS applied
-FROM seeded
-"""
-
-
 async def _seed_fused(
     session: AsyncSession,
     batch: Batch,
@@ -186,26 +191,12 @@ async def _seed_fused(
     page: Select[Any],
     run: BatchRun,
 ) -> Seeded | None:
-    """The fused seed page, or None when ``op`` offers none."""
-    if op.lock is None and op.fuse_at_seed:
-        bulk = await op.bulk_sql(session, run)
-        return await _seed_and_apply(session, batch, page, bulk) if bulk is not None else None
-    if op.lock is not None and op.applies_at_seed:
+    """The fused seed page (``Strategy.SEED_FUSED``), or None when ``op``'s params give
+    it no fast path."""
+    if op.lock is not None:
         return await _seed_locked_and_apply(session, batch, creator, op, page, run)
-    return None
-
-
-_INSERT_DECIDED = """
-WITH seeded AS (
-    INSERT INTO batch_details (batch_id, item_id, status, retry_count, finished_at)
-    SELECT CAST(:batch AS BIGINT), u.item_id, u.status, 0,
-           CASE WHEN u.status = 'pending' THEN NULL ELSE CAST(:now AS TIMESTAMPTZ) END
-    FROM unnest(CAST(:ids AS BIGINT[]), CAST(:statuses AS VARCHAR[])) AS u(item_id, status)
-    ORDER BY u.item_id
-    RETURNING id, item_id, status
-)
-SELECT id, item_id FROM seeded WHERE status = 'pending'
-"""
+    bulk = await op.bulk_sql(session, run)
+    return await _seed_and_apply(session, batch, page, bulk) if bulk is not None else None
 
 
 async def _seed_locked_and_apply(
@@ -223,18 +214,17 @@ async def _seed_locked_and_apply(
     if not ids:
         return Seeded(0, None, fused=True)
     applied = await op.apply_at_seed(session, run, ids)
-    statuses = ["success" if i in applied else "pending" for i in ids]
+    statuses = [DetailStatus.SUCCESS if i in applied else DetailStatus.PENDING for i in ids]
     pending = (
         await session.execute(
-            text(_INSERT_DECIDED),
+            text(pipeline_sql.INSERT_DECIDED),
             {"batch": batch.id, "ids": ids, "statuses": statuses, "now": utcnow()},
         )
     ).all()
     detail_of = {item_id: detail_id for detail_id, item_id in pending}
     decided = await _lock_pending(session, batch, creator, op, detail_of)
-    return Seeded(
-        len(ids), max(ids), decided["failed"], decided["ignored"], len(applied), fused=True
-    )
+    decided[DetailStatus.SUCCESS] += len(applied)
+    return Seeded(len(ids), max(ids), decided, fused=True)
 
 
 async def _seed_and_apply(
@@ -249,29 +239,115 @@ async def _seed_and_apply(
     ids = list(await session.scalars(page))
     if not ids:
         return Seeded(0, None, fused=True)
-    stmt = text(_SEED_AND_APPLY.format(ctes=fused.ctes)).bindparams(
+    stmt = text(pipeline_sql.SEED_AND_APPLY.format(ctes=fused.ctes)).bindparams(
         **fused.params, seed_ids=ids, seed_batch=batch.id, seed_now=utcnow()
     )
     count, last, applied = (await session.execute(stmt)).one()
-    return Seeded(int(count), last, success=int(applied), fused=True)
+    return Seeded(int(count), last, Counter({DetailStatus.SUCCESS: int(applied)}), fused=True)
 
 
-async def status_counts(session: AsyncSession, batch_id: int) -> dict[str, int]:
+# --------------------------------------------------------------------- outcomes, counters
+
+
+async def record_outcomes(
+    session: AsyncSession,
+    op: Operation,
+    run: BatchRun,
+    items: list[WorkItem],
+    outcomes: list[Outcome],
+    *,
+    retry_counts: Mapping[int, int],
+    max_retries: int,
+    applied: int = 0,
+) -> tuple[Counter[DetailStatus], CounterRow]:
+    """Record a claimed chunk's outcomes, in the chunk's transaction, whatever strategy
+    applied it: each detail's status and error, the locks of ignored and exhausted items
+    released (a success's own state change released its lock), the counters bumped once.
+    ``applied``: successes a fused statement already wrote to their details.
+    Returns the counts and the batch row after the bump (status, counters, threshold)."""
+    now = utcnow()
+    pairs = list(zip(items, outcomes, strict=True))
+    # Successes share their values: one plain UPDATE; only the rest carry per-row text.
+    succeeded = [i.detail_id for i, o in pairs if o.status == DetailStatus.SUCCESS]
+    if succeeded:
+        await session.execute(
+            update(_details)
+            .where(id_in(session, _details.c.id, succeeded))
+            .values(status=DetailStatus.SUCCESS, error=None, finished_at=now)
+        )
+    await update_rows(
+        session,
+        _details,
+        [
+            {"id": item.detail_id, "status": o.status, "error": o.error}
+            for item, o in pairs
+            if o.status != DetailStatus.SUCCESS
+        ],
+        constants={"finished_at": now},
+    )
+    if op.lock is not None:
+        done = [
+            item.item_id
+            for item, o in pairs
+            if o.status == DetailStatus.IGNORED
+            or (
+                o.status == DetailStatus.FAILED
+                and state.is_exhausted(retry_counts[item.detail_id], max_retries)
+            )
+        ]
+        await op.lock.release(session, run.batch_id, done)
+    counts = Counter(o.status for o in outcomes)
+    counts[DetailStatus.SUCCESS] += applied
+    row = await bump_counters(
+        session,
+        run.batch_id,
+        counts,
+        updated_at=now,
+        progress_seq=Batch.progress_seq + 1,
+    )
+    return counts, row
+
+
+async def bump_counters(
+    session: AsyncSession, batch_id: int, counts: Mapping[DetailStatus, int], **values: Any
+) -> CounterRow:
+    """The one writer of the ``success``/``failed``/``ignored`` increments (a retry
+    passes a negative ``failed``), with the caller's other ``values`` in the same
+    statement. Returns the row's status, counters and failure threshold."""
+    bump = (
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(
+            success=Batch.success + counts.get(DetailStatus.SUCCESS, 0),
+            failed=Batch.failed + counts.get(DetailStatus.FAILED, 0),
+            ignored=Batch.ignored + counts.get(DetailStatus.IGNORED, 0),
+            **values,
+        )
+        .returning(
+            Batch.status, Batch.success, Batch.failed, Batch.ignored, Batch.failure_threshold
+        )
+        # The caller's loaded ``Batch``, if any, is refreshed by the caller (or not read).
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.execute(bump)).one()
+
+
+async def status_counts(session: AsyncSession, batch_id: int) -> dict[DetailStatus, int]:
     rows = await session.execute(
         select(BatchDetail.status, func.count())
         .where(BatchDetail.batch_id == batch_id)
         .group_by(BatchDetail.status)
     )
-    return {status: int(n) for status, n in rows}
+    return {DetailStatus(status): int(n) for status, n in rows}
 
 
-def apply_counts(batch: Batch, counts: dict[str, int]) -> None:
-    """Set the counters (and total) from the details themselves: used when a batch
-    reaches a final state, so the final numbers are the rows, whatever happened."""
-    batch.success = counts.get("success", 0)
-    batch.failed = counts.get("failed", 0)
-    batch.ignored = counts.get("ignored", 0)
-    batch.cancelled = counts.get("cancelled", 0)
+def apply_counts(batch: Batch, counts: Mapping[DetailStatus, int]) -> None:
+    """The recount: set the counters (and total) from the details themselves when a
+    batch reaches a final state, so the final numbers are the rows, whatever happened."""
+    batch.success = counts.get(DetailStatus.SUCCESS, 0)
+    batch.failed = counts.get(DetailStatus.FAILED, 0)
+    batch.ignored = counts.get(DetailStatus.IGNORED, 0)
+    batch.cancelled = counts.get(DetailStatus.CANCELLED, 0)
     batch.total = sum(counts.values())
     # The error file is built from the failed details when it is downloaded (always the
     # current one, also after a retry finishes); a finished batch names it.

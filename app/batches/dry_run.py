@@ -29,7 +29,7 @@ MAX_PROBLEMS = 100
 
 async def predict(session: AsyncSession, user: User, r: Resolved) -> DryRunOut:
     run = BatchRun(batch_id=0, creator_id=user.id, params=r.params, dry_run=True)
-    counts: Counter[str] = Counter()
+    counts: Counter[DetailStatus] = Counter()
     problems: list[Problem] = []
     async for ids in _chunks(session, user, r):
         items = [WorkItem(detail_id=i, item_id=item) for i, item in enumerate(ids)]
@@ -46,9 +46,9 @@ async def predict(session: AsyncSession, user: User, r: Resolved) -> DryRunOut:
     return DryRunOut(
         type=r.op.type,
         total=sum(counts.values()),
-        success=counts["success"],
-        failed=counts["failed"],
-        ignored=counts["ignored"],
+        success=counts[DetailStatus.SUCCESS],
+        failed=counts[DetailStatus.FAILED],
+        ignored=counts[DetailStatus.IGNORED],
         problems=problems,
     )
 

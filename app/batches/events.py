@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.batches import service
 from app.domain import FINAL
 from app.models import Batch
-from app.runtime.progress import LocalProgressBus
+from app.runtime.backend import ProgressBus
 from app.schemas.batch import BatchOut
 
 T = TypeVar("T")
@@ -69,7 +69,7 @@ class BatchWatches:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
-        progress: LocalProgressBus,
+        progress: ProgressBus,
         poll_time: float,
     ) -> None:
         self.sessionmaker = sessionmaker

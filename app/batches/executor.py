@@ -16,6 +16,10 @@ A consequence: details are never *committed* as ``running``; an item being appli
 If the bulk apply raises, the chunk rolls back and is re-run one item per transaction,
 so a bad item fails alone (no SAVEPOINT storms: PostgreSQL's subtransaction cache
 holds 64).
+
+How a chunk is claimed and applied (fused statement, claim + ``apply``, one item per
+transaction) is ``app.operations.pipeline.strategy_for``'s choice; every way records
+its outcomes with ``details.record_outcomes``.
 """
 
 from __future__ import annotations
@@ -26,24 +30,24 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, column, select, text, update
+from sqlalchemy import Integer, Table, column, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.batches import monitor, rate, state
+from app.batches import details, monitor, rate
 from app.db.base import utcnow
-from app.db.bulk import id_in, update_rows
 from app.domain import RUNNABLE, BatchStatus, DetailStatus, Outcome, Wakeup
 from app.models import Batch, BatchDetail
 from app.operations import BatchRun, Operation, WorkItem, get_operation
+from app.operations.pipeline import Stage, Strategy, strategy_for
+from app.operations.pipeline_sql import CLAIM_AND_APPLY
 from app.operations.registry import BulkSql
 from app.runtime.context import JobContext
 
 log = logging.getLogger("batchd.executor")
 
 _details = cast(Table, BatchDetail.__table__)
-_batches = cast(Table, Batch.__table__)
 SEEDING_POLL_S = 0.02
 """How soon an executor that caught up with seeding looks again (an empty claim is cheap)."""
 
@@ -115,9 +119,11 @@ async def execute(ctx: JobContext, batch_id: int) -> None:
 async def run_next_chunk(
     ctx: JobContext, batch_id: int, *, fused: bool = True, limit: int | None = None
 ) -> Turn:
-    """One chunk, one transaction. ``limit``: claim at most this many (rate limit)."""
+    """One chunk, one transaction, claimed and applied as ``strategy_for`` says (``fused``
+    False: the fused statement failed, claim plainly). ``limit``: claim at most this
+    many (rate limit)."""
     chunk: Chunk | None = None
-    priority = "normal"
+    priority, status = "normal", "missing"
     try:
         async with ctx.unit() as session:
             batch = (
@@ -134,15 +140,16 @@ async def run_next_chunk(
                 )
             ).one_or_none()
             if batch is None:
-                return Turn(None, "missing", priority)
-            priority = batch.priority
+                return Turn(None, status, priority)
+            priority, status = batch.priority, batch.status
             if batch.status not in RUNNABLE:
                 return Turn(None, batch.status, batch.priority)
             run = BatchRun(batch_id, batch.creator_id, batch.params or {})
             size = min(batch.chunk_size, limit or batch.chunk_size)
             op = get_operation(batch.type)
-            on_postgres = session.get_bind().dialect.name == "postgresql"
-            bulk = await op.bulk_sql(session, run) if fused and on_postgres else None
+            strategy = strategy_for(op, session.get_bind().dialect.name, Stage.EXECUTE)
+            use_bulk = fused and strategy is Strategy.EXECUTE_FUSED
+            bulk = await op.bulk_sql(session, run) if use_bulk else None
             applied = 0
             if bulk is not None:
                 claim = _claim_and_apply(batch_id, size, bulk)
@@ -160,8 +167,9 @@ async def run_next_chunk(
                 retry_counts={r.id: r.retry_count for r in rows},
                 max_retries=batch.max_retries,
             )
-            result = await _apply(session, chunk, chunk.items, applied=applied)
-            return Turn(result, batch.status, batch.priority)
+            if strategy is not Strategy.ISOLATED:
+                result = await _apply(session, chunk, chunk.items, applied=applied)
+                return Turn(result, batch.status, batch.priority)
     except Exception as exc:
         if chunk is None:
             if fused and not _lost_connection(exc):
@@ -176,29 +184,10 @@ async def run_next_chunk(
             return Turn(lost, BatchStatus.RUNNING, priority)
         log.warning("batch %s: bulk chunk failed (%s); isolating items", batch_id, exc)
         return Turn(await _isolate(ctx, chunk), BatchStatus.RUNNING, priority)
-
-
-_FUSED = """
-WITH claimed AS (
-    SELECT id, item_id, payload, retry_count FROM batch_details
-    WHERE batch_id = CAST(:batch_id AS BIGINT) AND status = 'pending'
-    ORDER BY id LIMIT CAST(:limit AS INTEGER)
-    FOR UPDATE SKIP LOCKED
-), {ctes}, recorded AS (
-    UPDATE batch_details
-    SET status = 'success', error = NULL, finished_at = CAST(:finished AS TIMESTAMPTZ)
-    WHERE id = ANY(ARRAY(
-        SELECT DISTINCT ON (c.item_id) c.id
-        FROM claimed AS c JOIN applied AS a ON a.id = c.item_id
-        ORDER BY c.item_id, c.id
-    ))
-    RETURNING id
-)
-SELECT c.id, c.item_id, c.payload, c.retry_count, n.applied
-FROM (SELECT count(*) AS applied FROM recorded) AS n
-LEFT JOIN claimed AS c ON NOT EXISTS (SELECT FROM recorded AS r WHERE r.id = c.id)
-ORDER BY c.id
-"""
+    # ``Strategy.ISOLATED`` (forced by a test): the claim ended with its transaction; each
+    # item is applied in its own, as after a failed chunk.
+    assert chunk is not None
+    return Turn(await _isolate(ctx, chunk), status, priority)
 
 
 def _claim_and_apply(batch_id: int, limit: int, bulk: BulkSql) -> Any:
@@ -213,7 +202,7 @@ def _claim_and_apply(batch_id: int, limit: int, bulk: BulkSql) -> Any:
     looks them up by primary key: a join would let the planner pick a sequential scan of
     every detail."""
     return (
-        text(_FUSED.format(ctes=bulk.ctes))
+        text(CLAIM_AND_APPLY.format(ctes=bulk.ctes))
         .bindparams(**bulk.params, batch_id=batch_id, limit=limit, finished=utcnow())
         .columns(
             _details.c.id,
@@ -229,7 +218,7 @@ def _pending(batch_id: int, limit: int, detail_id: int | None = None) -> Any:
     """Pending details, row-locked, skipping rows another worker holds."""
     stmt = select(
         _details.c.id, _details.c.item_id, _details.c.payload, _details.c.retry_count
-    ).where(_details.c.batch_id == batch_id, _details.c.status == "pending")
+    ).where(_details.c.batch_id == batch_id, _details.c.status == DetailStatus.PENDING)
     if detail_id is not None:
         stmt = stmt.where(_details.c.id == detail_id)
     return stmt.order_by(_details.c.id).limit(limit).with_for_update(skip_locked=True)
@@ -276,61 +265,16 @@ async def _record(
     *,
     applied: int = 0,
 ) -> ChunkResult:
-    now = utcnow()
-    batch_id = chunk.run.batch_id
-    # Successes share their values: one plain UPDATE; only the rest carry per-row text.
-    succeeded = [i.detail_id for i, o in zip(items, outcomes, strict=True) if o.status == "success"]
-    if succeeded:
-        await session.execute(
-            update(_details)
-            .where(id_in(session, _details.c.id, succeeded))
-            .values(status="success", error=None, finished_at=now)
-        )
-    await update_rows(
+    counts, row = await details.record_outcomes(
         session,
-        _details,
-        [
-            {"id": item.detail_id, "status": o.status, "error": o.error}
-            for item, o in zip(items, outcomes, strict=True)
-            if o.status != "success"
-        ],
-        constants={"finished_at": now},
+        chunk.op,
+        chunk.run,
+        items,
+        outcomes,
+        retry_counts=chunk.retry_counts,
+        max_retries=chunk.max_retries,
+        applied=applied,
     )
-    if chunk.op.lock is not None:
-        # A successful item's own state change released its lock; ignored and exhausted
-        # items give theirs up here.
-        done = [
-            item.item_id
-            for item, o in zip(items, outcomes, strict=True)
-            if o.status == DetailStatus.IGNORED
-            or (
-                o.status == DetailStatus.FAILED
-                and state.is_exhausted(chunk.retry_counts[item.detail_id], chunk.max_retries)
-            )
-        ]
-        await chunk.op.lock.release(session, batch_id, done)
-    counts = Counter(o.status for o in outcomes)
-    counts[DetailStatus.SUCCESS] += applied
-    row = (
-        await session.execute(
-            update(_batches)
-            .where(_batches.c.id == batch_id)
-            .values(
-                success=_batches.c.success + counts[DetailStatus.SUCCESS],
-                failed=_batches.c.failed + counts[DetailStatus.FAILED],
-                ignored=_batches.c.ignored + counts[DetailStatus.IGNORED],
-                updated_at=now,
-                progress_seq=_batches.c.progress_seq + 1,
-            )
-            .returning(
-                _batches.c.status,
-                _batches.c.success,
-                _batches.c.failed,
-                _batches.c.ignored,
-                _batches.c.failure_threshold,
-            )
-        )
-    ).one()
     return ChunkResult(counts, monitor.over_threshold(row), chunk.op.type)
 
 

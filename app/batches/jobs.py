@@ -1,5 +1,6 @@
-"""The job entry points every backend runs (arq worker or in-process runner), and the
-cron schedule. Jobs take ids only and are idempotent."""
+"""The batch feature's job table: the job entry points every runner runs (arq worker or
+in-process runner), the cron schedule and the start-up hook, registered into the
+runtime by the entry points (``job_table``). Jobs take ids only and are idempotent."""
 
 from __future__ import annotations
 
@@ -15,21 +16,22 @@ from app.db.unit_of_work import request_wakeup
 from app.domain import FINAL
 from app.models import Batch
 from app.runtime.context import JobContext
-from app.runtime.inprocess import Cron, Job
+from app.runtime.registry import Cron, Job, JobTable
 
 JOBS: dict[str, Job] = {"seed": seed, "execute": execute, "monitor": monitor}
 
 PURGE_INTERVAL_S = 3600.0
 
 
-def cron_schedule(settings: Settings) -> list[tuple[Cron, float]]:
-    """(cron, seconds between passes). Recovery and auto-retry run often; purge hourly."""
-    return [
-        (start_due, settings.poll_time),
-        (recover, settings.recover_interval),
-        (auto_retry, settings.recover_interval),
-        (purge, PURGE_INTERVAL_S),
+def job_table(settings: Settings) -> JobTable:
+    """The jobs, and the crons: recovery and auto-retry run often; purge hourly."""
+    crons = [
+        Cron(start_due, settings.poll_time),
+        Cron(recover, settings.recover_interval),
+        Cron(auto_retry, settings.recover_interval),
+        Cron(purge, PURGE_INTERVAL_S),
     ]
+    return JobTable(jobs=JOBS, crons=crons, on_start=resume_after_restart)
 
 
 async def resume_after_restart(ctx: JobContext) -> None:

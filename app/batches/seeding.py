@@ -21,6 +21,7 @@ with the batch.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -90,27 +91,30 @@ async def seed_page(ctx: JobContext, batch_id: int) -> SeededPage | None:
     lanes). After the first page and after the last, wakes the batch's executors and
     monitor (``state.execution_wakeups``), sent once the page is committed."""
     claimed = await _claim(ctx, batch_id)
-    if claimed is not None:
-        return claimed if isinstance(claimed, SeededPage) else None
-    return await _seed_claimed(ctx, batch_id)
+    if claimed is None:
+        return await _seed_claimed(ctx, batch_id)
+    return claimed if isinstance(claimed, SeededPage) else None
 
 
-_NOTHING = object()
-"""``_claim``'s answer when the lane has nothing to do at all."""
+class Idle(enum.Enum):
+    """``_claim``'s answer when the lane has nothing to do at all (the batch is gone,
+    final, scheduled, suspended before it started, or another lane refused it)."""
+
+    NOTHING = "nothing"
 
 
-async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | object | None:
+async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | Idle | None:
     """The claim transaction: under the batch-row lock, start an id-list batch, resolve
     or count a filter before its first page (refusing it over ``BATCH_MAX_ITEMS``), and
     claim the page after ``seed_cursor`` if anything matches there. None: go on to seed
-    a claimed page; a ``SeededPage``: what happened instead; ``_NOTHING``: stop."""
+    a claimed page; a ``SeededPage``: what happened instead; ``Idle.NOTHING``: stop."""
     async with ctx.unit() as session:
         await seed_exclusion.share_seeding(session, batch_id)
         batch = await state.lock_batch(session, batch_id)
         if batch is None or state.is_final(batch.status):
-            return _NOTHING
+            return Idle.NOTHING
         if batch.status == BatchStatus.SCHEDULED:
-            return _NOTHING  # not yet: the schedule cron creates it when its time comes
+            return Idle.NOTHING  # not yet: the schedule cron creates it when its time comes
         if batch.seeding_done:
             return await _start_listed(ctx, session, batch)
         op = get_operation(batch.type)
@@ -120,7 +124,7 @@ async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | object | None:
         exact: int | None = None
         if not batch.targets_resolved:
             if batch.status not in STARTING:
-                return _NOTHING  # suspended before it started: resolved once activated
+                return Idle.NOTHING  # suspended before it started: resolved once activated
             exact = await _resolve_filter(session, batch, op, creator)
         elif cursor == 0 and batch.total >= targets.ESTIMATE_FROM:
             # The create request took the planner's estimate (``count_for_create``):
@@ -131,7 +135,7 @@ async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | object | None:
         if exact is not None and exact > ctx.settings.max_items:
             refused = await _refuse_too_large(session, batch_id, exact, ctx.settings.max_items)
             if not refused:
-                return _NOTHING
+                return Idle.NOTHING
             stop = SeededPage(batch.priority, done=True, stop=True)
         else:
             stop = None
@@ -204,29 +208,24 @@ async def _seed_page(
         creator, batch.filter or {}, after=claim.after_id, until=claim.until_id, limit=MAX_PAGE
     )
     seeded = await details.create_details_from(
-        session, batch, creator, op, page, run=_fusion_run(session, batch)
+        session, batch, creator, op, page, run=_fusion_run(batch)
     )
     await session.delete(claim)
     now = utcnow()
     # Only a batch nobody paused or cancelled meanwhile changes status here.
-    status = await session.scalar(
-        update(Batch)
-        .where(Batch.id == batch.id)
-        .values(
-            success=Batch.success + seeded.success,
-            failed=Batch.failed + seeded.failed,
-            ignored=Batch.ignored + seeded.ignored,
-            started_at=func.coalesce(Batch.started_at, now),
-            updated_at=now,
-            progress_seq=Batch.progress_seq + 1,
-            status=case(
-                (Batch.status.in_(state.statuses(STARTING)), BatchStatus.SEEDING),
-                else_=Batch.status,
-            ),
-        )
-        .returning(Batch.status)
-        .execution_options(synchronize_session=False)
+    bumped = await details.bump_counters(
+        session,
+        batch.id,
+        seeded.outcomes,
+        started_at=func.coalesce(Batch.started_at, now),
+        updated_at=now,
+        progress_seq=Batch.progress_seq + 1,
+        status=case(
+            (Batch.status.in_(state.statuses(STARTING)), BatchStatus.SEEDING),
+            else_=Batch.status,
+        ),
     )
+    status = bumped.status
     # A fused page leaves only stragglers pending: executors start once seeding is
     # done instead of polling alongside it.
     first = claim.after_id == 0 and not seeded.fused
@@ -321,15 +320,15 @@ async def _refuse_too_large(
     return True
 
 
-def _fusion_run(session: AsyncSession, batch: Batch) -> BatchRun | None:
-    """Whether a seed page may also apply the operation (``details.create_details_from``
-    with ``run``): on PostgreSQL, for a batch that is starting or running (never one
+def _fusion_run(batch: Batch) -> BatchRun | None:
+    """Whether the batch lets a seed page also apply the operation
+    (``details.create_details_from`` with ``run``; whether the operation and dialect can
+    is ``pipeline.strategy_for``'s): only one that is starting or running (never one
     paused or created suspended) and not rate-limited (the rate budget is the
     executor's)."""
     if (
         batch.status not in (BatchStatus.CREATED, BatchStatus.SEEDING, BatchStatus.RUNNING)
         or batch.max_items_per_second is not None
-        or session.get_bind().dialect.name != "postgresql"
     ):
         return None
     return BatchRun(batch.id, batch.creator_id, batch.params or {})

@@ -97,8 +97,9 @@ async def create_batch(
     decided = 0
     if r.listed:
         seeded = await details.create_details(session, batch, user, op, r.listed)
-        batch.failed, batch.ignored = seeded.failed, seeded.ignored
-        decided = seeded.failed + seeded.ignored
+        await details.bump_counters(session, batch.id, seeded.outcomes)
+        await session.refresh(batch, ["success", "failed", "ignored"])
+        decided = seeded.outcomes.total()
     if decided == r.total and not scheduled:
         # Empty, or every item decided at creation (missing, locked elsewhere): nothing
         # would ever run, so the batch completes at once, even if asked to start suspended.
@@ -398,7 +399,8 @@ async def retry(
     locked = await state.lock_batch(session, batch.id)
     assert locked is not None
     if requeued:
-        locked.failed -= len(requeued)
+        await details.bump_counters(session, locked.id, {DetailStatus.FAILED: -len(requeued)})
+        await session.refresh(locked, ["failed"])
         if state.is_final(locked.status):
             state.move(locked, BatchStatus.RUNNING)
         else:

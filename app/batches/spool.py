@@ -2,10 +2,10 @@
 
 An Excel import of 50 000 rows carries a payload per row (the decision, the values and
 the original cells for the error file); held as Python objects until the batch is
-written, that costs far more memory than the file itself. The importer validates a
-page of rows at a time and appends it here (pickled: our own data in our own temporary
-file, never anything received); ``create_details`` reads it
-back a page at a time. Small sources never leave memory (``SpooledTemporaryFile``).
+written, that costs far more memory than the file itself. The import flow
+(``app.batches.imports``) checks a page of rows at a time and appends it here (pickled:
+our own data in our own temporary file, never anything received); ``create_details``
+reads it back a page at a time. Small sources never leave memory (``SpooledTemporaryFile``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from app.operations.registry import OPERATIONS, Operation, get_operation, regist
 
 log = logging.getLogger("batchd.operations")
 
-_SEAMS = {"registry", "item_locks", "targets"}
+_SEAMS = {"registry", "item_locks", "targets", "pipeline", "pipeline_sql"}
 """Modules of this package that hold the machinery, not types."""
 
 

@@ -25,6 +25,7 @@ from app.db.base import utcnow
 from app.db.bulk import id_in
 from app.domain import BatchRun, DetailStatus, Outcome, WorkItem
 from app.models import ProcessInstance, User
+from app.operations.pipeline import shortcuts_apply
 from app.operations.registry import BulkSql, Operation
 from app.operations.targets import INSTANCES
 from app.workflow.logs import write_process_logs
@@ -143,6 +144,11 @@ class InstanceOperation(Operation):
             )
         return None
 
+    @property
+    def executes_fused(self) -> bool:
+        """Only a type with a one-statement form has a fused path (``bulk_sql``)."""
+        return type(self).pg_update is not InstanceOperation.pg_update
+
     def pg_update(self, run: BatchRun) -> PgUpdate | None:
         """The PostgreSQL one-statement form of this type, or None (see ``PgUpdate``)."""
         return None
@@ -152,7 +158,7 @@ class InstanceOperation(Operation):
     ) -> set[int]:
         """PostgreSQL: apply every item ``pg_update`` can take in one statement, before
         anything is loaded; return those ids (the rest go through ``decide``)."""
-        if session.get_bind().dialect.name != "postgresql":
+        if not shortcuts_apply(session.get_bind().dialect.name):
             return set()
         built = self._one_statement(run, operator, "CAST(:ids AS BIGINT[])")
         if built is None:

@@ -91,6 +91,20 @@ class Operation(abc.ABC):
     def applies_at_seed(self) -> bool:
         return type(self).apply_at_seed is not Operation.apply_at_seed
 
+    @property
+    def executes_fused(self) -> bool:
+        """Offers ``bulk_sql`` (``pipeline.Strategy.EXECUTE_FUSED``)."""
+        return type(self).bulk_sql is not Operation.bulk_sql
+
+    @property
+    def seeds_fused(self) -> bool:
+        """A seed page may apply it (``pipeline.Strategy.SEED_FUSED``): a lock-free
+        ``fuse_at_seed`` type through ``bulk_sql``, a locking one through
+        ``apply_at_seed``."""
+        if self.lock is None:
+            return self.fuse_at_seed and self.executes_fused
+        return self.applies_at_seed
+
     async def bulk_sql(self, session: AsyncSession, run: BatchRun) -> BulkSql | None:
         """The PostgreSQL fast path (see ``BulkSql``), or None to claim and ``apply``."""
         return None

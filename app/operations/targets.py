@@ -19,7 +19,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from app.models import InstanceArchive, ProcessInstance, Task, User
 from app.schemas.batch import ArchiveFilter, InstanceFilter, TaskFilter
 from app.schemas.common import validate_part
+from app.schemas.filters import ARCHIVE_FILTERS
 from app.workflow.queries import (
+    filter_clauses,
     instance_filter_clauses,
     instance_visibility_clause,
     task_filter_clauses,
@@ -192,9 +194,11 @@ class Archives(Target):
     id_column = InstanceArchive.instance_id
 
     def matching(self, creator: User, flt: dict[str, Any]) -> Select[Any]:
-        stmt = select(InstanceArchive.instance_id.label("id")).distinct()
-        if flt.get("definition_key"):
-            stmt = stmt.where(InstanceArchive.definition_key == flt["definition_key"])
+        stmt = (
+            select(InstanceArchive.instance_id.label("id"))
+            .distinct()
+            .where(*filter_clauses(ARCHIVE_FILTERS, flt))
+        )
         return stmt if creator.is_admin else stmt.where(false())
 
     def title_of(self, item_id: Any, creator: User) -> ScalarSelect[Any]:

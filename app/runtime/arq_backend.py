@@ -10,7 +10,7 @@ from arq import ArqRedis
 from redis.asyncio import Redis
 
 from app.domain import Wakeup
-from app.runtime.backend import PRIORITIES, QueueBackend, queue_name
+from app.runtime.backend import PRIORITIES, Broker, queue_name
 
 log = logging.getLogger("batchd.arq")
 
@@ -64,7 +64,7 @@ def progress_client(redis_url: str) -> Redis:
     return client
 
 
-class ArqQueue(QueueBackend):
+class ArqQueue(Broker):
     def __init__(self, redis_url: str, pool: ArqRedis | None = None) -> None:
         self.redis_url = redis_url
         self.pool = pool

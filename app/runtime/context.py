@@ -10,16 +10,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db.unit_of_work import unit_of_work
-from app.runtime.backend import QueueBackend
-from app.runtime.progress import LocalProgressBus
+from app.runtime.backend import Broker, ProgressBus
 
 
 @dataclass
 class JobContext:
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
-    queue: QueueBackend
-    progress: LocalProgressBus
+    queue: Broker
+    progress: ProgressBus
     semaphore: asyncio.Semaphore
     """The coroutine cap: at most ``BATCH_MAX_CONCURRENCY`` chunks in flight per process."""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)

@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
@@ -25,7 +26,8 @@ RESUBSCRIBE_MAX_S = 2.0
 
 
 class LocalProgressBus:
-    """In-process broadcaster: one ``asyncio.Event`` per listener."""
+    """In-process broadcaster: one ``asyncio.Event`` per listener. The embedded
+    default's ``ProgressBus``, and the local fan-out inside ``RedisProgressBus``."""
 
     def __init__(self) -> None:
         self._listeners: dict[int, set[asyncio.Event]] = defaultdict(set)
@@ -42,6 +44,11 @@ class LocalProgressBus:
     def notify(self, batch_id: int) -> None:
         for event in self._listeners.get(batch_id, ()):
             event.set()
+
+    def notify_all(self) -> None:
+        """Nudge every listener: nudges sent while a subscription was lost are gone."""
+        for batch_id in list(self._listeners):
+            self.notify(batch_id)
 
     @contextlib.asynccontextmanager
     async def listen(self, batch_id: int) -> AsyncIterator[asyncio.Event]:
@@ -61,15 +68,16 @@ class LocalProgressBus:
         pass
 
 
-class RedisProgressBus(LocalProgressBus):
-    """Publishes on Redis; one pattern subscription per process feeds local listeners.
+class RedisProgressBus:
+    """Publishes on Redis; one pattern subscription per process feeds the local
+    listeners (a ``LocalProgressBus`` of its own).
 
     The subscription outlives Redis restarts: when its connection fails, the pump drops
     that subscription and subscribes again (backing off while Redis is down), then
     nudges every local listener once, because nudges sent meanwhile were lost."""
 
     def __init__(self, redis_url: str, *, listen: bool = True) -> None:
-        super().__init__()
+        self._local = LocalProgressBus()
         self._redis: Redis = progress_client(redis_url)
         self._listen = listen
         self._task: asyncio.Task[None] | None = None
@@ -81,7 +89,13 @@ class RedisProgressBus(LocalProgressBus):
             await self._redis.publish(f"{CHANNEL_PREFIX}{batch_id}", b"1")
         except Exception as exc:  # a nudge is best effort; the stream polls as well
             log.warning("progress publish failed: %s", exc)
-        self.notify(batch_id)
+        self._local.notify(batch_id)
+
+    def listen(self, batch_id: int) -> AbstractAsyncContextManager[asyncio.Event]:
+        return self._local.listen(batch_id)
+
+    def listener_count(self, batch_id: int | None = None) -> int:
+        return self._local.listener_count(batch_id)
 
     async def start(self) -> None:
         if self._listen:
@@ -120,7 +134,7 @@ class RedisProgressBus(LocalProgressBus):
             if not self.subscribed.is_set():
                 self.subscribed.set()
                 log.info("progress subscription active")
-                self._notify_all()
+                self._local.notify_all()
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_S)
                 if message is None or message.get("type") != "pmessage":
@@ -129,8 +143,4 @@ class RedisProgressBus(LocalProgressBus):
                 if isinstance(channel, bytes):
                     channel = channel.decode()
                 with contextlib.suppress(ValueError):
-                    self.notify(int(channel.removeprefix(CHANNEL_PREFIX)))
-
-    def _notify_all(self) -> None:
-        for batch_id in list(self._listeners):
-            self.notify(batch_id)
+                    self._local.notify(int(channel.removeprefix(CHANNEL_PREFIX)))

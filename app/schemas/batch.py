@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field
 from pydantic_core import PydanticCustomError
 
 from app.domain import BatchStatus, DetailStatus
-from app.schemas.common import DbInt, Id, StrictModel
-from app.schemas.engine import InstanceStatus, UtcDatetime
+from app.schemas.common import Id, StrictModel
+from app.schemas.engine import UtcDatetime
+from app.schemas.filters import ARCHIVE_FILTERS, INSTANCE_FILTERS, TASK_FILTERS
 
 TYPE_MAX = 50
 """The longest batch type name accepted."""
@@ -78,28 +79,23 @@ TypeName = Annotated[
 type (a plain string)."""
 
 
-class TaskFilter(StrictModel):
-    """A ``task.approve`` filter: the caller's pending tasks matching all given fields."""
-
-    definition_key: str | None = Field(default=None, max_length=100)
-    node_id: str | None = Field(default=None, max_length=100)
-    keyword: str | None = Field(default=None, max_length=200)
-    department_id: DbInt | None = None
-
-
-class InstanceFilter(StrictModel):
-    """An instance-operation filter: visible instances matching all given fields."""
-
-    definition_key: str | None = Field(default=None, max_length=100)
-    status: InstanceStatus | None = None
-    keyword: str | None = Field(default=None, max_length=200)
-    department_id: DbInt | None = None
-    business_key: str | None = Field(default=None, max_length=200)
-    """Exact match on the instance's business key."""
-    started_after: UtcDatetime | None = None
-    """Instances created at or after this moment (ISO 8601 with an offset)."""
-    started_before: UtcDatetime | None = None
-    """Instances created strictly before this moment (ISO 8601 with an offset)."""
+if TYPE_CHECKING:  # built at run time, so to mypy they are what they derive from
+    TaskFilter = StrictModel
+    InstanceFilter = StrictModel
+    ArchiveFilter = StrictModel
+else:
+    TaskFilter = TASK_FILTERS.body_model(
+        "TaskFilter",
+        "A ``task.approve`` filter: the caller's pending tasks matching all given fields.",
+    )
+    InstanceFilter = INSTANCE_FILTERS.body_model(
+        "InstanceFilter",
+        "An instance-operation filter: visible instances matching all given fields.",
+    )
+    ArchiveFilter = ARCHIVE_FILTERS.body_model(
+        "ArchiveFilter",
+        "An ``instance.archive_delete`` filter: archived instances the caller may purge.",
+    )
 
 
 BATCH_EXAMPLE: dict[str, Any] = {
@@ -251,12 +247,6 @@ class RetryOut(BaseModel):
     batch: BatchOut
     requeued: int
     exhausted: int
-
-
-class ArchiveFilter(StrictModel):
-    """An ``instance.archive_delete`` filter: archived instances the caller may purge."""
-
-    definition_key: str | None = Field(default=None, max_length=100)
 
 
 class Problem(BaseModel):

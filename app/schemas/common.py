@@ -41,10 +41,6 @@ DbInt = Annotated[int, Field(ge=-ID_MAX, le=ID_MAX)]
 IdPath = Annotated[int, Path(ge=1, le=ID_MAX)]
 IntQuery = Annotated[int | None, Query(ge=-ID_MAX, le=ID_MAX)]
 KeyQuery = Annotated[str | None, Query(max_length=100, pattern=NO_NUL)]
-KeywordQuery = Annotated[
-    str | None,
-    Query(max_length=200, pattern=NO_NUL, description="Substring of title or business key."),
-]
 
 
 def parse_id(raw: str) -> int | None:

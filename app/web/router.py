@@ -25,6 +25,7 @@ from app.batches import service
 from app.errors import NotFound
 from app.models import User
 from app.schemas.common import parse_id
+from app.schemas.filters import INSTANCE_FILTERS, TASK_FILTERS
 from app.workflow.users import granted_keys
 
 HERE = Path(__file__).parent
@@ -53,6 +54,14 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+
+TASKS_FORM: dict[str, Any] = {
+    "filters": TASK_FILTERS.console_fields,
+    "filter_defaults": {"status": "pending"},
+}
+"""The filter form of My tasks (``_filter_form.html``): it opens on what is left to
+decide, and a cleared form comes back to it."""
+INSTANCES_FORM: dict[str, Any] = {"filters": INSTANCE_FILTERS.console_fields, "filter_defaults": {}}
 
 router = APIRouter(include_in_schema=False)
 
@@ -148,7 +157,14 @@ async def tasks_page(request: Request) -> Response:
     viewer = await current_viewer(request)
     if viewer is None:
         return to_sign_in(request)
-    return page(request, "tasks.html", viewer=viewer, title="My tasks", script="tasks.js")
+    return page(
+        request,
+        "tasks.html",
+        viewer=viewer,
+        title="My tasks",
+        script="tasks.js",
+        **TASKS_FORM,
+    )
 
 
 @router.get("/batches")
@@ -204,7 +220,14 @@ async def instances_page(request: Request) -> Response:
                 "run instance operations."
             ),
         )
-    return page(request, "instances.html", viewer=viewer, title="Instances", script="instances.js")
+    return page(
+        request,
+        "instances.html",
+        viewer=viewer,
+        title="Instances",
+        script="instances.js",
+        **INSTANCES_FORM,
+    )
 
 
 def not_found(request: Request, viewer: Viewer | None, message: str) -> HTMLResponse:

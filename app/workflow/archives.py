@@ -7,7 +7,9 @@ what an admin sees is exactly what was archived.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.pages import total_of
@@ -20,15 +22,13 @@ NEWEST_FIRST = (InstanceArchive.created_at.desc(), InstanceArchive.id.desc())
 
 async def list_archives(
     session: AsyncSession,
+    clauses: Sequence[ColumnElement[bool]],
     *,
-    definition_key: str | None = None,
     offset: int,
     limit: int,
 ) -> tuple[list[InstanceArchive], int]:
-    """One page of archives, newest first, and the total count."""
-    stmt = select(InstanceArchive)
-    if definition_key:
-        stmt = stmt.where(InstanceArchive.definition_key == definition_key)
+    """One page of the archives matching ``clauses``, newest first, and the total count."""
+    stmt = select(InstanceArchive).where(*clauses)
     rows = await session.scalars(stmt.order_by(*NEWEST_FIRST).offset(offset).limit(limit))
     return list(rows), await total_of(session, stmt)
 

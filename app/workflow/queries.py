@@ -13,7 +13,7 @@ leak the existence of other people's work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,17 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.pages import total_of
 from app.errors import NotFound
 from app.models import MonitorGrant, ProcessInstance, Task, User
+from app.schemas.filters import INSTANCE_FILTERS, TASK_FILTERS, FilterField, FilterSet, Match
 
 TASK_INSTANCE_JOIN = Task.instance_id == ProcessInstance.id
 """The join every ``task_filter_clauses`` statement needs (the clauses name both tables)."""
-
-
-def keyword_clause(keyword: str) -> ColumnElement[bool]:
-    """Case-insensitive substring match on an instance's title or business key."""
-    return or_(
-        ProcessInstance.title.icontains(keyword, autoescape=True),
-        ProcessInstance.business_key.icontains(keyword, autoescape=True),
-    )
 
 
 def instance_visibility_clause(user: User) -> ColumnElement[bool]:
@@ -60,61 +53,57 @@ def as_aware(value: datetime | str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def instance_filter_clauses(
-    user: User | None,
-    *,
-    status: str | None = None,
-    definition_key: str | None = None,
-    keyword: str | None = None,
-    department_id: int | None = None,
-    business_key: str | None = None,
-    started_after: datetime | str | None = None,
-    started_before: datetime | str | None = None,
-    ids: Sequence[int] | None = None,
-) -> list[ColumnElement[bool]]:
-    """WHERE clauses on ``process_instances`` for the instance list / an instance filter.
+def _field_clause(field: FilterField, value: Any) -> ColumnElement[bool] | None:
+    """The clause for one given value, or None when the value does not narrow."""
+    if value is None or value == "":
+        return None
+    column = field.columns[0]
+    match field.match:
+        case Match.EQUALS:
+            return column == value
+        case Match.CONTAINS:
+            text = value.strip()
+            return (
+                or_(*(c.icontains(text, autoescape=True) for c in field.columns)) if text else None
+            )
+        case Match.AT_OR_AFTER:
+            return column >= as_aware(value)
+        case Match.BEFORE:
+            return column < as_aware(value)
+        case Match.ONE_OF:
+            return column.in_(list(value)) if value else false()
+
+
+def filter_clauses(declared: FilterSet, values: Mapping[str, Any]) -> list[ColumnElement[bool]]:
+    """WHERE clauses for the given filter values, one per value that narrows (``None`` and
+    blank text do not): the only translation of a filter to SQL, shared by the lists
+    and filter batches. A name ``declared`` does not have is a programming error."""
+    unknown = set(values) - set(declared.names)
+    if unknown:
+        raise TypeError(f"unknown filter field(s): {sorted(unknown)}")
+    found = (
+        _field_clause(field, values[field.name])
+        for field in declared.fields
+        if field.name in values
+    )
+    return [clause for clause in found if clause is not None]
+
+
+def instance_filter_clauses(user: User | None, **values: Any) -> list[ColumnElement[bool]]:
+    """WHERE clauses on ``process_instances`` for the instance list / an instance filter
+    (``INSTANCE_FILTERS``).
 
     ``user`` applies the visibility rule (admins see all); ``None`` means no visibility
-    restriction (system callers that check permissions per item). ``ids=[]`` matches
-    nothing; ``None`` or blank values do not filter. ``business_key`` is an exact match;
-    ``started_after`` (inclusive) and ``started_before`` (exclusive) bound
-    ``created_at``, so consecutive windows never count an instance twice; they accept a
+    restriction (system callers that check permissions per item). ``started_*`` accept a
     timezone-aware datetime or its ISO 8601 string (a stored batch filter).
     """
-    clauses: list[ColumnElement[bool]] = []
-    if user is not None and not user.is_admin:
-        clauses.append(instance_visibility_clause(user))
-    if status:
-        clauses.append(ProcessInstance.status == status)
-    if definition_key:
-        clauses.append(ProcessInstance.definition_key == definition_key)
-    if keyword and keyword.strip():
-        clauses.append(keyword_clause(keyword.strip()))
-    if department_id is not None:
-        clauses.append(ProcessInstance.department_id == department_id)
-    if business_key:
-        clauses.append(ProcessInstance.business_key == business_key)
-    if started_after is not None:
-        clauses.append(ProcessInstance.created_at >= as_aware(started_after))
-    if started_before is not None:
-        clauses.append(ProcessInstance.created_at < as_aware(started_before))
-    if ids is not None:
-        clauses.append(ProcessInstance.id.in_(list(ids)) if ids else false())
-    return clauses
+    visible = [] if user is None or user.is_admin else [instance_visibility_clause(user)]
+    return [*visible, *filter_clauses(INSTANCE_FILTERS, values)]
 
 
-def task_filter_clauses(
-    user: User | None,
-    *,
-    status: str | None = None,
-    node_id: str | None = None,
-    definition_key: str | None = None,
-    keyword: str | None = None,
-    department_id: int | None = None,
-    assignee_id: int | None = None,
-    ids: Sequence[int] | None = None,
-) -> list[ColumnElement[bool]]:
-    """WHERE clauses for the task list / a task filter batch.
+def task_filter_clauses(user: User | None, **values: Any) -> list[ColumnElement[bool]]:
+    """WHERE clauses for the task list / a task filter batch (``TASK_FILTERS``; ``ids``
+    is a list of task ids here).
 
     The clauses name ``tasks`` and ``process_instances``: select from ``Task`` joined
     with ``ProcessInstance`` on ``TASK_INSTANCE_JOIN``. A non-admin ``user`` only ever
@@ -123,24 +112,8 @@ def task_filter_clauses(
     rule (pass ``assignee_id`` to pick one person's tasks, as a ``task.approve`` filter
     batch does with its creator).
     """
-    clauses: list[ColumnElement[bool]] = []
-    if user is not None and not user.is_admin:
-        clauses.append(Task.assignee_id == user.id)
-    if status:
-        clauses.append(Task.status == status)
-    if node_id:
-        clauses.append(Task.node_id == node_id)
-    if assignee_id is not None:
-        clauses.append(Task.assignee_id == assignee_id)
-    if ids is not None:
-        clauses.append(Task.id.in_(list(ids)) if ids else false())
-    if definition_key:
-        clauses.append(ProcessInstance.definition_key == definition_key)
-    if keyword and keyword.strip():
-        clauses.append(keyword_clause(keyword.strip()))
-    if department_id is not None:
-        clauses.append(ProcessInstance.department_id == department_id)
-    return clauses
+    own = [] if user is None or user.is_admin else [Task.assignee_id == user.id]
+    return [*own, *filter_clauses(TASK_FILTERS, values)]
 
 
 @dataclass(frozen=True)

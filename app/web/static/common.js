@@ -135,6 +135,23 @@ export function readForm(form) {
   return out;
 }
 
+/**
+ * A filter form's values as the API takes them, reading the field list from the form
+ * (rendered from the server's declaration): integers as numbers, local date-times with
+ * the viewer's offset, blanks left out. `batch` keeps only what a filter batch takes.
+ */
+export function apiFilter(form, values, { batch = false } = {}) {
+  const out = {};
+  for (const control of form.querySelectorAll("[data-kind]")) {
+    const value = values[control.name];
+    if (value === undefined || value === "" || (batch && !("batch" in control.dataset))) continue;
+    const kind = control.dataset.kind;
+    out[control.name] = kind === "integer" ? Number(value)
+      : kind === "datetime" ? new Date(value).toISOString() : value;
+  }
+  return out;
+}
+
 /** Put the filters in the address bar (bookmarkable; never a token). */
 export function syncUrl(params) {
   history.replaceState(null, "", location.pathname + queryString(params));

@@ -2,7 +2,7 @@
 // filter batch), choose an operation and its parameters, Preview (dry run), Run.
 import {
   $, $$, api, h, badge, showError, fmtDate, fmtNumber, renderPager, readForm, syncUrl,
-  fillForm, renderDryRun, latestDefinitions, parseKeyValues,
+  fillForm, renderDryRun, latestDefinitions, parseKeyValues, apiFilter,
 } from "./common.js";
 
 const PAGE_SIZE = 25;
@@ -12,7 +12,6 @@ const state = {
   page: 1, filters: {}, rows: [], total: 0, selected: new Map(), allMatching: false,
   idempotencyKey: crypto.randomUUID(),
 };
-const DATE_FILTERS = ["started_after", "started_before"];
 /** Which parameter group each operation takes (suspend, resume, complete take none). */
 const PARAMS = {
   "instance.terminate": "reason",
@@ -21,16 +20,9 @@ const PARAMS = {
   "instance.migrate": "migrate",
 };
 
-/** datetime-local has no offset; the API wants one (the viewer's own zone). */
-function apiFilters(filters) {
-  const out = { ...filters };
-  for (const k of DATE_FILTERS) if (out[k]) out[k] = new Date(out[k]).toISOString();
-  return out;
-}
-
 async function load() {
   try {
-    const data = await api("/instances", { query: { ...apiFilters(state.filters), page: state.page, page_size: PAGE_SIZE } });
+    const data = await api("/instances", { query: { ...apiFilter(filterForm, state.filters), page: state.page, page_size: PAGE_SIZE } });
     state.rows = data.items;
     state.total = data.total;
     renderRows();
@@ -120,9 +112,7 @@ function request(dryRun) {
   const type = $("#op-type").value;
   const body = { type, params: params(type) };
   if (state.allMatching) {
-    const filter = apiFilters(state.filters);
-    if (filter.department_id) filter.department_id = Number(filter.department_id);
-    body.filter = filter;
+    body.filter = apiFilter(filterForm, state.filters, { batch: true });
   } else {
     body.ids = Array.from(state.selected.keys());
   }

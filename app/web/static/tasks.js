@@ -3,7 +3,7 @@
 // template download and upload.
 import {
   $, $$, api, h, badge, flash, showError, fmtDate, fmtNumber, renderPager, readForm, syncUrl,
-  fillForm, renderDryRun, latestDefinitions, download,
+  fillForm, renderDryRun, latestDefinitions, download, apiFilter,
 } from "./common.js";
 
 const PAGE_SIZE = 25;
@@ -47,9 +47,7 @@ function fillNodes() {
 }
 
 async function loadTasks() {
-  const filters = state.filters;
-  const query = { ...filters, assignee_id: me, page: state.page, page_size: PAGE_SIZE };
-  if (query.status === "") delete query.status;
+  const query = { ...apiFilter(filterForm, state.filters), assignee_id: me, page: state.page, page_size: PAGE_SIZE };
   table.setAttribute("aria-busy", "true");
   try {
     const data = await api("/tasks", { query });
@@ -227,11 +225,7 @@ function batchRequest(dryRun) {
   if (Object.keys(values).length) params.form_data = values;
   const body = { type: "task.approve", params };
   if (state.allMatching) {
-    const filter = {};
-    for (const k of ["definition_key", "node_id", "keyword", "department_id"]) {
-      if (state.filters[k]) filter[k] = k === "department_id" ? Number(state.filters[k]) : state.filters[k];
-    }
-    body.filter = filter;
+    body.filter = apiFilter(filterForm, state.filters, { batch: true });
   } else {
     body.ids = Array.from(state.selected.keys());
   }
@@ -287,9 +281,7 @@ async function template(format) {
   if (!state.allMatching && state.selected.size) {
     body.task_ids = Array.from(state.selected.keys());
   } else {
-    const filter = {};
-    if (state.filters.keyword) filter.keyword = state.filters.keyword;
-    if (state.filters.department_id) filter.department_id = Number(state.filters.department_id);
+    const filter = apiFilter(filterForm, state.filters, { batch: true });
     if (Object.keys(filter).length) body.filter = filter;
   }
   status.textContent = "Preparing the file…";
@@ -376,7 +368,6 @@ async function start() {
   if (params.get("definition_key")) $("#f-definition").value = params.get("definition_key");
   fillNodes();
   fillForm(filterForm, params);
-  if (!params.has("status")) filterForm.elements.status.value = "pending";
   state.filters = currentFilters();
   await loadTasks();
 }
