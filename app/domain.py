@@ -52,6 +52,33 @@ OUTCOME_STATUSES: frozenset[DetailStatus] = frozenset(
 """What applying an item can lead to (pending, running and cancelled are the engine's)."""
 
 
+class ErrorCode(enum.StrEnum):
+    """Why an item failed, as a stable word a program can branch on."""
+
+    VALIDATION = "validation"
+    """The item's input breaks a rule (a required field, a value out of range)."""
+    NOT_FOUND = "not_found"
+    """Missing — or hidden from the batch's creator, which looks the same."""
+    FORBIDDEN = "forbidden"
+    WRONG_STATE = "wrong_state"
+    """The item is not in a state the operation applies to (process suspended, task
+    not pending, instance completed)."""
+    LOCKED = "locked"
+    """Another batch holds the item."""
+    WRONG_NODE = "wrong_node"
+    """A template row whose task is at another step than the sheet's."""
+    CONFLICT = "conflict"
+    TRANSIENT = "transient"
+    """Deadlock, serialization failure, lock timeout, lost connection."""
+    INTERNAL = "internal"
+    """An unexpected error (a bug): the sentence says what, the log says where."""
+
+
+RETRYABLE_CODES: frozenset[ErrorCode] = frozenset({ErrorCode.TRANSIENT, ErrorCode.LOCKED})
+"""Failures a later run may cure without anybody fixing anything: the only ones that
+automatic retries (in-chunk and the auto-retry cron) touch."""
+
+
 def may_retry(retry_count: Any, max_retries: Any) -> Any:
     """A failed item that has retries left. Works on numbers and on SQL columns alike
     (``retry_count < max_retries``), so Python and SQL never disagree."""
@@ -62,18 +89,24 @@ def may_retry(retry_count: Any, max_retries: Any) -> Any:
 class Outcome:
     """What happened to one item: ``success``, ``ignored`` or ``failed`` (+ why).
 
-    ``error_code`` names the kind of failure (``not_found``, ``forbidden``,
-    ``conflict``, ``locked``, ``invalid``, ``error``); ``retryable`` says whether running
-    the item again could change anything."""
+    A failure always carries an ``ErrorCode`` (``internal`` when none was given) and
+    ``retryable``, derived from it (``code in RETRYABLE_CODES``): whether running the
+    item again, with nothing fixed, could change anything. Both are None unless
+    failed, as on the stored detail."""
 
     status: DetailStatus
     error: str | None = None
-    error_code: str | None = None
+    error_code: ErrorCode | None = None
     fields: list[dict[str, Any]] | None = None
-    retryable: bool = True
+    retryable: bool | None = None
 
     def __post_init__(self) -> None:
         self.status = DetailStatus(self.status)
+        if self.status != DetailStatus.FAILED:
+            self.error_code, self.retryable = None, None
+            return
+        self.error_code = ErrorCode(self.error_code or ErrorCode.INTERNAL)
+        self.retryable = self.error_code in RETRYABLE_CODES
 
     @classmethod
     def success(cls) -> Outcome:
@@ -85,9 +118,10 @@ class Outcome:
 
     @classmethod
     def failed(
-        cls, error_code: str, why: str, fields: list[dict[str, Any]] | None = None
+        cls, code: ErrorCode, why: str, fields: list[dict[str, Any]] | None = None
     ) -> Outcome:
-        return cls(DetailStatus.FAILED, why, error_code, fields)
+        """``code`` must be an ``ErrorCode`` (or its word): an unknown word raises."""
+        return cls(DetailStatus.FAILED, why, ErrorCode(code), fields)
 
 
 @dataclass(frozen=True)

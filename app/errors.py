@@ -6,6 +6,8 @@ import socket
 import sqlite3
 from typing import Any
 
+from app.domain import ErrorCode
+
 MAX_LISTED_ERRORS = 20
 """An error body lists at most this many field errors; a request with 100 000 bad keys
 still gets a short answer."""
@@ -106,6 +108,35 @@ def is_unavailable(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__
     return False
+
+
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
+"""Serialization failure, deadlock, lock not available (``lock_timeout``, ``NOWAIT``),
+statement cancelled (``statement_timeout``): the database gave up on this attempt, and
+the same statement may well pass the next time."""
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked")
+"""SQLite's busy timeout ran out while another writer held the file."""
+
+
+def failure_code(exc: BaseException) -> ErrorCode:
+    """The ``ErrorCode`` of an item whose apply raised ``exc``: ``transient`` when the
+    database gave up on the attempt (a deadlock, serialization failure, lock or statement
+    timeout, a lost connection — ``TRANSIENT_SQLSTATES``, ``is_unavailable``), so a retry
+    may pass as it is; ``internal`` for anything else (a bug or bad data: retrying
+    repeats it)."""
+    if is_unavailable(exc):
+        return ErrorCode.TRANSIENT
+    seen: BaseException | None = exc
+    for _ in range(8):  # SQLAlchemy wraps the adapter's error, which wraps the driver's
+        if seen is None:
+            break
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if state in TRANSIENT_SQLSTATES:
+            return ErrorCode.TRANSIENT
+        if isinstance(seen, sqlite3.OperationalError) and str(seen).startswith(_SQLITE_TRANSIENT):
+            return ErrorCode.TRANSIENT
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return ErrorCode.INTERNAL
 
 
 def _means_unreachable(exc: BaseException) -> bool:

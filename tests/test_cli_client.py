@@ -540,3 +540,64 @@ async def test_results_stream_to_stdout_or_a_file(
     nowhere = tmp_path / "missing" / "results.csv"
     r = await batchd(server.url, alice.token, "batch", "results", str(batch_id), "-o", str(nowhere))
     assert r.code == 2 and r.err == f"batchd: cannot write {nowhere}: No such file or directory\n"
+
+
+# --------------------------------------------------------------------------- failures
+
+
+async def test_failure_groups_table_show_and_retry_by_group(
+    ready: tuple[LiveServer, list[int]],
+    alice: Actor,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """``batch failures`` prints one row per group, largest first; ``batch show`` the
+    three largest; ``batch retry --code`` requeues one group."""
+    from tests.batch_helpers import create
+    from tests.test_failure_groups import LOCKED, SUSPENDED, Failure, fail_items
+
+    server, ids = ready
+    ids = sorted(ids)
+    body = {"type": "task.approve", "ids": ids, "params": {"decision": "approve"}}
+    batch_id = (await create(alice, {**body, "start_suspended": True}))["id"]
+    await fail_items(
+        sessionmaker,
+        batch_id,
+        {i: Failure(SUSPENDED, "wrong_state", False) for i in ids[:14]}
+        | {i: Failure(LOCKED, "locked", True) for i in ids[14:17]}
+        | {ids[17]: Failure("Boom {}", None, None), ids[18]: Failure("Bad", "validation", False)},
+    )
+
+    r = await batchd(server.url, alice.token, "batch", "failures", str(batch_id))
+    assert r.code == 0, r.err
+    rows = [line.split() for line in r.out.splitlines()]
+    table = [row[:3] for row in rows if len(row) > 2 and row[0].isdigit()]
+    table = [row for row in table if row[1] != "failed"]
+    assert table == [
+        ["14", "wrong_state", "no"],
+        ["3", "locked", "yes"],
+        ["1", "validation", "no"],
+        ["1", "internal", "no"],
+    ]
+    assert "The process of task N is suspended, not active." in r.out
+    assert "Boom N" in r.out and "19 failed in 4 groups" in r.out
+    assert ", ".join(map(str, ids[:10])) in r.out and str(ids[10]) not in r.out
+
+    r = await batchd(server.url, alice.token, "batch", "failures", str(batch_id), "--json")
+    assert r.code == 0, r.err
+    api = await alice.get(f"/api/v1/batches/{batch_id}/failures")
+    assert r.json == api.json()
+
+    r = await batchd(server.url, alice.token, "batch", "show", str(batch_id))
+    assert r.code == 0, r.err
+    assert "suspended" in r.out and "Task N is locked by batch 5." in r.out
+    assert "validation" in r.out and "internal" not in r.out  # the three largest only
+    assert "19 failed in 4 groups · the largest 3 shown" in r.out
+
+    r = await batchd(server.url, alice.token, "batch", "retry", str(batch_id), "--code", "locked")
+    assert r.code == 0, r.err
+    assert f"Batch {batch_id}: 3 items back to pending" in r.out
+    assert (await alice.get(f"/api/v1/batches/{batch_id}/failures")).json()["total_failed"] == 16
+
+    r = await batchd(server.url, alice.token, "batch", "retry", str(batch_id), "--message", "Bad")
+    assert (r.code, r.out) == (2, "")
+    assert "--message needs --code" in r.err

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from openpyxl import load_workbook
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -446,7 +447,85 @@ async def test_excel_template_download_and_upload(
     await download.save_as(str(filled))
     await page.set_input_files("#import-file", str(filled))  # as downloaded: no decisions
     await page.click("#import-form button[type=submit]")
+    await pw_expect(page.locator("#flash")).to_contain_text(
+        "No row has a Decision: fill in approve or reject for the tasks to decide "
+        "(4 rows were left blank)."
+    )
+    wb = load_workbook(filled)  # decide one row (approve without the required category)
+    ws = wb["Tasks"]
+    ws.cell(2, [c.value for c in ws[1]].index("Decision") + 1).value = "approve"
+    wb.save(filled)
+    await page.set_input_files("#import-file", str(filled))
+    await page.click("#import-form button[type=submit]")
     await page.wait_for_url(re.compile(r"/batches/\d+$"))
-    await pw_expect(page.locator(".c-failed dd")).to_have_text("4")
+    await pw_expect(page.locator(".c-failed dd")).to_have_text("1")
     await pw_expect(page.locator("#detail-table td.error-text").first).to_contain_text("row 2")
+    console.check_clean(alice.token)
+
+
+async def test_failure_groups_lead_the_batch_page(
+    console: Console,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """97 alike failures are one line "97 × …" above 3 others; Show items lists a group,
+    Retry these requeues it; at 390 px nothing is pushed off-screen."""
+    from tests.test_failure_groups import LOCKED, SUSPENDED, Failure, fail_items
+
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 100)
+    ids = sorted(setup.task_ids)
+    body = {"type": "task.approve", "ids": ids, "params": {"decision": "approve"}}
+    batch_id = (await create(alice, {**body, "start_suspended": True}))["id"]
+    await fail_items(
+        sessionmaker,
+        batch_id,
+        {i: Failure(SUSPENDED, "wrong_state", False) for i in ids[3:]}
+        | {i: Failure(LOCKED, "locked", True) for i in ids[:3]},
+    )
+
+    page = await console.page()
+    await console.sign_in(page, alice.token, f"/batches/{batch_id}")
+    groups = page.locator("#failure-group-list .failure-group")
+    await pw_expect(groups.locator(".group-count")).to_have_text(["97 ×", "3 ×"])
+    await pw_expect(groups.locator(".group-message")).to_have_text(
+        [SUSPENDED.format("N"), LOCKED.format("N")]
+    )
+    await pw_expect(groups.locator(".group-code")).to_have_text(["wrong_state", "locked"])
+    await pw_expect(groups.locator("[data-group-action=retry]")).to_have_text(
+        ["Retry these anyway", "Retry these"]
+    )
+    await pw_expect(page.locator("#failures-summary")).to_have_text("100 failed items in 2 groups.")
+    await shot(page, "batch-failure-groups")
+
+    await groups.nth(1).locator("[data-group-action=show]").click()
+    await pw_expect(page.locator("#detail-summary")).to_have_text("3 items failed in this group.")
+    await pw_expect(page.locator("#detail-table td.error-text")).to_have_text(
+        [LOCKED.format(i) for i in ids[:3]]
+    )
+    await page.click("#detail-group-clear")
+    await pw_expect(page.locator("#detail-summary")).to_have_text("100 items failed.")
+
+    await page.set_viewport_size(PHONE)
+    await page.reload()
+    await pw_expect(groups.locator(".group-count")).to_have_text(["97 ×", "3 ×"])
+    await page.select_option("#detail-status", "failed")
+    await pw_expect(page.locator("#detail-summary")).to_have_text("100 items failed.")
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page scrolls sideways at 390 px ({width} px)"
+    first = page.locator("#detail-table tbody tr").first
+    for cell in ("td[data-label=Status] .badge", "td.error-text"):
+        box = await first.locator(cell).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    await shot(page, "batch-failure-groups-390px")
+
+    await groups.first.locator("[data-group-action=retry]").click()
+    await pw_expect(page.locator("#flash")).to_contain_text("97 failed items queued again")
+    await pw_expect(groups.locator(".group-count")).to_have_text(["3 ×"])
+    await pw_expect(page.locator(".c-failed dd")).to_have_text("3")
+    statuses = {d["status"] for d in (await alice.get(
+        f"/api/v1/batches/{batch_id}/details", params={"page_size": 1000}
+    )).json()["items"] if d["item_id"] in ids[3:]}  # fmt: skip
+    assert statuses == {"pending"}
     console.check_clean(alice.token)

@@ -355,8 +355,11 @@ async def test_results_export_csv_and_xlsx(
     sheet = load_workbook(io.BytesIO(r.content), read_only=True).active
     assert sheet is not None
     cells = list(sheet.iter_rows(values_only=True))
-    assert cells[0] == ("item_id", "row", "status", "error", "retry_count", "finished_at", "title")
+    header = ("item_id", "row", "status", "error", "retry_count", "finished_at (UTC)", "title")
+    assert cells[0] == header
     assert len(cells) == 8
+    assert all(isinstance(c[5], datetime) for c in cells[1:])  # a real date-time cell
+    assert by_item[ids[0]][5].endswith("Z")  # the CSV keeps ISO 8601 in UTC
     first = next(c for c in cells[1:] if c[0] == ids[0])
     assert first[6] == '=HYPERLINK("http://evil")'  # kept as text, not a formula
     raw = load_workbook(io.BytesIO(r.content)).active  # not read-only: data types visible

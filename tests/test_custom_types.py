@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import app.operations as operations
-from app.domain import Outcome
+from app.domain import ErrorCode, Outcome
 from app.models import ProcessInstance, ProcessLog
 from app.operations import OPERATIONS, BatchRun, Operation, WorkItem, register
 from app.operations.targets import INSTANCES
@@ -59,7 +59,7 @@ class TagInstances(Operation):
         return [
             Outcome.success()
             if i in found
-            else Outcome.failed("not_found", f"Process {i} does not exist.")
+            else Outcome.failed(ErrorCode.NOT_FOUND, f"Process {i} does not exist.")
             for i in ids
         ]
 

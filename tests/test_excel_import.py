@@ -204,15 +204,16 @@ async def test_round_trip_with_every_row_error(
         row_of(h, **{"Task ID": t[7], "Category": "travel", "Decision": "approve"}),  # 11
         row_of(h, **{"Task ID": elsewhere, "Decision": "approve"}),  # 12
         row_of(h, **{"Task ID": "abc", "Decision": "approve"}),  # 13
-        row_of(h, **{"Task ID": t[6], "Category": "travel"}),  # 14: no decision
-        [None] * len(h),  # blank rows are skipped
+        row_of(h, **{"Task ID": t[6], "Category": "travel"}),  # 14: undecided, skipped
+        [None] * len(h),  # blank rows are left out (not even counted)
         row_of(h, **{"Task ID": t[8], "Category": "=1+1", "Decision": "approve"}),  # 16
     ]
     batch = await upload(alice, xlsx(h, rows), priority="high")
     assert batch["source"] == "excel" and not await is_single(sessionmaker, batch["id"])
-    assert batch["priority"] == "high" and batch["total"] == 14
+    assert batch["priority"] == "high" and batch["total"] == 13
+    assert batch["skipped_rows"] == 1
     done = await wait_for(alice, batch["id"])
-    assert (done["status"], done["success"], done["failed"]) == ("completed", 3, 11), done
+    assert (done["status"], done["success"], done["failed"]) == ("completed", 3, 10), done
     assert done["error_file"] == f"/api/v1/batches/{batch['id']}/error-file"
 
     failed = {d["row"]: d["error"] for d in await details(alice, batch["id"], status="failed")}
@@ -227,8 +228,16 @@ async def test_round_trip_with_every_row_error(
         12: f"row 12: Task {elsewhere} is at step Finance check, not at step Manager "
         "approval like this sheet.",
         13: "row 13: Task ID must be a whole number, not 'abc'",
-        14: "row 14: Decision is required (approve or reject)",
         16: "row 16: Category must be one of travel, meals, other",
+    }
+    codes = {d["row"]: d["error_code"] for d in await details(alice, batch["id"], status="failed")}
+    assert codes == {
+        **dict.fromkeys((5, 6, 7, 13, 16), "validation"),
+        8: "conflict",
+        9: "not_found",
+        10: "not_found",  # bob's task: hidden fails exactly like missing
+        11: "wrong_state",
+        12: "wrong_node",
     }
     ok = {d["row"]: d for d in await details(alice, batch["id"], status="success")}
     assert set(ok) == {2, 3, 4}

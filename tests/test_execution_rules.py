@@ -69,8 +69,9 @@ async def test_a_failing_bulk_statement_fails_only_the_bad_item(
     assert failed["item_id"] == POISON
     # a sentence for the user; the database's own text stays in the log
     assert failed["error"] == (
-        f"Item {POISON} could not be applied because of an unexpected error; it can be retried."
+        f"Item {POISON} could not be applied because of an unexpected error."
     )
+    assert (failed["error_code"], failed["retryable"]) == ("internal", False)
     async with sessionmaker() as s:
         touched = set(
             await s.scalars(

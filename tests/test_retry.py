@@ -1,5 +1,6 @@
 """Retry semantics: retry_count, exhausted items, lock release, the
-auto-retry cron, and the errors for retries that cannot happen."""
+auto-retry cron (retryable failures only: see also tests/test_failures.py), and the
+errors for retries that cannot happen."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches.recovery import auto_retry
-from app.models import ActionLog, ProcessInstance, Task
+from app.models import ActionLog, Task
 from tests.batch_helpers import (
     create,
     details,
@@ -49,16 +50,16 @@ async def test_retries_until_exhausted_then_unlock(
         alice, {"type": "task.approve", "ids": setup.task_ids, "params": BAD, "max_retries": 2}
     )
     assert (await wait_for(alice, batch["id"]))["failed"] == 5
-    assert await locked(sessionmaker) == 5  # failed, still retryable: locks kept
+    assert await locked(sessionmaker) == 0  # a validation failure: no lock kept for it
 
     for attempt in (1, 2):
-        out = await retry(alice, batch["id"])
+        out = await retry(alice, batch["id"])  # a user may retry it: re-locked, run again
         assert (out["requeued"], out["exhausted"]) == (5, 0)
         assert out["batch"]["status"] == "running" and out["batch"]["failed"] == 0
         done = await wait_for(alice, batch["id"])
         assert (done["status"], done["failed"]) == ("completed", 5)
         assert {d["retry_count"] for d in await details(alice, batch["id"])} == {attempt}
-    assert await locked(sessionmaker) == 0  # exhausted at the last failure: released
+    assert await locked(sessionmaker) == 0
 
     out = await retry(alice, batch["id"])
     assert (out["requeued"], out["exhausted"], out["batch"]["status"]) == (0, 5, "completed")
@@ -110,27 +111,31 @@ async def test_retry_of_a_cancelled_batch_is_409(
     assert r.status_code == 409 and r.json()["error"] == "Conflict"
 
 
+async def hold(actor: Actor, task_ids: list[int]) -> dict[str, Any]:
+    """A batch created suspended: it holds the tasks' locks and runs nothing."""
+    body = {"type": "task.approve", "ids": task_ids, "params": APPROVE, "start_suspended": True}
+    return await create(actor, body)
+
+
 @pytest.mark.parametrize(
-    # max_retries is generous: the cron may retry (and fail) again before the test resumes
-    # the processes, and must not exhaust the items meanwhile.
+    # max_retries is generous: the cron may retry (and fail) again before the test frees
+    # the tasks, and must not exhaust the items meanwhile.
     "settings_overrides",
     [{"auto_retry_delay": 0, "recover_interval": 0.3, "max_retries": 20}],
 )
 async def test_auto_retry_cron_finishes_items_once_their_cause_is_gone(
     sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
 ) -> None:
-    """Items fail because their processes are suspended; once resumed, the cron retries
-    them (like the PHP fallback cron) and the batch completes with nothing failed."""
+    """Items fail because another batch holds their tasks (``locked``: retryable); once
+    it lets them go, the cron retries them (like the PHP fallback cron) and the batch
+    completes with nothing failed."""
     setup = await expense_setup(sessionmaker, admin, alice, bob, 6)
-    async with sessionmaker() as s:
-        await s.execute(update(ProcessInstance).values(status="suspended"))
-        await s.commit()
+    holder = await hold(alice, setup.task_ids)
     batch = await create(alice, {"type": "task.approve", "ids": setup.task_ids, "params": APPROVE})
     first = await wait_for(alice, batch["id"])
     assert first["failed"] == 6
-    async with sessionmaker() as s:
-        await s.execute(update(ProcessInstance).values(status="active"))
-        await s.commit()
+    assert {d["error_code"] for d in await details(alice, batch["id"])} == {"locked"}
+    assert (await alice.delete(f"/api/v1/batches/{holder['id']}")).status_code == 200
     now = await eventually(
         lambda: get_batch(alice, batch["id"]),
         "the auto-retry cron completes the batch",
@@ -159,7 +164,8 @@ async def test_auto_retry_stops_at_max_retries(
     bob: Actor,
 ) -> None:
     setup = await expense_setup(sessionmaker, admin, alice, bob, 3)
-    batch = await create(alice, {"type": "task.approve", "ids": setup.task_ids, "params": BAD})
+    holder = await hold(alice, setup.task_ids)
+    batch = await create(alice, {"type": "task.approve", "ids": setup.task_ids, "params": APPROVE})
     await eventually(
         lambda: details(alice, batch["id"]),
         "every item failed twice over",
@@ -171,7 +177,11 @@ async def test_auto_retry_stops_at_max_retries(
     final = (await alice.get(f"/api/v1/batches/{batch['id']}")).json()
     assert (final["status"], final["failed"]) == ("completed", 3)
     assert {d["retry_count"] for d in await details(alice, batch["id"])} == {2}
-    assert await locked(sessionmaker) == 0
+    async with sessionmaker() as s:
+        holders = set(
+            await s.scalars(select(Task.locked_by_batch_id).where(Task.id.in_(setup.task_ids)))
+        )
+    assert holders == {holder["id"]}  # the holder's locks, never the failed batch's
 
 
 async def test_retry_names_more_ids_than_a_statement_may_bind(alice: Actor) -> None:
@@ -183,7 +193,8 @@ async def test_retry_names_more_ids_than_a_statement_may_bind(alice: Actor) -> N
     assert (done["status"], done["total"], done["failed"]) == ("completed", 40_000, 40_000)
 
     out = await retry(alice, batch["id"], item_ids=many)
-    assert (out["requeued"], out["exhausted"]) == (40_000, 0)
+    # Re-locking finds every task missing: each fails again at once, nothing runs.
+    assert (out["requeued"], out["exhausted"], out["batch"]["failed"]) == (40_000, 0, 40_000)
     again = await wait_for(alice, batch["id"])
     assert (again["status"], again["failed"]) == ("completed", 40_000)
 

@@ -1,4 +1,5 @@
-"""/api/v1/batches: create, list, read, details, retry, suspend/activate, cancel/purge.
+"""/api/v1/batches: create, list, read, details, failures, retry, suspend/activate,
+cancel/purge.
 
 Routers only parse, call the batch service and shape responses.
 """
@@ -11,13 +12,16 @@ from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.openapi.models import Example
 
 from app.api.deps import CurrentUser, PageDep, SessionDep, SettingsDep
-from app.batches import service
-from app.domain import BatchStatus, DetailStatus
+from app.batches import failures, service
+from app.domain import BatchStatus, DetailStatus, ErrorCode
+from app.errors import ValidationFailed
 from app.schemas.batch import (
     BatchCreate,
     BatchOut,
     DetailOut,
     DryRunOut,
+    FailureGroupsOut,
+    GroupMessage,
     RetryOut,
     RetryRequest,
 )
@@ -166,14 +170,51 @@ async def list_details(
     user: CurrentUser,
     page: PageDep,
     status: DetailStatus | None = None,
+    error_code: Annotated[
+        ErrorCode | None,
+        Query(description="Only the failed items of this code (a failure group)."),
+    ] = None,
+    message: Annotated[
+        GroupMessage | None,
+        Query(description="With ``error_code``: only that group's items (its ``message``)."),
+    ] = None,
 ) -> Page[DetailOut]:
     """One row per item, in item order: its status, error sentence, retries and (for an
-    Excel import) its row and payload; ``status`` narrows the list."""
+    Excel import) its row and payload; ``status`` narrows the list, ``error_code`` (and
+    ``message``) narrow it to one failure group of ``GET /batches/{id}/failures``."""
     batch = await service.get_batch(session, user, batch_id)
-    items, total = await service.list_details(
-        session, batch, offset=page.offset, limit=page.page_size, status=status
-    )
+    if error_code is None:
+        if message is not None:
+            raise ValidationFailed("message needs error_code: a group is (error_code, message)")
+        items, total = await service.list_details(
+            session, batch, offset=page.offset, limit=page.page_size, status=status
+        )
+    elif status not in (None, DetailStatus.FAILED):
+        items, total = [], 0  # a failure group holds failed items only
+    else:
+        items, total = await failures.group_details(
+            session, batch, error_code, message, offset=page.offset, limit=page.page_size
+        )
     return Page[DetailOut](items=items, total=total, page=page.page, page_size=page.page_size)
+
+
+@router.get(
+    "/batches/{batch_id}/failures",
+    operation_id="list_batch_failures",
+    summary="A batch's failures in groups, largest first",
+    response_model=FailureGroupsOut,
+    responses=error_responses(401, 404, 422),
+)
+async def list_failures(
+    batch_id: BatchId, session: SessionDep, user: CurrentUser
+) -> FailureGroupsOut:
+    """Failed items grouped by ``error_code``, ``message`` (the error sentence with the
+    item's own id as ``N``) and ``retryable``: 97 alike failures are one group of 97.
+    Largest group first (ties: by message), at most 50 groups (``groups_truncated``),
+    each with its first ≤ 10 item ids. Retry a group with ``POST /batches/{id}/retry``
+    ``{"error_code", "message"}``; list its items with ``/details?error_code=…&message=…``."""
+    batch = await service.get_batch(session, user, batch_id)
+    return await failures.failure_groups(session, batch)
 
 
 @router.post(
@@ -191,8 +232,15 @@ async def retry_batch(
     user: CurrentUser,
     body: Annotated[RetryRequest | None, Body()] = None,
 ) -> RetryOut:
-    """Failed, non-exhausted items go back to pending; exhausted ones release their lock."""
-    result = await service.retry(session, settings, user, batch_id, body.item_ids if body else None)
+    """Failed, non-exhausted items go back to pending; exhausted ones release their lock.
+    All failed items, the listed ``item_ids``, or one failure group (``error_code``, and
+    ``message`` as ``GET /batches/{id}/failures`` returned it). A manual retry takes any
+    failed item, retryable or not: the caller may have fixed the cause."""
+    item_ids = body.item_ids if body else None
+    if body is not None and body.error_code is not None:
+        batch = await service.get_batch(session, user, batch_id)  # 404 before anything
+        item_ids = await failures.group_item_ids(session, batch, body.error_code, body.message)
+    result = await service.retry(session, settings, user, batch_id, item_ids)
     return RetryOut(
         batch=service.to_out(result.batch),
         requeued=result.requeued,

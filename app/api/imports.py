@@ -51,8 +51,12 @@ per task; headers match by label or field name in any order, unknown columns suc
 an error file's `Error` are ignored) or a **.zip** of vertical per-task workbooks
 (`Field | Value`). Every row is checked as an approval would be: valid rows become
 pending items carrying their row's decision, comment and values; invalid rows become
-`failed` items at once with `row N: <why>` (and never lock their task). A blank
-Decision is an error; a blank field cell leaves the field as it is.
+`failed` items at once with `row N: <why>` (and never lock their task). A row whose
+Decision is blank is skipped — not an item, whatever else it holds (its comment and
+values are ignored) — and counted in the batch's `skipped_rows`, so a template of every
+pending task imports with only the rows decided; rows may be deleted too (error
+messages keep the sheet's own row numbers). A file with no decided row is a 422. A
+blank field cell leaves the field as it is.
 
 413 past `BATCH_MAX_UPLOAD_BYTES`, `BATCH_MAX_IMPORT_ROWS`, `BATCH_MAX_ZIP_MEMBERS`,
 `BATCH_MAX_UNCOMPRESSED_BYTES`, or what one workbook may hold — checked as each part
@@ -129,7 +133,9 @@ def _size_of(file: UploadFile) -> int:
             "description": (
                 "The failed items as an Excel workbook: an imported batch's rows with "
                 "their original values, an API task.approve batch's tasks in their "
-                "node's layout, other types item_id and title — each with an Error column."
+                "node's layout — both laid out as the node's template (dropdowns, "
+                "checks, protection) — other types item_id and title; each with an "
+                "Error column."
             ),
             "content": {XLSX: {"schema": {"type": "string", "format": "binary"}}},
         },

@@ -23,7 +23,11 @@ DETAIL_STATUSES = "^(pending|running|success|failed|ignored|cancelled)$"
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "item_id, row, status, error, retry_count, finished_at, title",
+            "description": (
+                "item_id, row, status, error, retry_count, finished_at, title. finished_at "
+                "is UTC: ISO 8601 with Z in the CSV, a date-time cell in the xlsx (header "
+                "`finished_at (UTC)`)."
+            ),
             "content": {"text/csv": {}, XLSX: {}},
         },
         **error_responses(401, 404, 422),

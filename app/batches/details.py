@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,7 +33,7 @@ from app.batches import state
 from app.batches.resolve import Listed, ListedSource
 from app.db.base import utcnow
 from app.db.bulk import id_in, insert_rows, update_rows
-from app.domain import BatchRun, DetailStatus, Outcome, WorkItem
+from app.domain import BatchRun, DetailStatus, ErrorCode, Outcome, WorkItem
 from app.models import Batch, BatchDetail, User
 from app.operations import Operation, pipeline_sql
 from app.operations.pipeline import Stage, Strategy, strategy_for
@@ -65,18 +65,23 @@ async def create_details(
     """Insert one detail per listed item, a page at a time: pending, with its item locked
     for a locking operation — or already decided: a pre-failed row with its error, or an
     item the creator may not lock (``ItemLock.acquire``) with the reason (failed or
-    ignored)."""
+    ignored). A pre-failed row's code is the listed source's (``Listed.error_codes``),
+    ``validation`` when it gives none."""
     decided: Counter[DetailStatus] = Counter()
     count, last = 0, None
     for page in listed.pages(INSERT_PAGE):
-        ids, errors = page.item_ids, page.errors
-        pre: dict[int, str] = {i: e for i, e in enumerate(errors or []) if e}
+        ids, errors, codes = page.item_ids, page.errors, page.error_codes
+        pre: dict[int, Outcome] = {
+            i: Outcome.failed((codes[i] if codes else None) or ErrorCode.VALIDATION, e)
+            for i, e in enumerate(errors or [])
+            if e
+        }
         lockable = [ids[i] for i in range(len(ids)) if i not in pre]
         refused = await op.lock.acquire(session, batch.id, creator, lockable) if op.lock else {}
         now = utcnow()
         values = []
         for i, item_id in enumerate(ids):
-            outcome = Outcome.failed("invalid", pre[i]) if i in pre else refused.get(item_id)
+            outcome = pre.get(i) or refused.get(item_id)
             values.append(
                 {
                     "batch_id": batch.id,
@@ -85,6 +90,8 @@ async def create_details(
                     "payload": page.payloads[i] if page.payloads else None,
                     "status": outcome.status if outcome else DetailStatus.PENDING,
                     "error": outcome.error if outcome else None,
+                    "error_code": outcome.error_code if outcome else None,
+                    "retryable": outcome.retryable if outcome else None,
                     "retry_count": 0,
                     "finished_at": now if outcome else None,
                 }
@@ -155,31 +162,25 @@ async def create_details_from(
         await session.execute(insert_page.returning(_details.c.id, _details.c.item_id))
     ).all()
     detail_of = {item_id: detail_id for detail_id, item_id in inserted}
-    decided = await _lock_pending(session, batch, creator, op, detail_of)
+    decided = await lock_pending(session, batch.id, creator, op, detail_of)
     return Seeded(len(detail_of), max(detail_of, default=None), decided)
 
 
-async def _lock_pending(
+async def lock_pending(
     session: AsyncSession,
-    batch: Batch,
+    batch_id: int,
     creator: User,
     op: Operation,
     detail_of: dict[int, int],
 ) -> Counter[DetailStatus]:
-    """Lock the items of just-inserted pending details ({item id: detail id}); a detail
-    whose item the creator may not lock takes its outcome at once. Returns the counts
-    of those outcomes by status."""
+    """Lock the items of pending details ({item id: detail id}) — just seeded, or just
+    requeued by a retry; a detail whose item the creator may not lock (another batch
+    holds it, it was decided meanwhile…) takes that outcome at once. Returns the counts
+    of those outcomes by status, for the caller's ``bump_counters``."""
     assert op.lock is not None
-    refused = await op.lock.acquire(session, batch.id, creator, list(detail_of))
-    await update_rows(
-        session,
-        _details,
-        [
-            {"id": detail_of[item_id], "status": outcome.status, "error": outcome.error}
-            for item_id, outcome in refused.items()
-        ],
-        constants={"finished_at": utcnow()},
-    )
+    refused = await op.lock.acquire(session, batch_id, creator, list(detail_of))
+    decided = ((detail_of[item_id], o) for item_id, o in refused.items())
+    await update_rows(session, _details, _results(decided), constants={"finished_at": utcnow()})
     return Counter(o.status for o in refused.values())
 
 
@@ -222,7 +223,7 @@ async def _seed_locked_and_apply(
         )
     ).all()
     detail_of = {item_id: detail_id for detail_id, item_id in pending}
-    decided = await _lock_pending(session, batch, creator, op, detail_of)
+    decided = await lock_pending(session, batch.id, creator, op, detail_of)
     decided[DetailStatus.SUCCESS] += len(applied)
     return Seeded(len(ids), max(ids), decided, fused=True)
 
@@ -261,8 +262,10 @@ async def record_outcomes(
     applied: int = 0,
 ) -> tuple[Counter[DetailStatus], CounterRow]:
     """Record a claimed chunk's outcomes, in the chunk's transaction, whatever strategy
-    applied it: each detail's status and error, the locks of ignored and exhausted items
-    released (a success's own state change released its lock), the counters bumped once.
+    applied it: each detail's status, error, code and ``retryable``; the locks of
+    ignored items, of failures no automatic retry will touch (not retryable, or
+    exhausted) released at once (a success's own state change released its lock); the
+    counters bumped once.
     ``applied``: successes a fused statement already wrote to their details.
     Returns the counts and the batch row after the bump (status, counters, threshold)."""
     now = utcnow()
@@ -273,16 +276,18 @@ async def record_outcomes(
         await session.execute(
             update(_details)
             .where(id_in(session, _details.c.id, succeeded))
-            .values(status=DetailStatus.SUCCESS, error=None, finished_at=now)
+            .values(
+                status=DetailStatus.SUCCESS,
+                error=None,
+                error_code=None,
+                retryable=None,
+                finished_at=now,
+            )
         )
     await update_rows(
         session,
         _details,
-        [
-            {"id": item.detail_id, "status": o.status, "error": o.error}
-            for item, o in pairs
-            if o.status != DetailStatus.SUCCESS
-        ],
+        _results((i.detail_id, o) for i, o in pairs if o.status != DetailStatus.SUCCESS),
         constants={"finished_at": now},
     )
     if op.lock is not None:
@@ -292,7 +297,9 @@ async def record_outcomes(
             if o.status == DetailStatus.IGNORED
             or (
                 o.status == DetailStatus.FAILED
-                and state.is_exhausted(retry_counts[item.detail_id], max_retries)
+                and (
+                    not o.retryable or state.is_exhausted(retry_counts[item.detail_id], max_retries)
+                )
             )
         ]
         await op.lock.release(session, run.batch_id, done)
@@ -306,6 +313,21 @@ async def record_outcomes(
         progress_seq=Batch.progress_seq + 1,
     )
     return counts, row
+
+
+def _results(decided: Iterable[tuple[int, Outcome]]) -> list[dict[str, Any]]:
+    """``update_rows`` values of decided details, from (detail id, outcome): one shape
+    for every writer of a result, so none forgets the code."""
+    return [
+        {
+            "id": detail_id,
+            "status": o.status,
+            "error": o.error,
+            "error_code": o.error_code,
+            "retryable": o.retryable,
+        }
+        for detail_id, o in decided
+    ]
 
 
 async def bump_counters(

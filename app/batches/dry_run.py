@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches.resolve import Resolved
-from app.domain import DetailStatus, Outcome
+from app.domain import DetailStatus, ErrorCode, Outcome
 from app.models import User
 from app.operations import BatchRun, WorkItem
 from app.schemas.batch import DryRunOut, Problem
@@ -62,7 +62,9 @@ async def _decide(
     except Exception:
         # Only an operation that really applies (no dry-run support) can get here.
         return [
-            Outcome.failed("error", f"Item {i.item_id} could not be checked; it may fail.")
+            Outcome.failed(
+                ErrorCode.INTERNAL, f"Item {i.item_id} could not be checked; it may fail."
+            )
             for i in items
         ]
     finally:

@@ -15,7 +15,9 @@ A consequence: details are never *committed* as ``running``; an item being appli
 
 If the bulk apply raises, the chunk rolls back and is re-run one item per transaction,
 so a bad item fails alone (no SAVEPOINT storms: PostgreSQL's subtransaction cache
-holds 64).
+holds 64). An item whose own transaction raises a transient error (deadlock,
+serialization failure, lock timeout: ``errors.failure_code``) is tried again at once,
+``IN_PASS_RETRIES`` times within its retries, before it is recorded failed.
 
 How a chunk is claimed and applied (fused statement, claim + ``apply``, one item per
 transaction) is ``app.operations.pipeline.strategy_for``'s choice; every way records
@@ -30,14 +32,15 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, column, select, text
+from sqlalchemy import Integer, Table, column, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
 from app.batches import details, monitor, rate
 from app.db.base import utcnow
-from app.domain import RUNNABLE, BatchStatus, DetailStatus, Outcome, Wakeup
+from app.domain import RUNNABLE, BatchStatus, DetailStatus, ErrorCode, Outcome, Wakeup, may_retry
+from app.errors import failure_code
 from app.models import Batch, BatchDetail
 from app.operations import BatchRun, Operation, WorkItem, get_operation
 from app.operations.pipeline import Stage, Strategy, strategy_for
@@ -50,6 +53,10 @@ log = logging.getLogger("batchd.executor")
 _details = cast(Table, BatchDetail.__table__)
 SEEDING_POLL_S = 0.02
 """How soon an executor that caught up with seeding looks again (an empty claim is cheap)."""
+IN_PASS_RETRIES = 1
+"""Transient failures of one item retried at once, in the same pass (each counts in its
+``retry_count``): a deadlock victim usually passes on the next try. Only one, so a
+longer cause (a lock held for minutes) leaves retries to the auto-retry cron."""
 
 
 @dataclass
@@ -229,18 +236,51 @@ async def _isolate(ctx: JobContext, chunk: Chunk) -> ChunkResult:
     total: Counter[DetailStatus] = Counter()
     over = False
     for item in chunk.items:
+        result = await _isolate_one(ctx, chunk, item)
+        if result is not None:
+            total.update(result.counts)
+            over = over or result.over_threshold
+    return ChunkResult(total, over, chunk.op.type)
+
+
+async def _isolate_one(ctx: JobContext, chunk: Chunk, item: WorkItem) -> ChunkResult | None:
+    """One item in its own transaction; a transient failure is tried again at once
+    (``IN_PASS_RETRIES``, within ``max_retries``). None: not ours any more, or left
+    pending (lost connection) for the next pass."""
+    for attempt in range(IN_PASS_RETRIES + 1):
         try:
             async with ctx.unit() as session:
                 if not await _still_pending(session, chunk, item):
-                    continue
-                result = await _apply(session, chunk, [item])
+                    return None
+                return await _apply(session, chunk, [item])
         except Exception as exc:
             if _lost_connection(exc):
-                continue  # left pending; the next pass takes it
-            result = await _record_crash(ctx, chunk, item, exc)
-        total.update(result.counts)
-        over = over or result.over_threshold
-    return ChunkResult(total, over, chunk.op.type)
+                return None  # left pending; the next pass takes it
+            code = failure_code(exc)
+            count = chunk.retry_counts[item.detail_id]
+            if (
+                code is not ErrorCode.TRANSIENT
+                or attempt == IN_PASS_RETRIES
+                or not may_retry(count, chunk.max_retries)
+            ):
+                return await _record_crash(ctx, chunk, item, exc, code)
+            log.info(
+                "batch %s item %s: transient error; retrying it", chunk.run.batch_id, item.item_id
+            )
+            await _count_retry(ctx, chunk, item)
+    return None  # pragma: no cover - the last attempt always returns
+
+
+async def _count_retry(ctx: JobContext, chunk: Chunk, item: WorkItem) -> None:
+    """An in-pass retry counts as one: committed before the retry, so a retry that
+    raises again cannot roll the count back."""
+    chunk.retry_counts[item.detail_id] += 1
+    async with ctx.unit() as session:
+        await session.execute(
+            update(_details)
+            .where(_details.c.id == item.detail_id, _details.c.status == DetailStatus.PENDING)
+            .values(retry_count=chunk.retry_counts[item.detail_id])
+        )
 
 
 async def _still_pending(session: AsyncSession, chunk: Chunk, item: WorkItem) -> bool:
@@ -278,21 +318,26 @@ async def _record(
     return ChunkResult(counts, monitor.over_threshold(row), chunk.op.type)
 
 
+_CRASH_MESSAGES = {
+    ErrorCode.TRANSIENT: "Item {} could not be applied: the database gave up on it for "
+    "now (a deadlock or a timeout); it can be retried.",
+    ErrorCode.INTERNAL: "Item {} could not be applied because of an unexpected error.",
+}
+
+
 async def _record_crash(
-    ctx: JobContext, chunk: Chunk, item: WorkItem, exc: Exception
+    ctx: JobContext, chunk: Chunk, item: WorkItem, exc: Exception, code: ErrorCode
 ) -> ChunkResult:
-    """An item whose own transaction raised: it fails alone, with a sentence a user
-    understands. The database's own text goes to the log only: it may name tables,
-    values or other people's data."""
+    """An item whose own transaction raised: it fails alone, ``transient`` or
+    ``internal`` (``errors.failure_code``), with a sentence a user understands. The
+    database's own text goes to the log only: it may name tables, values or other
+    people's data."""
     log.warning("batch %s item %s failed: %s", chunk.run.batch_id, item.item_id, _short(exc))
-    message = (
-        f"Item {item.item_id} could not be applied because of an unexpected error; "
-        "it can be retried."
-    )
+    outcome = Outcome.failed(code, _CRASH_MESSAGES[code].format(item.item_id))
     async with ctx.unit() as session:
         if not await _still_pending(session, chunk, item):
             return ChunkResult(Counter(), op_type=chunk.op.type)
-        return await _record(session, chunk, [item], [Outcome.failed("error", message)])
+        return await _record(session, chunk, [item], [outcome])
 
 
 def _lost_connection(exc: BaseException) -> bool:

@@ -15,6 +15,11 @@ their number.
 One sheet is for one node: its columns (``app.excel.layout``) are those of the node of
 the first row whose task the caller can see; a task at another node fails. A zip's
 workbooks are one task each, so each is read against its own task's node.
+
+A template holds every pending task at its node, and a person decides a few of them:
+a row (or a zip's workbook) whose Decision is blank is *skipped* — not an item, not a
+failure, whatever else it holds — and only counted (``Batch.skipped_rows``). A file in
+which no row has a Decision is refused (422) rather than made an empty batch.
 """
 
 from __future__ import annotations
@@ -33,10 +38,17 @@ from app.batches.resolve import Listed, Resolved
 from app.batches.spool import ListedSpool
 from app.config import Settings
 from app.db.bulk import id_in
-from app.domain import DetailStatus, Outcome
+from app.domain import DetailStatus, ErrorCode, Outcome
 from app.errors import Unavailable, ValidationFailed
 from app.excel.layout import DECISIONS, ERROR, Column, approval_columns, match_headers
-from app.excel.reader import TASK_ID_COLUMN, Record, Upload, is_blank, open_upload
+from app.excel.reader import (
+    DECISION_COLUMN,
+    TASK_ID_COLUMN,
+    Record,
+    Upload,
+    is_blank,
+    open_upload,
+)
 from app.models import Batch, ProcessDefinition, ProcessInstance, Task, User
 from app.operations import get_operation
 from app.schemas.batch import BatchCreate
@@ -60,6 +72,8 @@ class _Row:
     record: Record
     task_id: int | None = None
     error: str | None = None
+    code: ErrorCode | None = None
+    """Why the row failed (set with ``error``)."""
     payload: dict[str, Any] = field(default_factory=dict)
     decision_ok: bool = True
     duplicate: bool = False
@@ -114,14 +128,12 @@ async def import_batch(
     async with slots.hold():
         upload = await asyncio.to_thread(open_upload, data, settings)
         try:
-            spool = await read_upload(session, user, upload)
+            spool, skipped = await read_upload(session, user, upload)
         finally:
             upload.close()
     with spool:
         if not len(spool):
-            raise ValidationFailed(
-                "The file holds no task rows.", fields=[{"loc": ["file"], "msg": "no task rows"}]
-            )
+            raise _nothing_decided(skipped)
         resolved = Resolved(
             op=get_operation("task.approve"),
             params={},
@@ -131,12 +143,27 @@ async def import_batch(
             seed_until=0,
             source="excel",
             is_single=upload.is_single,
+            skipped_rows=skipped,
         )
         req = BatchCreate(type="task.approve", ids=[], priority=priority, params={})
         batch, _created = await service.create_batch(
             session, settings, user, req, resolved=resolved
         )
     return batch
+
+
+def _nothing_decided(skipped: int) -> ValidationFailed:
+    """The 422 for a file with no row to import: every row left undecided, or none."""
+    if not skipped:
+        return ValidationFailed(
+            "The file holds no task rows.", fields=[{"loc": ["file"], "msg": "no task rows"}]
+        )
+    rows = "1 row was" if skipped == 1 else f"{skipped} rows were"
+    return ValidationFailed(
+        "No row has a Decision: fill in approve or reject for the tasks to decide "
+        f"({rows} left blank).",
+        fields=[{"loc": ["file"], "msg": "no row has a Decision"}],
+    )
 
 
 # --------------------------------------------------------------------------- checking
@@ -149,19 +176,30 @@ class _TaskInfo:
     assignee_id: int | None
 
 
-async def read_upload(session: AsyncSession, user: User, upload: Upload) -> ListedSpool:
-    """Every record of ``upload`` checked (``RowChecker``), a page at a time, into a
-    spool: memory stays flat whatever the number of rows. The caller closes the spool."""
+async def read_upload(session: AsyncSession, user: User, upload: Upload) -> tuple[ListedSpool, int]:
+    """Every decided record of ``upload`` checked (``RowChecker``), a page at a time,
+    into a spool — memory stays flat whatever the number of rows — and the number of
+    undecided records skipped. The caller closes the spool."""
     checker = RowChecker(session, user, upload.is_single)
     spool = ListedSpool()
     try:
         while records := await asyncio.to_thread(upload.next_page, READ_PAGE):
-            for start in range(0, len(records), CHECK_PAGE):
-                spool.append(await checker.check(records[start : start + CHECK_PAGE]))
+            decided = [r for r in records if is_decided(r)]
+            checker.skipped += len(records) - len(decided)
+            for start in range(0, len(decided), CHECK_PAGE):
+                spool.append(await checker.check(decided[start : start + CHECK_PAGE]))
     except BaseException:
         spool.close()
         raise
-    return spool
+    return spool, checker.skipped
+
+
+def is_decided(record: Record) -> bool:
+    """Whether the record's Decision cell holds anything (a bad word included: that is
+    the row's error, not a row left undecided). The Decision header is the same at
+    every node, so this needs no layout."""
+    value = next((v for h, v in record.cells if DECISION_COLUMN.matches(h)), None)
+    return not is_blank(value)
 
 
 class RowChecker:
@@ -178,6 +216,8 @@ class RowChecker:
         self.layouts = _Layouts(session)
         self.sheet_node: tuple[int, str] | None = None
         self.matched: dict[tuple[tuple[int, str] | None, tuple[str, ...]], dict[int, Column]] = {}
+        self.skipped = 0
+        """Undecided records left out (counted by ``read_upload``)."""
 
     async def check(self, records: list[Record]) -> Listed:
         """Valid records become pending items with their row payload, the others
@@ -190,6 +230,7 @@ class RowChecker:
                 earlier = self.first_row.setdefault(row.task_id, row.record.row)
                 if earlier != row.record.row:
                     row.error = f"task {row.task_id} is already in row {earlier}"
+                    row.code = ErrorCode.CONFLICT
                     row.duplicate = True
         session, user = self.session, self.user
         infos = await _task_infos(session, [r.task_id for r in rows if r.task_id is not None])
@@ -210,15 +251,16 @@ class RowChecker:
         for row in rows:
             await self._read_row(row, visible)
         await _engine_check(session, user, rows)
-        listed = Listed(item_ids=[], rows=[], payloads=[], errors=[])
+        listed = Listed(item_ids=[], rows=[], payloads=[], errors=[], error_codes=[])
         assert listed.rows is not None and listed.payloads is not None
-        assert listed.errors is not None
+        assert listed.errors is not None and listed.error_codes is not None
         for row in rows:
             listed.item_ids.append(row.task_id or 0)
             listed.rows.append(row.record.row)
             row.payload["cells"] = [[h, v] for h, v in row.record.cells if h != ERROR]
             listed.payloads.append(row.payload)
             listed.errors.append(f"{row.record.where}: {row.error}" if row.error else None)
+            listed.error_codes.append((row.code or ErrorCode.VALIDATION) if row.error else None)
         return listed
 
     async def _columns_of(self, node: tuple[int, str] | None, record: Record) -> dict[int, Column]:
@@ -244,6 +286,7 @@ class RowChecker:
                 f"Task {tid} is at step {await layouts.node_name(here)}, not at step "
                 f"{await layouts.node_name(node)} like this sheet."
             )
+            row.code = ErrorCode.WRONG_NODE
 
 
 def _parse_task_id(row: _Row) -> None:
@@ -322,14 +365,23 @@ async def _engine_check(session: AsyncSession, user: User, rows: list[_Row]) -> 
         for row, outcome in zip(page, outcomes, strict=True):
             if outcome.status != DetailStatus.SUCCESS and (_gate(outcome) or row.error is None):
                 row.error = outcome.error or "The task cannot be decided."
+                row.code = _code_of(outcome)
 
 
 def _gate(outcome: Outcome) -> bool:
     return outcome.status == DetailStatus.IGNORED or outcome.error_code in (
-        "not_found",
-        "forbidden",
-        "locked",
+        ErrorCode.NOT_FOUND,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.LOCKED,
     )
+
+
+def _code_of(outcome: Outcome) -> ErrorCode:
+    """The dry run's answer as the row's ``ErrorCode``: an ignored task (already
+    decided) is in the wrong state."""
+    if outcome.status == DetailStatus.IGNORED:
+        return ErrorCode.WRONG_STATE
+    return outcome.error_code or ErrorCode.INTERNAL
 
 
 async def _task_infos(session: AsyncSession, ids: list[int]) -> dict[int, _TaskInfo]:

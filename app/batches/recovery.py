@@ -15,7 +15,7 @@ from sqlalchemy import and_, delete, exists, or_, select, update
 from app.batches import service, state
 from app.db.base import utcnow
 from app.db.unit_of_work import request_wakeup
-from app.domain import FINAL, STARTING, BatchStatus, DetailStatus
+from app.domain import FINAL, STARTING, BatchStatus
 from app.errors import AppError
 from app.models import Batch, BatchDetail, SeedClaim, Task
 from app.runtime.context import JobContext
@@ -101,7 +101,10 @@ async def start_due(ctx: JobContext) -> None:
 
 async def auto_retry(ctx: JobContext) -> None:
     """Batches that finished within ``BATCH_AUTO_RETRY_WINDOW`` (and at least
-    ``auto_retry_delay`` ago) with failed, non-exhausted items are retried, once per pass."""
+    ``auto_retry_delay`` ago) with failed, non-exhausted, *retryable* items
+    (``state.auto_retryable``) are retried, once per pass, those items only. A batch
+    whose failures need fixing (``wrong_state``, ``validation``…) is left alone:
+    running it again would fail it again."""
     s = ctx.settings
     if s.auto_retry_window <= 0:
         return
@@ -116,8 +119,7 @@ async def auto_retry(ctx: JobContext) -> None:
                     Batch.finished_at <= now - timedelta(seconds=s.auto_retry_delay),
                     exists().where(
                         BatchDetail.batch_id == Batch.id,
-                        BatchDetail.status == DetailStatus.FAILED,
-                        state.retryable(BatchDetail.retry_count, Batch.max_retries),
+                        state.auto_retryable(Batch.max_retries),
                     ),
                 )
                 .limit(PASS_LIMIT)

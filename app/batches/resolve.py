@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db.base import utcnow
+from app.domain import ErrorCode
 from app.errors import Forbidden, TooLarge, ValidationFailed
 from app.models import User
 from app.operations import Operation, get_operation
@@ -23,13 +24,15 @@ MAX_START_DELAY = timedelta(days=30)
 class Listed:
     """Targets listed one by one — an id list, or the rows of an Excel import with each
     row's number and payload. ``errors[i]`` set makes item ``i`` a pre-failed row (it
-    did not validate): recorded ``failed`` with that sentence, never locked, never run.
+    did not validate): recorded ``failed`` with that sentence and ``error_codes[i]``
+    (``validation`` when unset), never locked, never run.
     Columns, not objects: a million ids stay a list of ints."""
 
     item_ids: list[int]
     rows: list[int | None] | None = None
     payloads: list[dict[str, Any] | None] | None = None
     errors: list[str | None] | None = None
+    error_codes: list[ErrorCode | None] | None = None
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -43,6 +46,7 @@ class Listed:
                 self.rows[window] if self.rows is not None else None,
                 self.payloads[window] if self.payloads is not None else None,
                 self.errors[window] if self.errors is not None else None,
+                self.error_codes[window] if self.error_codes is not None else None,
             )
 
 
@@ -68,6 +72,8 @@ class Resolved:
     seed_until: int
     source: str = "api"
     is_single: bool = False
+    skipped_rows: int = 0
+    """An imported template's undecided rows (not items)."""
 
 
 async def resolve(

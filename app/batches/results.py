@@ -33,6 +33,8 @@ from app.models import Batch, BatchDetail, User
 from app.operations import get_operation
 
 COLUMNS = ("item_id", "row", "status", "error", "retry_count", "finished_at", "title")
+XLSX_COLUMNS = tuple("finished_at (UTC)" if c == "finished_at" else c for c in COLUMNS)
+"""The xlsx header: a date-time cell holds no time zone, so the header names it."""
 PAGE = 5_000
 
 
@@ -61,7 +63,11 @@ async def _pages(
 
 
 def _plain(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+    """CSV text: a datetime as ISO 8601 in UTC with ``Z`` (as the JSON API writes it)."""
+    if isinstance(value, datetime):
+        utc = value.astimezone(UTC) if value.tzinfo is not None else value
+        return utc.replace(tzinfo=None).isoformat() + "Z"
+    return value
 
 
 async def csv_stream(
@@ -83,16 +89,9 @@ async def xlsx_stream(
     sm: async_sessionmaker[AsyncSession], batch: Batch, status: str | None
 ) -> AsyncIterator[bytes]:
     """Page by page through ``XlsxStream``: the first bytes leave with the first page."""
-    book = XlsxStream("Results", COLUMNS)
+    book = XlsxStream("Results", XLSX_COLUMNS)
     async for page in _pages(sm, batch, status):
-        chunk = await asyncio.to_thread(book.rows, [[_naive_utc(v) for v in row] for row in page])
+        chunk = await asyncio.to_thread(book.rows, page)
         if chunk:
             yield chunk
     yield book.close()
-
-
-def _naive_utc(value: Any) -> Any:
-    """Datetimes in UTC (the export's one time zone)."""
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(UTC).replace(tzinfo=None)
-    return value

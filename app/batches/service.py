@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
@@ -23,7 +24,13 @@ from app.db.bulk import id_in
 from app.db.pages import total_of
 from app.db.unit_of_work import request_wakeup
 from app.domain import SUSPENDABLE, BatchStatus, DetailStatus
-from app.errors import Conflict, IdempotencyKeyReused, NotFound, ValidationFailed
+from app.errors import (
+    MAX_LISTED_ERRORS,
+    Conflict,
+    IdempotencyKeyReused,
+    NotFound,
+    ValidationFailed,
+)
 from app.models import Batch, BatchDetail, SeedClaim, User
 from app.operations import get_operation
 from app.schemas.batch import BatchCreate, BatchOut, DetailOut, DryRunOut
@@ -70,6 +77,7 @@ async def create_batch(
         filter=r.filter,
         source=r.source,
         is_single=r.is_single,
+        skipped_rows=r.skipped_rows,
         idempotency_key=key,
         request_hash=fingerprint,
         total=r.total,
@@ -341,8 +349,14 @@ async def retry(
     guard_finished: bool = False,
 ) -> RetryResult:
     """Failed, non-exhausted details go back to pending with retry_count + 1 and the batch
-    runs again; exhausted ones (``state.is_exhausted``) release their locks.
-    ``user=None`` is the auto-retry cron acting on the batch's behalf; with
+    runs again; exhausted ones (``state.is_exhausted``) release their locks. A locking
+    type re-locks the requeued items: one another batch holds now (or decided
+    meanwhile) takes that outcome at once (``locked``, ignored…) instead of running; it
+    still counts as requeued (retried: ``retry_count`` + 1), and the batch runs again
+    only if something is left to run.
+    ``user`` retries any failure (they fixed its cause; ``item_ids`` that never failed
+    are a 409); ``user=None`` is the auto-retry cron acting on the batch's behalf, which
+    requeues only retryable failures (``state.auto_retryable``). With
     ``guard_finished`` nothing happens unless the batch is still finished (so two cron
     passes racing on one batch retry it once)."""
     batch = (
@@ -358,19 +372,10 @@ async def retry(
         return RetryResult(batch, 0, 0)
     op = get_operation(batch.type)
     clauses = [BatchDetail.batch_id == batch.id, BatchDetail.status == DetailStatus.FAILED]
+    if user is None:
+        clauses.append(BatchDetail.retryable.is_(True))
     if item_ids is not None:
-        known = set(
-            await session.scalars(
-                select(BatchDetail.item_id).where(
-                    BatchDetail.batch_id == batch.id, id_in(session, BatchDetail.item_id, item_ids)
-                )
-            )
-        )
-        unknown = sorted(set(item_ids) - known)
-        if unknown:
-            raise NotFound(
-                f"Items {', '.join(map(str, unknown[:20]))} are not in batch {batch_id}."
-            )
+        await _check_retry_items(session, batch.id, item_ids)
         clauses.append(id_in(session, BatchDetail.item_id, item_ids))
     failed = (
         await session.execute(select(BatchDetail.item_id, BatchDetail.retry_count).where(*clauses))
@@ -379,35 +384,41 @@ async def retry(
     if op.lock is not None:
         await op.lock.release(session, batch.id, exhausted)
     # The conditional UPDATE is the source of truth for what was requeued.
-    requeued = list(
-        await session.scalars(
+    requeued = {
+        item_id: detail_id
+        for detail_id, item_id in await session.execute(
             update(BatchDetail)
             .where(*clauses, state.retryable(BatchDetail.retry_count, batch.max_retries))
             .values(
                 status=DetailStatus.PENDING,
                 retry_count=BatchDetail.retry_count + 1,
                 error=None,
+                error_code=None,
+                retryable=None,
                 finished_at=None,
             )
-            .returning(BatchDetail.item_id)
+            .returning(BatchDetail.id, BatchDetail.item_id)
         )
-    )
+    }
+    refused: Counter[DetailStatus] = Counter()
     if requeued and op.lock is not None:
         creator = await session.get(User, batch.creator_id)
         assert creator is not None
-        await op.lock.acquire(session, batch.id, creator, requeued)
+        refused = await details.lock_pending(session, batch.id, creator, op, requeued)
+    running = len(requeued) - refused.total()
+    counts = Counter(refused)
+    counts[DetailStatus.FAILED] -= len(requeued)
     locked = await state.lock_batch(session, batch.id)
     assert locked is not None
     if requeued:
-        await details.bump_counters(session, locked.id, {DetailStatus.FAILED: -len(requeued)})
-        await session.refresh(locked, ["failed"])
-        if state.is_final(locked.status):
-            state.move(locked, BatchStatus.RUNNING)
-        else:
-            state.touch(locked)
-        _request_wakeups(session, settings, locked)
+        await details.bump_counters(session, locked.id, counts)
+        await session.refresh(locked, ["success", "failed", "ignored"])
+    if running and state.is_final(locked.status):
+        state.move(locked, BatchStatus.RUNNING)
     else:
         state.touch(locked)
+    if running:
+        _request_wakeups(session, settings, locked)
     await write_action_log(
         session,
         user.id if user else None,
@@ -417,3 +428,36 @@ async def retry(
     )
     await session.flush()
     return RetryResult(locked, len(requeued), len(exhausted))
+
+
+_NOT_FAILED = {
+    DetailStatus.SUCCESS: "succeeded",
+    DetailStatus.IGNORED: "was ignored",
+    DetailStatus.PENDING: "is pending",
+    DetailStatus.RUNNING: "is running",
+    DetailStatus.CANCELLED: "was cancelled",
+}
+
+
+async def _check_retry_items(session: AsyncSession, batch_id: int, item_ids: list[int]) -> None:
+    """``item_ids`` of a retry must all be in the batch (404) and have failed (409, with
+    what became of each instead): a silent "requeued 0" hides a wrong id list."""
+    statuses: dict[int, set[str]] = {}
+    for item_id, status in await session.execute(
+        select(BatchDetail.item_id, BatchDetail.status).where(
+            BatchDetail.batch_id == batch_id, id_in(session, BatchDetail.item_id, item_ids)
+        )
+    ):
+        statuses.setdefault(item_id, set()).add(status)
+    unknown = sorted(set(item_ids) - statuses.keys())
+    if unknown:
+        raise NotFound(f"Items {', '.join(map(str, unknown[:20]))} are not in batch {batch_id}.")
+    never = sorted(i for i, seen in statuses.items() if DetailStatus.FAILED not in seen)
+    if never:
+        shown = never[:MAX_LISTED_ERRORS]
+        why = ", ".join(f"{i} {_NOT_FAILED[DetailStatus(min(statuses[i]))]}" for i in shown)
+        more = f", and {len(never) - len(shown)} more" if len(never) > len(shown) else ""
+        raise Conflict(
+            f"Items {', '.join(map(str, shown))} did not fail: {why}{more}. "
+            "Only failed items can be retried."
+        )

@@ -55,7 +55,13 @@ class ListedSpool:
         if not len(listed):
             return
         self._file.seek(0, 2)
-        columns = (listed.item_ids, listed.rows, listed.payloads, listed.errors)
+        columns = (
+            listed.item_ids,
+            listed.rows,
+            listed.payloads,
+            listed.errors,
+            listed.error_codes,
+        )
         pickle.dump(columns, self._file, protocol=pickle.HIGHEST_PROTOCOL)
         self._count += len(listed)
 
@@ -65,7 +71,7 @@ class ListedSpool:
         page = _empty()
         while True:
             try:
-                ids, rows, payloads, errors = pickle.load(self._file)  # noqa: S301 (our own file)
+                ids, rows, payloads, errors, codes = pickle.load(self._file)  # noqa: S301 (ours)
             except EOFError:
                 break
             n, at = len(ids), 0
@@ -75,6 +81,7 @@ class ListedSpool:
                 _extend(page, "rows", rows, take)
                 _extend(page, "payloads", payloads, take)
                 _extend(page, "errors", errors, take)
+                _extend(page, "error_codes", codes, take)
                 at = take.stop
                 if len(page) == size:
                     yield page
@@ -84,7 +91,7 @@ class ListedSpool:
 
 
 def _empty() -> Listed:
-    return Listed(item_ids=[], rows=[], payloads=[], errors=[])
+    return Listed(item_ids=[], rows=[], payloads=[], errors=[], error_codes=[])
 
 
 def _extend(page: Listed, name: str, column: list[Any] | None, take: slice) -> None:

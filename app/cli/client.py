@@ -41,6 +41,8 @@ from app.cli.sse import (
 from app.cli.watch import DEFAULT_URL
 
 SERVER_ERROR = 3
+SHOW_GROUPS = 3
+"""Failure groups ``batch show`` lists under the batch."""
 
 batch_app = typer.Typer(
     name="batch",
@@ -495,13 +497,18 @@ def show(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One batch with its counters."""
+    """One batch with its counters, and its three largest failure groups."""
     with _api(ctx, url, token, as_json) as api:
         response = api.request("GET", f"/api/v1/batches/{batch_id}")
         if api.conn.as_json:
             _print_json(response)
-        else:
-            _out().print(ui.batch_table(response.json()))
+            return
+        console = _out()
+        batch = response.json()
+        console.print(ui.batch_table(batch))
+        if batch.get("failed"):
+            groups = api.request("GET", f"/api/v1/batches/{batch_id}/failures").json()
+            console.print(ui.failures_table(groups, top=SHOW_GROUPS))
 
 
 @batch_app.command("details")
@@ -527,6 +534,23 @@ def details(
             _out().print(ui.details_table(response.json()))
 
 
+@batch_app.command("failures")
+def failures(
+    ctx: typer.Context,
+    batch_id: IdArg,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Failed items in groups, largest first: 97 alike failures are one row of 97."""
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request("GET", f"/api/v1/batches/{batch_id}/failures")
+        if api.conn.as_json:
+            _print_json(response)
+        else:
+            _out().print(ui.failures_table(response.json()))
+
+
 @batch_app.command("retry")
 def retry(
     ctx: typer.Context,
@@ -535,12 +559,31 @@ def retry(
         str | None,
         typer.Option("--items", help="Only these failed item ids.", metavar="1,2,3"),
     ] = None,
+    error_code: Annotated[
+        str | None,
+        typer.Option(
+            "--code",
+            help="Only the failure group of this code (see batch failures).",
+            metavar="CODE",
+        ),
+    ] = None,
+    message: Annotated[
+        str | None,
+        typer.Option(help="With --code: only the group with this message.", metavar="TEXT"),
+    ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Put failed items back to pending (items that used up their retries are let go)."""
-    kw: dict[str, Any] = {"json": {"item_ids": parse_ids(items, "--items")}} if items else {}
+    if message is not None and error_code is None:
+        raise fail("--message needs --code: a failure group is a code and a message")
+    if items and error_code:
+        raise fail("give --items or --code, not both")
+    body: dict[str, Any] = {"item_ids": parse_ids(items, "--items")} if items else {}
+    if error_code:
+        body = {"error_code": error_code, **({"message": message} if message is not None else {})}
+    kw: dict[str, Any] = {"json": body} if body else {}
     with _api(ctx, url, token, as_json) as api:
         response = api.request("POST", f"/api/v1/batches/{batch_id}/retry", **kw)
         if api.conn.as_json:

@@ -148,6 +148,8 @@ def batch_table(batch: Body) -> Table:
         f"[red]{batch.get('failed', 0)} failed[/] · {batch.get('ignored', 0)} ignored · "
         f"{batch.get('cancelled', 0)} cancelled · {batch.get('pending', 0)} pending",
     )
+    if batch.get("skipped_rows"):
+        table.add_row("skipped rows", f"{batch['skipped_rows']} (no Decision: not imported)")
     for key in ("filter", "params"):
         if batch.get(key):
             table.add_row(key, _cell(json.dumps(batch[key], ensure_ascii=False)))
@@ -239,6 +241,33 @@ def details_table(page: Body) -> Table:
             _styled(d.get("status")),
             _cell(d.get("retry_count")),
             _cell(d.get("error")),
+        )
+    return table
+
+
+def failures_table(body: Body, top: int | None = None) -> Table:
+    """``GET /batches/{id}/failures``: one row per failure group, largest first — the
+    code, whether a rerun may cure it, the sentence (the item's own id as N) and the first
+    item ids. ``top`` keeps only the largest groups (``batch show``)."""
+    groups = body.get("groups") or []
+    shown = groups[:top] if top is not None else groups
+    total = int(body.get("total_failed") or 0)
+    caption = f"{total} failed in {len(groups)} group{'s' if len(groups) != 1 else ''}"
+    if len(shown) < len(groups) or body.get("groups_truncated"):
+        caption += f" · the largest {len(shown)} shown (batchd batch failures)"
+    table = Table(caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("count", justify="right", no_wrap=True)
+    table.add_column("code", no_wrap=True)
+    table.add_column("retryable", no_wrap=True)
+    table.add_column("message", overflow="fold", ratio=3)
+    table.add_column("sample items", overflow="fold", ratio=1)
+    for g in shown:
+        table.add_row(
+            _cell(g.get("count")),
+            f"[red]{_cell(g.get('error_code'))}[/]",
+            "yes" if g.get("retryable") else "no",
+            _cell(g.get("message")),
+            _cell(", ".join(str(i) for i in g.get("sample_item_ids") or [])),
         )
     return table
 

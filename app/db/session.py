@@ -10,6 +10,7 @@ reader upgrades to a writer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,20 @@ from sqlalchemy.ext.asyncio import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+WITHOUT_ITEM_ID = "batchd_without_item_id"
+"""SQLite function ``batchd_without_item_id(text, item_id)``: ``text`` with the item id,
+as a whole word, replaced by ``N`` — what PostgreSQL's ``regexp_replace(text, '\\m' ||
+item_id || '\\M', 'N', 'g')`` does; SQLite has no regexp of its own
+(``app/batches/failures.py`` groups alike failures with it)."""
+
+
+def without_item_id(text: str | None, item_id: int | None) -> str | None:
+    """``"Task 123 is locked."`` for item 123 → ``"Task N is locked."``; 12 never matches
+    inside 123."""
+    if text is None or item_id is None:
+        return text
+    return re.sub(rf"\b{int(item_id)}\b", "N", text)
 
 
 def create_engine(url: str, *, pool_size: int = 10, name: str = "batchd") -> AsyncEngine:
@@ -55,6 +70,7 @@ def _sqlite_engine(url: str) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        dbapi_connection.create_function(WITHOUT_ITEM_ID, 2, without_item_id, deterministic=True)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

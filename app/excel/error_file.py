@@ -12,6 +12,13 @@ a retry finishes):
   task the creator cannot see shows only its id and its error;
 - any other type: item_id, title, Error.
 
+An approval error file *is* a template (``app.excel.template.SheetWriter`` writes
+both): the node's dropdowns and number / date / length validations, the hidden option
+sheet, the frozen header row, real date cells, the same protection (read-only columns
+locked, rows deletable) — plus the read-only ``Error`` column. The node is that of the
+first failed task the creator can see; an imported row's own headers are kept in their
+own order, and a column the layout does not know is repeated as it was.
+
 The import ignores the ``Error`` column, so a fixed file imports as it is. Details are
 read page by page in short transactions and written with openpyxl's write-only mode
 to a temporary file (in a thread), built whole before the response starts
@@ -34,12 +41,14 @@ from app.db.pages import keyset_pages
 from app.domain import DetailStatus
 from app.excel.built import BuiltFile, build_file
 from app.excel.cells import text_cell
-from app.excel.layout import ERROR, Column, approval_columns
+from app.excel.layout import ERROR, Column, approval_columns, sheet_columns
+from app.excel.template import SheetWriter, display
 from app.models import Batch, BatchDetail, ProcessDefinition, ProcessInstance, Task, User
 from app.operations import get_operation
 from app.workflow.forms import find_node
 
 PAGE = 2_000
+SHEET = "Errors"
 
 
 async def has_failed(session: AsyncSession, batch: Batch) -> bool:
@@ -81,15 +90,12 @@ async def build(sm: async_sessionmaker[AsyncSession], batch: Batch) -> BuiltFile
     assert creator is not None  # users are never deleted
 
     async def write(path: str) -> None:
-        wb = Workbook(write_only=True)
-        ws = wb.create_sheet("Errors")
         if batch.source == "excel":
-            await _excel_rows(sm, batch, ws)
+            await _excel_rows(sm, batch, creator, path)
         elif batch.type == "task.approve":
-            await _approval_rows(sm, batch, creator, ws)
+            await _approval_rows(sm, batch, creator, path)
         else:
-            await _plain_rows(sm, batch, creator, ws)
-        await asyncio.to_thread(wb.save, path)
+            await _plain_rows(sm, batch, creator, path)
 
     return await build_file(write, prefix="batchd-errors-", suffix=".xlsx")
 
@@ -104,57 +110,78 @@ def _cells(payload: dict[str, Any] | None) -> list[tuple[str, Any]]:
     return [(str(c[0]), c[1]) for c in raw if isinstance(c, list) and len(c) == 2]
 
 
-async def _excel_rows(sm: async_sessionmaker[AsyncSession], batch: Batch, ws: Any) -> None:
+def _visible(creator: User, r: Any) -> bool:
+    """Whether the creator may see the failed row's task (and so its node's layout)."""
+    return r.definition_id is not None and (creator.is_admin or r.assignee_id == creator.id)
+
+
+_NODE_OF = (Task.assignee_id, Task.node_id, ProcessInstance.definition_id)
+
+
+async def _excel_rows(
+    sm: async_sessionmaker[AsyncSession], batch: Batch, creator: User, path: str
+) -> None:
     """Original cells in the original order (the union of every failed row's headers:
-    one list for a sheet, the workbooks' fields for a zip), then Error."""
-    cols = (BatchDetail.item_id, BatchDetail.row, BatchDetail.error, BatchDetail.payload)
+    one list for a sheet, the workbooks' fields for a zip) laid out as the node's
+    template, then Error."""
     headers: dict[str, None] = {}
-    async for page in _failed_pages(sm, batch, (BatchDetail.payload,)):
+    first: Any = None
+    async for page in _failed_pages_joined(sm, batch, (BatchDetail.payload, *_NODE_OF)):
         for r in page:
             headers.update(dict.fromkeys(h for h, _ in _cells(r.payload) if h != ERROR))
+            if first is None and _visible(creator, r):
+                first = r
     names = list(headers) or ["Task ID"]
-    await asyncio.to_thread(_append, ws, [[*names, ERROR]])
+    columns = [*sheet_columns(names, await _node_columns(sm, first)), Column("error", ERROR)]
+    id_header = next((c.header for c in columns if c.kind == "task_id"), names[0])
+    writer = SheetWriter(columns, SHEET)
+    cols = (BatchDetail.item_id, BatchDetail.row, BatchDetail.error, BatchDetail.payload)
     async for page in _failed_pages(sm, batch, cols):
         out = []
         for _id, item_id, row, error, payload in page:
-            cells = dict(_cells(payload))
-            values = [cells.get(h) for h in names] if cells else [item_id]
+            cells = dict(_cells(payload)) or {id_header: item_id}
+            values = [_shown(c, cells.get(c.header)) for c in columns[:-1]]
             out.append([*values, _error_of(row, error)])
-        await asyncio.to_thread(_append, ws, out)
+        await asyncio.to_thread(writer.append_values, out)
+    await asyncio.to_thread(writer.save, path)
+
+
+def _shown(column: Column, value: Any) -> Any:
+    """A stored value as the template shows it (a date field as a date cell)."""
+    return display(column.field, value) if column.kind in ("read", "write") else value
 
 
 async def _approval_rows(
-    sm: async_sessionmaker[AsyncSession], batch: Batch, creator: User, ws: Any
+    sm: async_sessionmaker[AsyncSession], batch: Batch, creator: User, path: str
 ) -> None:
     params = batch.params or {}
     cols = (
         BatchDetail.item_id,
         BatchDetail.row,
         BatchDetail.error,
-        Task.assignee_id,
-        Task.node_id,
-        ProcessInstance.definition_id,
+        *_NODE_OF,
         ProcessInstance.title,
         ProcessInstance.department_id,
         ProcessInstance.form_data,
     )
-
-    def visible(r: Any) -> bool:
-        return r.definition_id is not None and (creator.is_admin or r.assignee_id == creator.id)
-
-    columns: list[Column] | None = None
+    writer: SheetWriter | None = None
+    columns: list[Column] = []
     async for page in _failed_pages_joined(sm, batch, cols):
-        if columns is None:
-            columns = await _node_columns(sm, next((r for r in page if visible(r)), None))
-            await asyncio.to_thread(_append, ws, [[*(c.header for c in columns), ERROR]])
+        if writer is None:
+            first = next((r for r in page if _visible(creator, r)), None)
+            columns = await _node_columns(sm, first)
+            writer = SheetWriter([*columns, Column("error", ERROR)], SHEET)
         rows = [
             [
-                *_approval_values(columns, r if visible(r) else None, r.item_id, params),
+                *_approval_values(columns, r if _visible(creator, r) else None, r.item_id, params),
                 _error_of(None, r.error),
             ]
             for r in page
         ]
-        await asyncio.to_thread(_append, ws, rows)
+        await asyncio.to_thread(writer.append_values, rows)
+    if writer is None:  # the failures were retried away meanwhile: the bare layout
+        writer = SheetWriter([*await _node_columns(sm, None), Column("error", ERROR)], SHEET)
+    await asyncio.to_thread(writer.save, path)
 
 
 async def _failed_pages_joined(
@@ -211,13 +238,17 @@ def _approval_values(
         elif c.kind == "department":
             values.append(r.department_id)
         else:
-            values.append(_cell(form_data.get(c.name)))
+            values.append(_shown(c, _cell(form_data.get(c.name))))
     return values
 
 
 async def _plain_rows(
-    sm: async_sessionmaker[AsyncSession], batch: Batch, creator: User, ws: Any
+    sm: async_sessionmaker[AsyncSession], batch: Batch, creator: User, path: str
 ) -> None:
+    """item_id, title, Error: nothing here is imported again."""
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet(SHEET)
+    ws.freeze_panes = "A2"
     target = get_operation(batch.type).target
     title = target.title_of(BatchDetail.item_id, creator).label("title")
     await asyncio.to_thread(_append, ws, [["item_id", "title", ERROR]])
@@ -225,3 +256,4 @@ async def _plain_rows(
     async for page in _failed_pages(sm, batch, cols):
         rows = [[item_id, t, _error_of(row, error)] for _id, item_id, row, error, t in page]
         await asyncio.to_thread(_append, ws, rows)
+    await asyncio.to_thread(wb.save, path)

@@ -10,7 +10,7 @@ does not know are ignored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from app.workflow.forms import NodeRules, field_mode
@@ -25,7 +25,11 @@ ERROR = "Error"
 """The error file's extra last column (ignored by the import)."""
 DECISIONS = ("approve", "reject")
 
-Kind = Literal["task_id", "title", "department", "read", "write", "decision", "comment"]
+Kind = Literal[
+    "task_id", "title", "department", "read", "write", "decision", "comment", "other", "error"
+]
+"""``other``: a column the layout does not know, kept as the person typed it (an
+error file repeats it, editable); ``error``: the error file's read-only Error column."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Column:
 
     @property
     def editable(self) -> bool:
-        return self.kind in ("write", "decision", "comment")
+        return self.kind in ("write", "decision", "comment", "other")
 
     def matches(self, header: Any) -> bool:
         if not isinstance(header, str):
@@ -81,6 +85,18 @@ def match_headers(headers: list[Any], columns: list[Column]) -> dict[int, Column
                 taken.add(column.header)
                 break
     return found
+
+
+def sheet_columns(headers: list[str], columns: list[Column]) -> list[Column]:
+    """A sheet's own headers as columns of ``columns`` (the header text kept as the
+    sheet has it), ``other`` for a header the layout does not know — so a file written
+    back (the error file) has the template's validations and protection in the
+    person's own column order."""
+    found = match_headers(list(headers), columns)
+    return [
+        replace(found[i], header=h) if i in found else Column("other", h)
+        for i, h in enumerate(headers)
+    ]
 
 
 def _label(field: dict[str, Any]) -> str:

@@ -10,8 +10,9 @@ An xlsx is a zip of a few XML parts; ``zipfile`` can write to a stream that cann
 Cells are numbers or inline strings — never formulas, so formula-looking text stays
 text — and characters XML cannot hold are written as U+FFFD (``app.excel.cells``: a
 title holding a control character must not stop the download halfway). Datetimes are
-written as ISO 8601 text (UTC), which every spreadsheet program shows and sorts
-correctly.
+real date-time cells in UTC (``yyyy-mm-dd hh:mm:ss``; a spreadsheet cell holds no time
+zone, so the caller's header says "(UTC)"), dates real date cells: they sort, filter
+and compute as dates.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import io
 import math
 import zipfile
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from xml.sax.saxutils import escape
+
+from openpyxl.utils.datetime import to_excel
 
 from app.excel.cells import xml_text
 
@@ -53,11 +56,12 @@ _WORKBOOK_RELS = """<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
 
 _STYLES = """<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
 <styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">
+<numFmts count="2"><numFmt numFmtId="164" formatCode="yyyy-mm-dd hh:mm:ss"/><numFmt numFmtId="165" formatCode="yyyy-mm-dd"/></numFmts>
 <fonts count="2"><font><sz val="11"/><name val="Calibri"/></font><font><b/><sz val="11"/><name val="Calibri"/></font></fonts>
 <fills count="2"><fill><patternFill patternType="none"/></fill><fill><patternFill patternType="gray125"/></fill></fills>
 <borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border></borders>
 <cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs>
-<cellXfs count="2"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/><xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1"/></cellXfs>
+<cellXfs count="4"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/><xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1"/><xf numFmtId="164" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/><xf numFmtId="165" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/></cellXfs>
 <cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles>
 </styleSheet>"""  # noqa: E501
 
@@ -68,6 +72,10 @@ _SHEET_HEAD = (
     'activePane="bottomLeft" state="frozen"/></sheetView></sheetViews><sheetData>'
 )
 _SHEET_TAIL = "</sheetData></worksheet>"
+_DATETIME = ' s="2"'
+"""The cell style ``yyyy-mm-dd hh:mm:ss`` (``_STYLES``: cellXfs 2)."""
+_DATE = ' s="3"'
+"""The cell style ``yyyy-mm-dd`` (cellXfs 3)."""
 
 
 class _Sink(io.RawIOBase):
@@ -105,8 +113,12 @@ def _cell(ref: str, value: Any, style: str) -> str:
         return f'<c r="{ref}" t="b"{style}><v>{int(value)}</v></c>'
     if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
         return f'<c r="{ref}" t="n"{style}><v>{value}</v></c>'
-    if isinstance(value, datetime | date):
-        value = value.isoformat()
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return f'<c r="{ref}"{style or _DATETIME}><v>{to_excel(value)!r}</v></c>'
+    if isinstance(value, date):
+        return f'<c r="{ref}"{style or _DATE}><v>{to_excel(value)!r}</v></c>'
     text = escape(xml_text(str(value)))
     return f'<c r="{ref}" t="inlineStr"{style}><is><t xml:space="preserve">{text}</t></is></c>'
 

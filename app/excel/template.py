@@ -379,16 +379,25 @@ def header_comment(column: Column) -> str | None:
             parts.append("A number.")
         return " ".join(parts)
     if column.kind == "decision":
-        return "approve or reject: every row you import needs one."
+        return "approve or reject; a row left blank is skipped."
     if column.kind in ("task_id", "read"):
         return "Read only."
+    if column.kind == "error":
+        return "Why the row failed; the import ignores this column."
     return None
 
 
 def column_width(column: Column) -> float:
     """Readable widths without measuring 50 000 rows (column widths are written before
     the first row in write-only mode)."""
-    base = {"task_id": 10, "title": 40, "department": 12, "decision": 12, "comment": 40}
+    base = {
+        "task_id": 10,
+        "title": 40,
+        "department": 12,
+        "decision": 12,
+        "comment": 40,
+        "error": 60,
+    }
     width = base.get(column.kind, 16)
     if column.field is not None and column.field.get("type") == "multiselect":
         width = 28
@@ -426,40 +435,54 @@ def _header_cell(ws: Sheet, column: Column, text: str) -> WriteOnlyCell:
     return cell
 
 
-def _protect(ws: Sheet) -> None:
-    """Locked cells stay locked; people may still resize columns and rows."""
+def _protect(ws: Sheet, *, rows_deletable: bool = False) -> None:
+    """Locked cells stay locked; people may still resize columns and rows, and on a
+    sheet of tasks delete rows (``deleteRows="0"``: openpyxl's flags, like the XML's,
+    say what is *protected*, so ``False`` allows). Excel and LibreOffice delete only
+    rows without locked cells, and Task ID is locked: the way to leave a task out is to
+    leave its Decision blank (the import skips the row); deleting works once the sheet
+    is unprotected (no password). Inserting stays refused: a new row has no task."""
     ws.protection.sheet = True
     ws.protection.formatColumns = False
     ws.protection.formatRows = False
+    if rows_deletable:
+        ws.protection.deleteRows = False
 
 
 # --------------------------------------------------------------------------- writing
 
 
 class SheetWriter:
-    """The "Tasks" sheet of the xlsx template, appended page by page."""
+    """A horizontal approval sheet, appended page by page: the template's "Tasks" sheet
+    and the error file's "Errors" sheet alike — header row (fills, hints), frozen
+    header, column widths, the protection (read-only columns locked, rows deletable),
+    every editable column's validation and the hidden option sheet. One writer, so the
+    error file is always a template one can fill in again."""
 
-    def __init__(self, columns: list[Column]) -> None:
+    def __init__(self, columns: list[Column], title: str = SHEET) -> None:
         self.columns = columns
         self.wb = Workbook(write_only=True)
-        self.ws: WriteOnlyWorksheet = self.wb.create_sheet(SHEET)
+        self.ws: WriteOnlyWorksheet = self.wb.create_sheet(title)
         self.lists = Lists.for_columns(columns)
         self.rows = 0
         ws = self.ws
         ws.freeze_panes = "A2"
-        _protect(ws)
+        _protect(ws, rows_deletable=True)
         for i, column in enumerate(columns, start=1):
             ws.column_dimensions[get_column_letter(i)].width = column_width(column)
         self.styles = [_style(ws, editable=c.editable, is_date=_is_date(c)) for c in columns]
         ws.append([_header_cell(ws, c, c.header) for c in columns])
 
     def append(self, page: Sequence[TaskData]) -> None:
-        ws, columns, styles = self.ws, self.columns, self.styles
-        for task in page:
-            ws.append(
-                [_cell(ws, cell_value(c, task), s) for c, s in zip(columns, styles, strict=True)]
-            )
-        self.rows += len(page)
+        """Tasks as the template shows them."""
+        self.append_values([[cell_value(c, task) for c in self.columns] for task in page])
+
+    def append_values(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Rows of values in column order (form values already as ``display`` gives them)."""
+        ws, styles = self.ws, self.styles
+        for values in rows:
+            ws.append([_cell(ws, v, s) for v, s in zip(values, styles, strict=True)])
+        self.rows += len(rows)
 
     def save(self, path: str) -> None:
         last = max(self.rows + 1, 2)

@@ -37,6 +37,8 @@ class Batch(Base):
     """sha256 of the create request behind ``idempotency_key`` (same key, other request
     → 422 IdempotencyKeyReused)."""
     total: Mapped[int] = mapped_column(default=0)
+    skipped_rows: Mapped[int] = mapped_column(default=0, server_default="0")
+    """Rows of an imported template that nobody decided (blank Decision): not items."""
     success: Mapped[int] = mapped_column(default=0)
     failed: Mapped[int] = mapped_column(default=0)
     ignored: Mapped[int] = mapped_column(default=0)
@@ -85,6 +87,10 @@ class BatchDetail(Base):
     row: Mapped[int | None]
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    """A failure's kind (``app.domain.ErrorCode``); null unless failed."""
+    retryable: Mapped[bool | None]
+    """Whether running the item again could change anything; null unless failed."""
     retry_count: Mapped[int] = mapped_column(default=0)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import id_in
-from app.domain import BatchRun, DetailStatus, Outcome, WorkItem
+from app.domain import BatchRun, DetailStatus, ErrorCode, Outcome, WorkItem
 from app.models import ProcessInstance, User
 from app.operations.pipeline import shortcuts_apply
 from app.operations.registry import BulkSql, Operation
@@ -44,8 +44,9 @@ BASE_COLUMNS: tuple[Any, ...] = (
 )
 
 
-def failed(message: str, error_code: str = "conflict") -> Outcome:
-    return Outcome.failed(error_code, message)
+def failed(message: str, code: ErrorCode = ErrorCode.WRONG_STATE) -> Outcome:
+    """Most refusals of an instance type are its state (completed, not suspended…)."""
+    return Outcome.failed(code, message)
 
 
 def ignored(message: str) -> Outcome:
@@ -137,10 +138,11 @@ class InstanceOperation(Operation):
     def _gate(self, operator: Operator | None, item_id: int, row: Any) -> Outcome | None:
         """Missing or hidden (the same sentence, so ids leak nothing), then permission."""
         if row is None or not row.visible or operator is None:
-            return failed(f"Process {item_id} does not exist.", "not_found")
+            return failed(f"Process {item_id} does not exist.", ErrorCode.NOT_FOUND)
         if not operator.may_operate(row.definition_key):
             return failed(
-                f"You may not {self.verb} processes of {row.definition_key}.", "forbidden"
+                f"You may not {self.verb} processes of {row.definition_key}.",
+                ErrorCode.FORBIDDEN,
             )
         return None
 

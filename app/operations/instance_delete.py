@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import id_in, insert_rows
-from app.domain import BatchRun, Outcome, WorkItem
+from app.domain import BatchRun, ErrorCode, Outcome, WorkItem
 from app.models import InstanceArchive, ProcessInstance, ProcessLog, Task
 from app.operations.instance_base import BASE_COLUMNS, SUCCESS, InstanceOperation, failed, ignored
 from app.operations.instances import ReasonParams
@@ -150,7 +150,9 @@ class DeleteArchives(Operation):
             # Not archived, or the creator lost the admin role since the batch was made:
             # missing and forbidden read the same.
             if item.item_id not in archived:
-                outcomes.append(failed(f"Process {item.item_id} has no archive.", "not_found"))
+                outcomes.append(
+                    failed(f"Process {item.item_id} has no archive.", ErrorCode.NOT_FOUND)
+                )
                 continue
             todo.append(item.item_id)
             outcomes.append(SUCCESS)

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import id_in, update_rows
-from app.domain import BatchRun, Outcome
+from app.domain import BatchRun, ErrorCode, Outcome
 from app.errors import ValidationFailed, join_messages
 from app.models import ProcessDefinition, ProcessInstance, Task
 from app.operations.instance_base import ENDED, SUCCESS, InstanceOperation, failed, ignored
@@ -181,14 +181,19 @@ class MigrateInstances(InstanceOperation):
         plan = cast(Plan, prepared)
         key: str = run.params["definition_key"]
         if row.definition_key != key:
-            return failed(f"Process {row.id} is a process of {row.definition_key}, not {key}.")
+            return failed(
+                f"Process {row.id} is a process of {row.definition_key}, not {key}.",
+                ErrorCode.VALIDATION,
+            )
         if row.status in ENDED:
             return failed(
                 f"Process {row.id} is {row.status}; only active or suspended processes "
                 "can be migrated."
             )
         if plan.target_id is None:  # created with it; only a purged definition gets here
-            return failed(f"Definition {key} has no version {plan.target_version}.", "not_found")
+            return failed(
+                f"Definition {key} has no version {plan.target_version}.", ErrorCode.NOT_FOUND
+            )
         if row.definition_id == plan.target_id:
             return ignored(f"Process {row.id} is already on version {plan.target_version}.")
         mapping: dict[str, str] = run.params.get("node_mapping") or {}
@@ -198,7 +203,8 @@ class MigrateInstances(InstanceOperation):
             if mapping.get(step, step) not in plan.target_nodes:
                 return failed(
                     f"Step {step} of process {row.id} does not exist in version "
-                    f"{plan.target_version}; map it in node_mapping."
+                    f"{plan.target_version}; map it in node_mapping.",
+                    ErrorCode.VALIDATION,
                 )
         return SUCCESS
 

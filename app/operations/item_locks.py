@@ -1,7 +1,8 @@
 """Item locks: an operation may declare a lock its batch holds on its
-items from detail creation until the item succeeds, is ignored or cancelled, or is
-exhausted. ``ItemLock`` is the seam; ``TaskLock`` (``tasks.locked_by_batch_id``) is
-the one ``task.approve`` declares."""
+items from detail creation until the item succeeds, is ignored or cancelled, fails in a
+way no automatic retry touches (not ``retryable``), or is exhausted. ``ItemLock`` is
+the seam; ``TaskLock`` (``tasks.locked_by_batch_id``) is the one ``task.approve``
+declares."""
 
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ class TaskLock(ItemLock):
         self, session: AsyncSession, batch_id: int, *, keep_retryable_of: int | None = None
     ) -> None:
         """Release every lock the batch holds. With ``keep_retryable_of=max_retries``, keep
-        the locks of failed items that may still be retried (so nobody else takes them
-        between the batch finishing and its retry)."""
+        the locks of failed items the auto-retry cron may still retry (retryable, not
+        exhausted), so nobody else takes them between the batch finishing and its retry."""
         stmt = update(_tasks).where(_tasks.c.locked_by_batch_id == batch_id)
         if keep_retryable_of is not None:
             still_retryable = exists().where(
@@ -122,6 +123,7 @@ class TaskLock(ItemLock):
                     BatchDetail.batch_id == batch_id,
                     BatchDetail.item_id == _tasks.c.id,
                     BatchDetail.status == DetailStatus.FAILED,
+                    BatchDetail.retryable.is_(True),
                     may_retry(BatchDetail.retry_count, keep_retryable_of),
                 )
             )

@@ -6,11 +6,11 @@ import enum
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, computed_field, model_validator
 from pydantic_core import PydanticCustomError
 
-from app.domain import BatchStatus, DetailStatus
-from app.schemas.common import Id, StrictModel
+from app.domain import BatchStatus, DetailStatus, ErrorCode
+from app.schemas.common import NO_NUL, TEXT_MAX, Id, StrictModel
 from app.schemas.engine import UtcDatetime
 from app.schemas.filters import ARCHIVE_FILTERS, INSTANCE_FILTERS, TASK_FILTERS
 
@@ -108,6 +108,7 @@ BATCH_EXAMPLE: dict[str, Any] = {
     "params": {"decision": "approve", "comment": "ok"},
     "filter": {"definition_key": "expense", "node_id": "manager"},
     "total": 300,
+    "skipped_rows": 0,
     "pending": 140,
     "running": 0,
     "success": 150,
@@ -135,6 +136,8 @@ DETAIL_EXAMPLE: dict[str, Any] = {
     "row": None,
     "status": "failed",
     "error": "Category must be one of travel, meals, other",
+    "error_code": "validation",
+    "retryable": False,
     "retry_count": 0,
     "payload": None,
     "finished_at": "2026-04-09T08:00:04Z",
@@ -183,6 +186,11 @@ class BatchOut(BaseModel):
     params: dict[str, Any]
     filter: dict[str, Any] | None
     total: int
+    skipped_rows: int = Field(
+        0,
+        description="An imported template's rows left undecided (blank Decision): "
+        "skipped, not items of the batch.",
+    )
     success: int
     failed: int
     ignored: int
@@ -234,13 +242,105 @@ class DetailOut(BaseModel):
     row: int | None
     status: DetailStatus
     error: str | None
+    error_code: ErrorCode | None = Field(
+        description="Why it failed, as a stable word (null unless failed)."
+    )
+    retryable: bool | None = Field(
+        description="Whether running it again could change anything: true only for "
+        "`transient` and `locked` (null unless failed). Automatic retries take only these."
+    )
     retry_count: int
     payload: dict[str, Any] | None
     finished_at: datetime | None
 
 
+GroupMessage = Annotated[
+    str,
+    Field(
+        max_length=TEXT_MAX,
+        pattern=NO_NUL,
+        description="A failure group's ``message`` (the error sentence with the item's "
+        "own id as ``N``), exactly as ``GET /batches/{id}/failures`` returned it.",
+        examples=["The process of task N is suspended, not active."],
+    ),
+]
+
+
 class RetryRequest(StrictModel):
+    """``POST /batches/{id}/retry``: every failed item (no body), the listed ``item_ids``,
+    or one failure group (``error_code``, optionally narrowed by its ``message``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"item_ids": [45, 46]},
+                {
+                    "error_code": "wrong_state",
+                    "message": "The process of task N is suspended, not active.",
+                },
+            ]
+        }
+    )
+
     item_ids: list[Id] | None = Field(default=None, max_length=1_000_000)
+    error_code: ErrorCode | None = Field(
+        default=None, description="Retry the failed items of this code (a failure group)."
+    )
+    message: GroupMessage | None = None
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> RetryRequest:
+        if self.message is not None and self.error_code is None:
+            raise ValueError("message needs error_code: a group is (error_code, message)")
+        if self.item_ids is not None and self.error_code is not None:
+            raise ValueError("give item_ids or a failure group (error_code), not both")
+        return self
+
+
+FAILURES_EXAMPLE: dict[str, Any] = {
+    "total_failed": 100,
+    "groups": [
+        {
+            "error_code": "wrong_state",
+            "message": "The process of task N is suspended, not active.",
+            "count": 97,
+            "retryable": False,
+            "sample_item_ids": [45, 46, 47, 51, 52, 60, 61, 62, 70, 71],
+        },
+        {
+            "error_code": "locked",
+            "message": "Task N is locked by batch 5.",
+            "count": 3,
+            "retryable": True,
+            "sample_item_ids": [48, 49, 50],
+        },
+    ],
+    "groups_truncated": False,
+}
+
+
+class FailureGroup(BaseModel):
+    """Failed items alike: same code, same sentence once the item's own id is ``N``."""
+
+    error_code: ErrorCode = Field(description="Legacy failures without a code are `internal`.")
+    message: str = Field(description="The error sentence with the item's own id replaced by N.")
+    count: int
+    retryable: bool
+    sample_item_ids: list[int] = Field(
+        max_length=10, description="The group's first ≤ 10 item ids, in detail order."
+    )
+
+
+class FailureGroupsOut(BaseModel):
+    """A batch's failures grouped, largest group first (ties: by message)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [FAILURES_EXAMPLE]})
+
+    total_failed: int = Field(description="Every failed item of the batch, in all groups.")
+    groups: list[FailureGroup] = Field(max_length=50)
+    groups_truncated: bool = Field(
+        False, description="True when there were more than the 50 groups returned."
+    )
 
 
 class RetryOut(BaseModel):

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.bulk import id_in, insert_rows, update_rows
-from app.domain import DetailStatus, Outcome
+from app.domain import DetailStatus, ErrorCode, Outcome
 from app.errors import (
     MAX_LISTED_ERRORS,
     AppError,
@@ -53,16 +53,12 @@ def raise_for_single(outcome: Outcome) -> None:
     if outcome.status == DetailStatus.SUCCESS:
         return
     message = outcome.error or "The task could not be approved."
-    errors: dict[str | None, type[AppError]] = {
-        "not_found": NotFound,
-        "forbidden": Forbidden,
-        "invalid": ValidationFailed,
+    errors: dict[ErrorCode | None, type[AppError]] = {
+        ErrorCode.NOT_FOUND: NotFound,
+        ErrorCode.FORBIDDEN: Forbidden,
+        ErrorCode.VALIDATION: ValidationFailed,
     }
     raise errors.get(outcome.error_code, Conflict)(message, fields=outcome.fields)
-
-
-def _fail(code: str, message: str, fields: list[dict[str, Any]] | None = None) -> Outcome:
-    return Outcome.failed(code, message, fields)
 
 
 def task_gate(
@@ -74,13 +70,15 @@ def task_gate(
     ``task_status``, ``assignee_id`` and ``locked_by_batch_id`` (or is None). Used by
     approval and by batch creation, which locks only the tasks that pass it."""
     if row is None or (row.assignee_id != actor_id and not actor_is_admin):
-        return _fail("not_found", f"Task {task_id} does not exist.")
+        return Outcome.failed(ErrorCode.NOT_FOUND, f"Task {task_id} does not exist.")
     if row.task_status != "pending":
         return Outcome.ignored(f"Task {task_id} is already {row.task_status}.")
     if row.assignee_id != actor_id:
-        return _fail("forbidden", f"Only the assignee may decide task {task_id}.")
+        return Outcome.failed(ErrorCode.FORBIDDEN, f"Only the assignee may decide task {task_id}.")
     if row.locked_by_batch_id is not None and row.locked_by_batch_id != batch_id:
-        return _fail("locked", f"Task {task_id} is locked by batch {row.locked_by_batch_id}.")
+        return Outcome.failed(
+            ErrorCode.LOCKED, f"Task {task_id} is locked by batch {row.locked_by_batch_id}."
+        )
     return None
 
 
@@ -229,16 +227,23 @@ class _Plan:
         if gate is not None:
             return gate
         if row.instance_status != "active":
-            return _fail(
-                "conflict", f"The process of task {tid} is {row.instance_status}, not active."
+            return Outcome.failed(
+                ErrorCode.WRONG_STATE,
+                f"The process of task {tid} is {row.instance_status}, not active.",
             )
         if item.decision not in DECISIONS:
-            return _fail("invalid", "Decision must be approve or reject.")
+            return Outcome.failed(ErrorCode.VALIDATION, "Decision must be approve or reject.")
         if row.instance_id in self.touched_instances:
-            return _fail("conflict", f"Task {tid}'s process changed meanwhile; retry it.")
+            # Another task of the same process went first in this chunk: a later run
+            # sees the process as it now is, so this one is worth retrying by itself.
+            return Outcome.failed(
+                ErrorCode.TRANSIENT, f"Task {tid}'s process changed meanwhile; retry it."
+            )
         found = self.definitions.node(row.definition_id, row.node_id)
         if found is None:
-            return _fail("conflict", f"Step {row.node_id} of task {tid} no longer exists.")
+            return Outcome.failed(
+                ErrorCode.CONFLICT, f"Step {row.node_id} of task {tid} no longer exists."
+            )
         index, _node, rules = found
         form_data = row.form_data or {}
         patch: dict[str, Any] = {}
@@ -247,14 +252,16 @@ class _Plan:
             update = item.form_data or {}
             form_data, errors = rules.merge(form_data, update)
             if errors:
-                return _fail(
-                    "invalid",
+                return Outcome.failed(
+                    ErrorCode.VALIDATION,
                     join_messages([e.message for e in errors]),
                     [e.as_dict() for e in errors[:MAX_LISTED_ERRORS]],
                 )
             patch = {name: form_data[name] for name in update}
             if item.next_assignee_id is not None and item.next_assignee_id not in self.known_users:
-                return _fail("invalid", f"User {item.next_assignee_id} does not exist.")
+                return Outcome.failed(
+                    ErrorCode.VALIDATION, f"User {item.next_assignee_id} does not exist."
+                )
             nodes = self.definitions.nodes(row.definition_id)
             if index + 1 < len(nodes):
                 nxt = nodes[index + 1]

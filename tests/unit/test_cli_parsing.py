@@ -80,6 +80,7 @@ def test_help_lists_every_batch_command() -> None:
         "list",
         "show",
         "details",
+        "failures",
         "retry",
         "suspend",
         "activate",

@@ -56,7 +56,7 @@ SUCCESS = (DetailStatus.SUCCESS, None, None)
             "completed",
             (
                 DetailStatus.FAILED,
-                "conflict",
+                "wrong_state",
                 f"Process {PID} is completed; only active processes can be suspended.",
             ),
         ),
@@ -71,7 +71,7 @@ SUCCESS = (DetailStatus.SUCCESS, None, None)
             "terminated",
             (
                 DetailStatus.FAILED,
-                "conflict",
+                "wrong_state",
                 f"Process {PID} is terminated; only suspended processes can be active.",
             ),
         ),
@@ -87,7 +87,7 @@ SUCCESS = (DetailStatus.SUCCESS, None, None)
             "rejected",
             (
                 DetailStatus.FAILED,
-                "conflict",
+                "wrong_state",
                 f"Process {PID} is rejected; only active or suspended processes can be terminated.",
             ),
         ),
@@ -102,7 +102,7 @@ SUCCESS = (DetailStatus.SUCCESS, None, None)
             "terminated",
             (
                 DetailStatus.FAILED,
-                "conflict",
+                "wrong_state",
                 f"Process {PID} is terminated; only active or suspended processes can be "
                 "completed.",
             ),
@@ -176,7 +176,7 @@ def test_set_variables_compares_as_json_so_one_and_true_differ() -> None:
 def test_set_variables_on_an_ended_instance_fails(status: str) -> None:
     assert said(set_variables(instance(status, variables={}), {"a": 1})) == (
         DetailStatus.FAILED,
-        "conflict",
+        "wrong_state",
         f"Process {PID} is {status}; variables can only be set on active or suspended processes.",
     )
 
@@ -236,7 +236,7 @@ def test_migrate_with_every_step_mapped_succeeds() -> None:
 def test_migrate_of_a_step_missing_from_the_target_version_says_map_it() -> None:
     assert migrate(old_version(), {"other": "review"}) == (
         DetailStatus.FAILED,
-        "conflict",
+        "validation",
         f"Step approve of process {PID} does not exist in version 2; map it in node_mapping.",
     )
 
@@ -250,7 +250,7 @@ def test_migrate_checks_the_steps_of_pending_tasks_too() -> None:
 def test_migrate_of_another_definition_fails() -> None:
     assert migrate(old_version(key="travel")) == (
         DetailStatus.FAILED,
-        "conflict",
+        "validation",
         f"Process {PID} is a process of travel, not {KEY}.",
     )
 
@@ -258,7 +258,7 @@ def test_migrate_of_another_definition_fails() -> None:
 def test_migrate_of_an_ended_instance_fails() -> None:
     assert migrate(old_version(status="completed"), {"approve": "review"}) == (
         DetailStatus.FAILED,
-        "conflict",
+        "wrong_state",
         f"Process {PID} is completed; only active or suspended processes can be migrated.",
     )
 

@@ -17,6 +17,7 @@ from app.domain import (
     SUSPENDABLE,
     BatchStatus,
     DetailStatus,
+    ErrorCode,
     Outcome,
     may_retry,
 )
@@ -28,33 +29,48 @@ def test_success_has_no_error() -> None:
     outcome = Outcome.success()
     assert outcome.status is DetailStatus.SUCCESS
     assert (outcome.error, outcome.error_code, outcome.fields) == (None, None, None)
-    assert outcome.retryable
+    assert outcome.retryable is None
 
 
 def test_ignored_carries_its_reason_and_no_code() -> None:
     outcome = Outcome.ignored("Task 7 is already completed.")
     assert outcome.status is DetailStatus.IGNORED
     assert outcome.error == "Task 7 is already completed."
-    assert outcome.error_code is None
+    assert (outcome.error_code, outcome.retryable) == (None, None)
 
 
 def test_failed_carries_code_reason_and_fields() -> None:
     fields = [{"loc": ["form_data", "amount"], "msg": "required"}]
-    outcome = Outcome.failed("invalid", "Amount is required.", fields)
+    outcome = Outcome.failed(ErrorCode.VALIDATION, "Amount is required.", fields)
     assert outcome.status is DetailStatus.FAILED
-    assert (outcome.error_code, outcome.error, outcome.fields) == (
-        "invalid",
+    assert (outcome.error_code, outcome.error, outcome.fields, outcome.retryable) == (
+        "validation",
         "Amount is required.",
         fields,
+        False,
     )
-    assert Outcome.failed("conflict", "no").fields is None
+    assert Outcome.failed(ErrorCode.CONFLICT, "no").fields is None
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_only_transient_and_locked_failures_are_retryable(code: ErrorCode) -> None:
+    """What the automatic retries touch follows from the code alone."""
+    retryable = Outcome.failed(code, "why").retryable
+    assert retryable is (code in {ErrorCode.TRANSIENT, ErrorCode.LOCKED})
+
+
+def test_a_failure_without_a_code_is_internal_and_an_unknown_code_is_refused() -> None:
+    assert Outcome(DetailStatus.FAILED, "boom").error_code is ErrorCode.INTERNAL
+    with pytest.raises(ValueError, match="'invalid' is not a valid ErrorCode"):
+        Outcome.failed("invalid", "no")  # type: ignore[arg-type]
 
 
 def test_a_status_given_as_text_becomes_a_detail_status() -> None:
     """Outcomes built from a database string compare as the enum everywhere."""
-    outcome = Outcome("failed", "boom", "error")  # type: ignore[arg-type]
+    outcome = Outcome("failed", "boom", "transient")  # type: ignore[arg-type]
     assert isinstance(outcome.status, DetailStatus)
     assert outcome.status is DetailStatus.FAILED
+    assert (outcome.error_code, outcome.retryable) == (ErrorCode.TRANSIENT, True)
 
 
 def test_an_unknown_status_is_refused() -> None:

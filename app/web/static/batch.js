@@ -1,5 +1,6 @@
 // One batch: counters, live progress (EventSource), rate and time left, the actions its
-// state allows, and the per-item results with their error sentences.
+// state allows, its failures in groups (97 alike failures are one line, with "Retry
+// these" and "Show items"), and the per-item results with their error sentences.
 import {
   $, $$, api, h, badge, flash, showError, fmtDate, fmtNumber, renderPager, download,
   FINAL, finishedCount,
@@ -13,6 +14,7 @@ let source = null;
 let samples = []; // [time ms, finished]
 let detailPage = 1;
 let cancelArmed = null;
+let group = null; // the failure group the item table shows: {error_code, message, count}
 
 // ------------------------------------------------------------------ progress
 
@@ -58,6 +60,7 @@ function render(b) {
   $("#counters").replaceChildren(...[
     ["Total", b.total], ["Pending", b.pending], ["Success", b.success], ["Failed", b.failed],
     ["Ignored", b.ignored], ["Cancelled", b.cancelled],
+    ...(b.skipped_rows ? [["Skipped", b.skipped_rows]] : []),
   ].map(([label, n]) => h("div", { class: `counter c-${label.toLowerCase()}` }, h("dt", {}, label), h("dd", {}, fmtNumber(n)))));
   renderActions(b);
   renderFacts(b);
@@ -100,12 +103,78 @@ function follow() {
     source.close();
     source = null;
     loadDetails();
+    loadFailures().catch(showError);
   });
 }
 
 async function refresh() {
   render(await api(`/batches/${id}`));
   follow();
+  await loadFailures();
+}
+
+// ------------------------------------------------------------------ failure groups
+
+async function loadFailures() {
+  const section = $("#failure-groups");
+  if (!batch || !batch.failed) {
+    section.hidden = true;
+    return;
+  }
+  const data = await api(`/batches/${id}/failures`);
+  section.hidden = data.groups.length === 0;
+  const n = data.groups.length;
+  $("#failures-summary").textContent = `${fmtNumber(data.total_failed)} failed item${data.total_failed === 1 ? "" : "s"} ` +
+    `in ${n}${data.groups_truncated ? "+" : ""} group${n === 1 ? "" : "s"}` +
+    (data.groups_truncated ? " (the largest 50 shown)." : ".");
+  $("#failure-group-list").replaceChildren(...data.groups.map(groupItem));
+}
+
+function groupItem(g) {
+  const retry = h("button", {
+    type: "button", class: g.retryable ? "small" : "small secondary",
+    dataset: { groupAction: "retry" }, hidden: batch.status === "cancelled",
+    title: g.retryable ? "Run these items again" : "Not retryable by itself: run them again once the cause is fixed",
+    onclick: (e) => retryGroup(g, e.currentTarget),
+  }, g.retryable ? "Retry these" : "Retry these anyway");
+  const show = h("button", {
+    type: "button", class: "small secondary outline", dataset: { groupAction: "show" },
+    onclick: () => showGroup(g),
+  }, "Show items");
+  return h("li", { class: "failure-group", dataset: { errorCode: g.error_code } },
+    h("p", { class: "group-head" },
+      h("strong", { class: "group-count" }, `${fmtNumber(g.count)} ×`), " ",
+      h("span", { class: "group-message" }, g.message || "(no message)")),
+    h("p", { class: "group-meta muted small-text" },
+      h("code", { class: "group-code" }, g.error_code), " · ",
+      h("span", { class: "group-retryable" }, g.retryable ? "retryable" : "not retryable: fix the cause first"),
+      g.sample_item_ids.length ? ` · items ${g.sample_item_ids.join(", ")}${g.count > g.sample_item_ids.length ? ", …" : ""}` : ""),
+    h("div", { class: "row-actions" }, retry, show));
+}
+
+async function retryGroup(g, button) {
+  button.setAttribute("aria-busy", "true");
+  try {
+    const out = await api(`/batches/${id}/retry`, { method: "POST", json: { error_code: g.error_code, message: g.message } });
+    flash(`${fmtNumber(out.requeued)} failed item${out.requeued === 1 ? "" : "s"} queued again` +
+      (out.exhausted ? ` (${fmtNumber(out.exhausted)} have no retries left).` : "."));
+    samples = [];
+    if (group && group.error_code === g.error_code && group.message === g.message) group = null;
+    await refresh();
+    await loadDetails();
+  } catch (e) {
+    showError(e);
+  } finally {
+    button.removeAttribute("aria-busy");
+  }
+}
+
+function showGroup(g) {
+  group = g;
+  detailPage = 1;
+  $("#detail-status").value = "failed";
+  loadDetails();
+  $("#details-heading").scrollIntoView({ block: "start" });
 }
 
 // ------------------------------------------------------------------ details
@@ -113,13 +182,22 @@ async function refresh() {
 async function loadDetails() {
   const status = $("#detail-status").value;
   const tbody = $("#detail-table tbody");
+  const query = { status, page: detailPage, page_size: PAGE_SIZE };
+  if (group) Object.assign(query, { error_code: group.error_code, message: group.message });
+  $("#detail-group").hidden = !group;
+  $("#detail-group-text").textContent = group ? `Failure group: ${group.error_code} — ${group.message}` : "";
   try {
-    const data = await api(`/batches/${id}/details`, { query: { status, page: detailPage, page_size: PAGE_SIZE } });
+    const data = await api(`/batches/${id}/details`, { query });
+    // data-label: the column name each cell shows when the table is cards (narrow screens).
+    const cell = (label, attrs, ...children) => h("td", { ...attrs, dataset: { label } }, ...children);
     tbody.replaceChildren(...(data.items.length ? data.items.map((d) => h("tr", { dataset: { status: d.status } },
-      h("td", {}, d.item_id), h("td", {}, d.row ?? "—"), h("td", {}, badge(d.status)),
-      h("td", { class: "error-text" }, d.error || ""), h("td", {}, d.retry_count), h("td", {}, fmtDate(d.finished_at))))
-      : [h("tr", {}, h("td", { colspan: 6, class: "muted" }, status ? `No ${status} items.` : "No items yet."))]));
-    $("#detail-summary").textContent = `${fmtNumber(data.total)} item${data.total === 1 ? "" : "s"}${status ? ` ${status}` : ""}.`;
+      cell("Item", {}, d.item_id), cell("Row", {}, d.row ?? "—"), cell("Status", {}, badge(d.status)),
+      cell("Code", { class: "code-text" }, d.error_code || ""),
+      cell("Error", { class: "error-text" }, d.error || ""), cell("Retries", {}, d.retry_count),
+      cell("Finished", {}, fmtDate(d.finished_at))))
+      : [h("tr", {}, h("td", { colspan: 7, class: "muted" }, status ? `No ${status} items.` : "No items yet."))]));
+    $("#detail-summary").textContent = `${fmtNumber(data.total)} item${data.total === 1 ? "" : "s"}${status ? ` ${status}` : ""}` +
+      `${group ? " in this group" : ""}.`;
     renderPager($("#detail-pager"), data, (n) => { detailPage = n; loadDetails(); });
   } catch (e) {
     showError(e);
@@ -184,6 +262,7 @@ for (const button of $$("#batch-actions button")) {
 }
 
 $("#detail-status").addEventListener("change", () => { detailPage = 1; loadDetails(); });
+$("#detail-group-clear").addEventListener("click", () => { group = null; detailPage = 1; loadDetails(); });
 window.addEventListener("pagehide", () => source && source.close());
 
 const initial = new URLSearchParams(location.search).get("status");
