@@ -216,7 +216,22 @@ async def test_human_tables_and_failed_items(
         server.url, alice.token, "batch", "details", str(batch_id), "--status", "failed"
     )
     assert failed.code == 0, failed.err
-    assert "Task 999999 does not exist." in failed.out and "success" not in failed.out
+    assert "success" not in failed.out
+    header = next(line for line in failed.out.splitlines() if line.startswith("┃"))
+    assert [c.strip() for c in header.split("┃")[1:-1]] == [
+        "item",
+        "row",
+        "status",
+        "retries",
+        "code",
+        "error",
+    ]
+    rows = [
+        [c.strip() for c in line.split("│")[1:-1]]
+        for line in failed.out.splitlines()
+        if line.startswith("│")
+    ]
+    assert rows == [["999999", "", "failed", "0", "not_found", "Task 999999 does not exist."]]
 
     retried = await batchd(server.url, alice.token, "batch", "retry", str(batch_id))
     assert retried.code == 0, retried.err
@@ -269,6 +284,7 @@ async def test_tables_fit_an_80_column_terminal(
         too_wide = [line for line in result.out.splitlines() if len(line) > 80]
         assert too_wide == [], result.out
     assert "Task 999999 does not exist." in details.out.replace("\n", "")
+    assert "not_found" in details.out  # the code is never folded away
 
 
 async def test_lifecycle_commands(ready: tuple[LiveServer, list[int]], alice: Actor) -> None:
@@ -476,7 +492,13 @@ async def test_dry_run_prints_the_prediction(
     body = r.json
     assert (body["dry_run"], body["total"], body["success"], body["failed"]) == (True, 3, 2, 1)
     assert body["problems"] == [
-        {"item_id": 999999, "status": "failed", "error": "Task 999999 does not exist."}
+        {
+            "item_id": 999999,
+            "title": None,
+            "status": "failed",
+            "error": "Task 999999 does not exist.",
+            "error_code": "not_found",
+        }
     ]
     human = await batchd(server.url, alice.token, *args, *APPROVE_ARGS, "--dry-run")
     assert human.code == 0, human.err

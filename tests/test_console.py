@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.models import ProcessInstance, Task
 from tests.batch_helpers import create, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor, LiveServer
+from tests.factories import bulk_tasks, create_definition, expense_definition
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,7 +291,11 @@ async def test_approve_50_tasks_with_preview_and_live_progress(
     await wait_done(page)
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], f"the page scrolls sideways at 390 px ({width} px)"
+    await assert_controls_fit(page)
     await shot(page, "batch-390px")
+    await page.goto(console.url("/batches"))
+    await pw_expect(row.locator(".badge")).to_have_text("completed")
+    await assert_controls_fit(page)
     console.check_clean(alice.token)
 
 
@@ -447,7 +452,7 @@ async def test_excel_template_download_and_upload(
     await download.save_as(str(filled))
     await page.set_input_files("#import-file", str(filled))  # as downloaded: no decisions
     await page.click("#import-form button[type=submit]")
-    await pw_expect(page.locator("#flash")).to_contain_text(
+    await pw_expect(page.locator("#import-form .form-error [role=alert]")).to_contain_text(
         "No row has a Decision: fill in approve or reject for the tasks to decide "
         "(4 rows were left blank)."
     )
@@ -529,3 +534,125 @@ async def test_failure_groups_lead_the_batch_page(
     )).json()["items"] if d["item_id"] in ids[3:]}  # fmt: skip
     assert statuses == {"pending"}
     console.check_clean(alice.token)
+
+
+# --------------------------------------------------------------------------- 390 px
+
+
+async def assert_controls_fit(page: Page) -> None:
+    """No shown input, select or textarea sticks out of the viewport, none scrolls its
+    own content (a date-time's fields), and a select's chosen text fits inside it."""
+    cut = await page.evaluate(
+        """() => {
+          const ctx = document.createElement("canvas").getContext("2d");
+          const textWidth = (c) => {
+            const s = getComputedStyle(c);
+            ctx.font = s.font;
+            const room = c.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+            return ctx.measureText(c.selectedOptions[0]?.text || "").width - room;
+          };
+          return Array.from(document.querySelectorAll("input, select, textarea"))
+            .filter((c) => c.getClientRects().length > 0)
+            .filter((c) => {
+              const r = c.getBoundingClientRect();
+              return r.left < 0 || r.right > innerWidth || c.scrollWidth > c.clientWidth + 1
+                || (c.tagName === "SELECT" && !c.multiple && textWidth(c) > 1);
+            })
+            .map((c) => `${c.id || c.name} (${Math.round(c.getBoundingClientRect().width)} px)`);
+        }"""
+    )
+    assert cut == [], f"controls cut off at {page.viewport_size}: {cut}"
+
+
+async def test_a_migrate_error_shows_inside_its_form_at_390px(
+    console: Console,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    await expense_setup(sessionmaker, admin, alice, alice, 3)
+    r = await admin.post(f"/api/v1/users/{bob.id}/grants", json={"definition_key": "expense"})
+    assert r.status_code in (200, 201), r.text
+
+    page = await console.page()
+    await page.set_viewport_size(PHONE)
+    await console.sign_in(page, bob.token, "/instances?definition_key=expense&status=active")
+    await pw_expect(page.locator("#instance-summary")).to_have_text("3 instances match.")
+    await assert_controls_fit(page)
+    await page.click("#select-all-matching")
+    await page.select_option("#op-type", "instance.migrate")
+    await pw_expect(page.locator("#op-run")).to_have_text("Migrate 3 instances to another version")
+    await page.fill("#op-mig-key", "expense")
+    await page.fill("#op-mig-version", "1")
+    await page.fill("#op-mig-map", "manager")  # no "=": not a mapping
+    await assert_controls_fit(page)
+
+    await page.click("#op-run")
+    alert = page.locator("#op-form .form-error [role=alert]")
+    await pw_expect(alert).to_have_text("Line 1: write key=value.")
+    await pw_expect(alert).to_be_in_viewport()
+    await pw_expect(page.locator("#flash")).to_be_empty()  # not a page away, at the top
+    await shot(page, "instances-migrate-error-390px")
+
+    await page.fill("#op-mig-map", "manager=finance")
+    await page.fill("#op-mig-version", "99")
+    await page.click("#op-preview")  # the server's refusal lands in the form too
+    await pw_expect(alert).to_have_text("Definition expense has no version 99.")
+    await pw_expect(alert).to_be_in_viewport()
+    console.check_clean(bob.token)
+
+
+async def test_the_task_list_shows_the_nodes_visible_fields_at_390px(
+    console: Console,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """At the finance step the list has an Amount column (what finance decides on), with
+    each task's process value."""
+    definition = await create_definition(admin, expense_definition(bob.id, alice.id))
+    await bulk_tasks(
+        sessionmaker,
+        definition_id=definition["id"],
+        definition_key="expense",
+        node_id="finance",
+        assignee_id=alice.id,
+        initiator_id=admin.id,
+        n=3,
+    )
+    page = await console.page()
+    await page.set_viewport_size(PHONE)
+    await console.sign_in(page, alice.token, "/tasks?definition_key=expense&node_id=finance")
+    await pw_expect(page.locator("#task-summary")).to_have_text("3 tasks match.")
+    headers = page.locator("#task-table thead th.field-col")
+    await pw_expect(headers.filter(has_text="Amount")).to_have_count(1)
+    amounts = page.locator("#task-table td.field-value[data-field=amount]")
+    await pw_expect(amounts).to_have_text(["103", "102", "101"])  # each task's own value
+    await pw_expect(page.locator("#f-node")).to_have_value("finance")
+    await assert_controls_fit(page)
+    await shot(page, "tasks-finance-390px")
+    await page.set_viewport_size(DESKTOP)  # the node's name and its fields' selects fit too
+    await assert_controls_fit(page)
+
+    await page.goto(console.url("/tasks?definition_key=expense"))  # no single node
+    await pw_expect(page.locator("#task-summary")).to_have_text("3 tasks match.")
+    await pw_expect(headers).to_have_count(0)
+    console.check_clean(alice.token)
+
+
+async def test_the_progress_eta_reads_naturally(console: Console, alice: Actor) -> None:
+    page = await console.page()
+    await console.sign_in(page, alice.token, "/batches")
+    texts = await page.evaluate(
+        """import("/console/static/common.js")
+            .then((m) => [0.4, 1, 5, 125, 7300].map((s) => m.timeLeft(s)))"""
+    )
+    assert texts == [
+        "less than a second left",
+        "about 1 second left",
+        "about 5 seconds left",
+        "about 2 min 5 s left",
+        "about 2 h 1 min left",
+    ]

@@ -335,17 +335,30 @@ async def test_results_export_csv_and_xlsx(
     assert r.headers["content-type"].startswith("text/csv")
     assert f"batch-{batch['id']}-results.csv" in r.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(r.text)))
-    assert rows[0] == ["item_id", "row", "status", "error", "retry_count", "finished_at", "title"]
+    assert rows[0] == [
+        "item_id",
+        "row",
+        "status",
+        "error",
+        "error_code",
+        "retryable",
+        "retry_count",
+        "finished_at",
+        "title",
+    ]
     by_item = {int(row[0]): row for row in rows[1:]}
     assert len(by_item) == 7
-    assert by_item[ids[0]][2] == "success" and by_item[ids[0]][6] == '\'=HYPERLINK("http://evil")'
-    assert by_item[ids[1]][2:4] == [
+    assert by_item[ids[0]][2:6] == ["success", "", "", ""]  # no code unless failed
+    assert by_item[ids[0]][8] == '\'=HYPERLINK("http://evil")'
+    assert by_item[ids[1]][2:6] == [
         "failed",
         f"The process of task {ids[1]} is suspended, not active.",
+        "wrong_state",
+        "false",
     ]
-    assert by_item[ids[2]][6] == "Trip 3"
-    assert by_item[999_999][2:4] == ["failed", "Task 999999 does not exist."]
-    assert by_item[999_999][6] == ""
+    assert by_item[ids[2]][8] == "Trip 3"
+    assert by_item[999_999][2:6] == ["failed", "Task 999999 does not exist.", "not_found", "false"]
+    assert by_item[999_999][8] == ""
 
     r = await alice.get(url, params={"status": "failed"})
     assert [int(row[0]) for row in list(csv.reader(io.StringIO(r.text)))[1:]] == [ids[1], 999_999]
@@ -355,16 +368,18 @@ async def test_results_export_csv_and_xlsx(
     sheet = load_workbook(io.BytesIO(r.content), read_only=True).active
     assert sheet is not None
     cells = list(sheet.iter_rows(values_only=True))
-    header = ("item_id", "row", "status", "error", "retry_count", "finished_at (UTC)", "title")
-    assert cells[0] == header
+    assert cells[0] == (*rows[0][:7], "finished_at (UTC)", "title")
     assert len(cells) == 8
-    assert all(isinstance(c[5], datetime) for c in cells[1:])  # a real date-time cell
-    assert by_item[ids[0]][5].endswith("Z")  # the CSV keeps ISO 8601 in UTC
+    assert all(isinstance(c[7], datetime) for c in cells[1:])  # a real date-time cell
+    assert by_item[ids[0]][7].endswith("Z")  # the CSV keeps ISO 8601 in UTC
     first = next(c for c in cells[1:] if c[0] == ids[0])
-    assert first[6] == '=HYPERLINK("http://evil")'  # kept as text, not a formula
+    assert first[3:6] == (None, None, None)
+    assert first[8] == '=HYPERLINK("http://evil")'  # kept as text, not a formula
+    missing = next(c for c in cells[1:] if c[0] == 999_999)
+    assert missing[4:6] == ("not_found", False)  # a real boolean cell
     raw = load_workbook(io.BytesIO(r.content)).active  # not read-only: data types visible
     assert raw is not None
-    title_cells = [row[6] for row in raw.iter_rows(min_row=2)]
+    title_cells = [row[8] for row in raw.iter_rows(min_row=2)]
     assert all(c.data_type != "f" for c in title_cells)
 
     # another user's batch is not found; a bad format or status is a 422
@@ -385,12 +400,19 @@ async def test_results_never_show_the_title_of_an_item_the_creator_cannot_see(
     await wait_for(alice, batch["id"])
     r = await alice.get(f"/api/v1/batches/{batch['id']}/results")
     rows = {int(row[0]): row for row in list(csv.reader(io.StringIO(r.text)))[1:]}
-    assert rows[mine[0]][6] == "Trip 1"
-    assert rows[bobs[0]][3:] == [f"Task {bobs[0]} does not exist.", "0", rows[bobs[0]][5], ""]
+    assert rows[mine[0]][8] == "Trip 1"
+    assert rows[bobs[0]][3:] == [
+        f"Task {bobs[0]} does not exist.",
+        "not_found",
+        "false",
+        "0",
+        rows[bobs[0]][7],
+        "",
+    ]
     suspend = await create(alice, {"type": "instance.suspend", "ids": [1, 2, 999]})
     await wait_for(alice, suspend["id"])
     r = await alice.get(f"/api/v1/batches/{suspend['id']}/results")
-    titles = {int(row[0]): row[6] for row in list(csv.reader(io.StringIO(r.text)))[1:]}
+    titles = {int(row[0]): row[8] for row in list(csv.reader(io.StringIO(r.text)))[1:]}
     assert titles == {1: "Trip 1", 2: "", 999: ""}  # 2 is bob's process: hidden from alice
 
 

@@ -2,7 +2,8 @@
 same rows. Each built-in type runs the same batch on two identical data sets — once
 with the reference strategy (claim + ``apply``), once with the strategy under test
 (or the automatic choice) — and the resulting tasks, instances, process logs,
-archives, details and batch counters must be equal, ids and timestamps aside."""
+archives, details (their error sentence, ``error_code`` and ``retryable`` included) and
+batch counters must be equal, ids and timestamps aside."""
 
 from __future__ import annotations
 
@@ -291,6 +292,8 @@ async def _snapshot(
                     BatchDetail.item_id,
                     BatchDetail.status,
                     BatchDetail.error,
+                    BatchDetail.error_code,
+                    BatchDetail.retryable,
                     BatchDetail.retry_count,
                 ).where(BatchDetail.batch_id.in_(data.batches))
             )
@@ -343,6 +346,8 @@ async def _snapshot(
                 name(item_names, r.item_id),
                 r.status,
                 text(r.error),
+                r.error_code or "",
+                str(r.retryable),  # None, True or False: sortable as text
                 r.retry_count,
             )
             for r in details

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.models import ProcessInstance, ProcessLog, Task
 from app.workflow.queries import TASK_INSTANCE_JOIN, task_filter_clauses
+from tests.batch_helpers import expense_setup
 from tests.conftest import Actor, make_actor
 from tests.factories import (
     approve,
@@ -379,3 +380,19 @@ async def test_out_of_range_and_nul_parameters_are_422(admin: Actor, alice: Acto
     assert r.status_code == 422
     r = await approve(alice, 1, comment="nul\x00")
     assert r.status_code == 422
+
+
+async def test_a_task_shows_the_form_values_its_step_shows_and_no_hidden_one(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """The manager step hides ``date``: the approver's list and task read leave it out."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 2)
+    form = {"amount": 5, "date": "2026-01-01", "category": "travel"}
+    async with sessionmaker() as s, s.begin():
+        await s.execute(update(ProcessInstance).values(form_data=form))
+    r = await alice.get("/api/v1/tasks", params={"definition_key": "expense", "node_id": "manager"})
+    assert r.status_code == 200, r.text
+    shown = {"amount": 5, "category": "travel"}
+    assert [t["form_data"] for t in r.json()["items"]] == [shown, shown]
+    one = await alice.get(f"/api/v1/tasks/{setup.task_ids[0]}")
+    assert one.json()["form_data"] == shown

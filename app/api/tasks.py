@@ -75,6 +75,7 @@ def _item(row: TaskRow) -> TaskListItem:
         definition_key=row.definition_key,
         department_id=row.department_id,
         instance_status=row.instance_status,
+        form_data=row.form_data,
     )
 
 

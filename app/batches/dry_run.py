@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 
+from sqlalchemy import BigInteger, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches.resolve import Resolved
@@ -37,12 +38,18 @@ async def predict(session: AsyncSession, user: User, r: Resolved) -> DryRunOut:
             counts[outcome.status] += 1
             if outcome.status != DetailStatus.SUCCESS and len(problems) < MAX_PROBLEMS:
                 problems.append(
-                    Problem(item_id=item.item_id, status=outcome.status, error=outcome.error)
+                    Problem(
+                        item_id=item.item_id,
+                        status=outcome.status,
+                        error=outcome.error,
+                        error_code=outcome.error_code,
+                    )
                 )
         # End the read transaction between chunks: nothing was written (the savepoint
         # was rolled back), and on SQLite every transaction holds the single write lock —
         # a long dry run must not stop the batches running meanwhile.
         await session.commit()
+    await _add_titles(session, user, r, problems)
     return DryRunOut(
         type=r.op.type,
         total=sum(counts.values()),
@@ -51,6 +58,25 @@ async def predict(session: AsyncSession, user: User, r: Resolved) -> DryRunOut:
         ignored=counts[DetailStatus.IGNORED],
         problems=problems,
     )
+
+
+async def _add_titles(
+    session: AsyncSession, user: User, r: Resolved, problems: list[Problem]
+) -> None:
+    """Give the problems their titles, as ``user`` sees them (null for one they cannot
+    see): one query for all ≤ ``MAX_PROBLEMS`` of them, the target's ``title_of``."""
+    if not problems:
+        return
+    ids = union_all(
+        *(select(literal(i, BigInteger).label("item_id")) for i in {p.item_id for p in problems})
+    ).subquery("problem_ids")
+    titles = dict(
+        (await session.execute(select(ids.c.item_id, r.op.target.title_of(ids.c.item_id, user))))
+        .tuples()
+        .all()
+    )
+    for p in problems:
+        p.title = titles.get(p.item_id)
 
 
 async def _decide(

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.pages import total_of
+from app.batches.service import list_details
 from app.db.session import WITHOUT_ITEM_ID
 from app.domain import DetailStatus, ErrorCode
 from app.models import Batch, BatchDetail
@@ -171,9 +171,12 @@ async def group_details(
     offset: int,
     limit: int,
 ) -> tuple[list[DetailOut], int]:
-    """One page of a group's details, in detail order (the console's "Show items")."""
-    stmt = select(BatchDetail).where(
-        BatchDetail.batch_id == batch.id, *group_clauses(session, error_code, message)
+    """One page of a group's details, in detail order (the console's "Show items"),
+    titled as ``list_details`` titles every page (one query builder)."""
+    return await list_details(
+        session,
+        batch,
+        offset=offset,
+        limit=limit,
+        where=group_clauses(session, error_code, message),
     )
-    rows = await session.scalars(stmt.order_by(BatchDetail.id).offset(offset).limit(limit))
-    return [DetailOut.model_validate(r) for r in rows], await total_of(session, stmt)

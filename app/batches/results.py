@@ -32,7 +32,19 @@ from app.excel.stream import XlsxStream
 from app.models import Batch, BatchDetail, User
 from app.operations import get_operation
 
-COLUMNS = ("item_id", "row", "status", "error", "retry_count", "finished_at", "title")
+COLUMNS = (
+    "item_id",
+    "row",
+    "status",
+    "error",
+    "error_code",
+    "retryable",
+    "retry_count",
+    "finished_at",
+    "title",
+)
+"""``error_code`` and ``retryable`` next to the sentence, so a spreadsheet can filter
+failures by cause (both empty unless failed, as on the detail)."""
 XLSX_COLUMNS = tuple("finished_at (UTC)" if c == "finished_at" else c for c in COLUMNS)
 """The xlsx header: a date-time cell holds no time zone, so the header names it."""
 PAGE = 5_000
@@ -52,6 +64,8 @@ async def _pages(
         BatchDetail.row,
         BatchDetail.status,
         BatchDetail.error,
+        BatchDetail.error_code,
+        BatchDetail.retryable,
         BatchDetail.retry_count,
         BatchDetail.finished_at,
         title,
@@ -63,7 +77,10 @@ async def _pages(
 
 
 def _plain(value: Any) -> Any:
-    """CSV text: a datetime as ISO 8601 in UTC with ``Z`` (as the JSON API writes it)."""
+    """CSV text as the JSON API writes it: a datetime as ISO 8601 in UTC with ``Z``, a
+    boolean as ``true``/``false`` (Python's ``True`` is no word a program expects)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, datetime):
         utc = value.astimezone(UTC) if value.tzinfo is not None else value
         return utc.replace(tzinfo=None).isoformat() + "Z"

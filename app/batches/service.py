@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,7 +33,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.models import Batch, BatchDetail, SeedClaim, User
-from app.operations import get_operation
+from app.operations import OPERATIONS, get_operation
 from app.schemas.batch import BatchCreate, BatchOut, DetailOut, DryRunOut
 from app.workflow.logs import write_action_log
 
@@ -184,8 +185,15 @@ async def get_batch(session: AsyncSession, user: User, batch_id: int) -> Batch:
     return batch
 
 
-def to_out(batch: Batch) -> BatchOut:
-    return BatchOut.model_validate(batch)
+def to_out(batch: Batch, creator_name: str | None = None) -> BatchOut:
+    return BatchOut.model_validate(batch).model_copy(update={"creator_name": creator_name})
+
+
+async def batch_out(session: AsyncSession, batch: Batch) -> BatchOut:
+    """``to_out`` with the creator's name (one indexed read): people know a batch's
+    owner by name, not by id."""
+    name = await session.scalar(select(User.name).where(User.id == batch.creator_id))
+    return to_out(batch, name)
 
 
 async def list_batches(
@@ -208,10 +216,14 @@ async def list_batches(
     if status:
         clauses.append(Batch.status == status)
     stmt = select(Batch).where(*clauses)
-    rows = await session.scalars(
-        stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).offset(offset).limit(limit)
+    rows = await session.execute(
+        stmt.add_columns(User.name)
+        .outerjoin(User, User.id == Batch.creator_id)
+        .order_by(Batch.created_at.desc(), Batch.id.desc())
+        .offset(offset)
+        .limit(limit)
     )
-    return [to_out(b) for b in rows], await total_of(session, stmt)
+    return [to_out(b, name) for b, name in rows], await total_of(session, stmt)
 
 
 async def list_details(
@@ -221,13 +233,29 @@ async def list_details(
     offset: int,
     limit: int,
     status: str | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> tuple[list[DetailOut], int]:
-    clauses = [BatchDetail.batch_id == batch.id]
+    """One page of a batch's details in detail order (``status`` and ``where`` narrow
+    them; the failure groups pass theirs), with the total. Each carries its ``title`` as
+    the batch's *creator* sees it — null for an item they cannot see, whoever reads
+    (an admin sees no more than the item errors say) — by one correlated subquery in the
+    page's statement, the one the results export uses (``Target.title_of``)."""
+    clauses = [BatchDetail.batch_id == batch.id, *where]
     if status:
         clauses.append(BatchDetail.status == status)
     stmt = select(BatchDetail).where(*clauses)
-    rows = await session.scalars(stmt.order_by(BatchDetail.id).offset(offset).limit(limit))
-    return [DetailOut.model_validate(r) for r in rows], await total_of(session, stmt)
+    creator = await session.get(User, batch.creator_id)
+    op = OPERATIONS.get(batch.type)  # a custom type unregistered since: no titles
+    title = (
+        op.target.title_of(BatchDetail.item_id, creator)
+        if op is not None and creator is not None
+        else null()
+    )
+    rows = await session.execute(
+        stmt.add_columns(title.label("title")).order_by(BatchDetail.id).offset(offset).limit(limit)
+    )
+    page = [DetailOut.model_validate(d).model_copy(update={"title": t}) for d, t in rows]
+    return page, await total_of(session, stmt)
 
 
 # --------------------------------------------------------------------------- lifecycle

@@ -227,12 +227,15 @@ def batches_table(page: Body, width: int | None = None) -> Table:
 
 
 def details_table(page: Body) -> Table:
-    """A page of ``GET /batches/{id}/details``: one row per item, errors in full."""
+    """A page of ``GET /batches/{id}/details``: one row per item, the failure's code
+    (what ``batch failures`` and ``batch retry --code`` name) and its sentence in
+    full."""
     table = Table(caption=page_caption(page), caption_justify="left")
     table.add_column("item", justify="right")
     table.add_column("row", justify="right")
     table.add_column("status")
     table.add_column("retries", justify="right")
+    table.add_column("code", no_wrap=True)
     table.add_column("error", overflow="fold")
     for d in page.get("items", []):
         table.add_row(
@@ -240,6 +243,7 @@ def details_table(page: Body) -> Table:
             _cell(d.get("row")),
             _styled(d.get("status")),
             _cell(d.get("retry_count")),
+            _cell(d.get("error_code")),
             _cell(d.get("error")),
         )
     return table

@@ -104,6 +104,7 @@ BATCH_EXAMPLE: dict[str, Any] = {
     "status": "running",
     "priority": "normal",
     "creator_id": 2,
+    "creator_name": "Mia Manager",
     "source": "api",
     "params": {"decision": "approve", "comment": "ok"},
     "filter": {"definition_key": "expense", "node_id": "manager"},
@@ -133,6 +134,7 @@ BATCH_EXAMPLE: dict[str, Any] = {
 DETAIL_EXAMPLE: dict[str, Any] = {
     "id": 7,
     "item_id": 45,
+    "title": "Travel to Lyon",
     "row": None,
     "status": "failed",
     "error": "Category must be one of travel, meals, other",
@@ -182,6 +184,11 @@ class BatchOut(BaseModel):
     status: BatchStatus
     priority: Priority
     creator_id: int
+    creator_name: str | None = Field(
+        None,
+        description="The creator's name, as people know them; null in the progress "
+        "events, which name the creator by ``creator_id`` only.",
+    )
     source: BatchSource
     params: dict[str, Any]
     filter: dict[str, Any] | None
@@ -239,6 +246,11 @@ class DetailOut(BaseModel):
 
     id: int
     item_id: int
+    title: str | None = Field(
+        None,
+        description="What a person knows the item by (its process's title); null for an "
+        "item the batch's creator cannot see.",
+    )
     row: int | None
     status: DetailStatus
     error: str | None
@@ -353,8 +365,12 @@ class Problem(BaseModel):
     """One item a dry run predicts will not succeed."""
 
     item_id: int
+    title: str | None = Field(
+        None, description="The item's title; null for an item the caller cannot see."
+    )
     status: Literal["failed", "ignored"]
     error: str | None
+    error_code: ErrorCode | None = Field(None, description="Why, as a stable word.")
 
 
 class DryRunOut(BaseModel):

@@ -199,6 +199,11 @@ class TaskListItem(TaskOut):
     definition_key: str
     department_id: int | None
     instance_status: InstanceStatus
+    form_data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The process's form values that the task's step shows (fields hidden "
+        "at that step are left out).",
+    )
 
 
 class ProcessLogOut(OrmModel):

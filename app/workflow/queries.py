@@ -14,7 +14,7 @@ leak the existence of other people's work.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,8 @@ from app.db.pages import total_of
 from app.errors import NotFound
 from app.models import MonitorGrant, ProcessInstance, Task, User
 from app.schemas.filters import INSTANCE_FILTERS, TASK_FILTERS, FilterField, FilterSet, Match
+from app.workflow.approval import definitions_for
+from app.workflow.forms import field_mode
 
 TASK_INSTANCE_JOIN = Task.instance_id == ProcessInstance.id
 """The join every ``task_filter_clauses`` statement needs (the clauses name both tables)."""
@@ -118,7 +120,8 @@ def task_filter_clauses(user: User | None, **values: Any) -> list[ColumnElement[
 
 @dataclass(frozen=True)
 class TaskRow:
-    """A task plus the instance columns a task list shows."""
+    """A task plus the instance columns a task list shows. ``form_data`` is the process's
+    form as read; ``visible_values`` keeps only what the task's step shows."""
 
     task: Task
     title: str
@@ -126,11 +129,15 @@ class TaskRow:
     definition_key: str
     department_id: int | None
     instance_status: str
+    definition_id: int
+    form_data: dict[str, Any]
 
     @classmethod
     def from_row(cls, row: Any) -> TaskRow:
-        task, title, business_key, definition_key, department_id, status = row
-        return cls(task, title, business_key, definition_key, department_id, status)
+        task, title, business_key, definition_key, department_id, status, def_id, form = row
+        return cls(
+            task, title, business_key, definition_key, department_id, status, def_id, form or {}
+        )
 
 
 def _task_rows_query() -> Select:
@@ -141,7 +148,27 @@ def _task_rows_query() -> Select:
         ProcessInstance.definition_key,
         ProcessInstance.department_id,
         ProcessInstance.status,
+        ProcessInstance.definition_id,
+        ProcessInstance.form_data,
     ).join(ProcessInstance, TASK_INSTANCE_JOIN)
+
+
+async def _keep_visible_values(session: AsyncSession, rows: list[TaskRow]) -> list[TaskRow]:
+    """Each row's form values cut to the fields its task's step does not hide — what the
+    approver may see there — with the definitions read once per page (the cached ones
+    approval uses). A step that no longer exists shows nothing."""
+    cache = definitions_for(session)
+    await cache.load(session, {r.definition_id for r in rows})
+    visible = []
+    for r in rows:
+        found = cache.node(r.definition_id, r.task.node_id)
+        shown = (
+            {k: v for k, v in r.form_data.items() if field_mode(found[1], k) != "hidden"}
+            if found is not None
+            else {}
+        )
+        visible.append(replace(r, form_data=shown))
+    return visible
 
 
 async def list_tasks(
@@ -158,7 +185,8 @@ async def list_tasks(
     result = await session.execute(
         _task_rows_query().where(*clauses).order_by(Task.id.desc()).offset(offset).limit(limit)
     )
-    return [TaskRow.from_row(row) for row in result.all()], total
+    rows = [TaskRow.from_row(row) for row in result.all()]
+    return await _keep_visible_values(session, rows), total
 
 
 async def get_task_row(session: AsyncSession, user: User, task_id: int) -> TaskRow:
@@ -167,7 +195,8 @@ async def get_task_row(session: AsyncSession, user: User, task_id: int) -> TaskR
     row = (await session.execute(_task_rows_query().where(*clauses))).first()
     if row is None:
         raise NotFound(f"Task {task_id} does not exist.")
-    return TaskRow.from_row(row)
+    [visible] = await _keep_visible_values(session, [TaskRow.from_row(row)])
+    return visible
 
 
 async def list_instances(

@@ -3,7 +3,7 @@
 // these" and "Show items"), and the per-item results with their error sentences.
 import {
   $, $$, api, h, badge, flash, showError, fmtDate, fmtNumber, renderPager, download,
-  FINAL, finishedCount,
+  FINAL, finishedCount, duration, timeLeft,
 } from "./common.js";
 
 const id = Number($("#main").dataset.batchId);
@@ -26,17 +26,6 @@ function rate() {
   return ((f1 - f0) * 1000) / (t1 - t0);
 }
 
-function duration(seconds) {
-  if (!Number.isFinite(seconds)) return "—";
-  if (seconds < 1) return "under a second";
-  const s = Math.round(seconds);
-  const m = Math.floor(s / 60);
-  const hrs = Math.floor(m / 60);
-  if (hrs) return `${hrs} h ${m % 60} min`;
-  if (m) return `${m} min ${s % 60} s`;
-  return `${s} s`;
-}
-
 function render(b) {
   batch = b;
   const done = finishedCount(b);
@@ -50,7 +39,7 @@ function render(b) {
   let text = `${pct}% — ${fmtNumber(done)} of ${fmtNumber(b.total)} items done.`;
   const r = rate();
   if (!FINAL.has(b.status) && b.status !== "suspended") {
-    text += r ? ` ${r.toFixed(r < 10 ? 1 : 0)} items/s, about ${duration(b.pending / r)} left.` : " Measuring the rate…";
+    text += r ? ` ${r.toFixed(r < 10 ? 1 : 0)} items/s, ${timeLeft(b.pending / r)}.` : " Measuring the rate…";
   } else if (b.started_at && b.finished_at) {
     const secs = (new Date(b.finished_at) - new Date(b.started_at)) / 1000;
     text += ` Took ${duration(secs)}.`;
@@ -191,7 +180,7 @@ async function loadDetails() {
     // data-label: the column name each cell shows when the table is cards (narrow screens).
     const cell = (label, attrs, ...children) => h("td", { ...attrs, dataset: { label } }, ...children);
     tbody.replaceChildren(...(data.items.length ? data.items.map((d) => h("tr", { dataset: { status: d.status } },
-      cell("Item", {}, d.item_id), cell("Row", {}, d.row ?? "—"), cell("Status", {}, badge(d.status)),
+      cell("Item", {}, d.item_id, d.title ? h("small", { class: "muted item-title" }, ` ${d.title}`) : null), cell("Row", {}, d.row ?? "—"), cell("Status", {}, badge(d.status)),
       cell("Code", { class: "code-text" }, d.error_code || ""),
       cell("Error", { class: "error-text" }, d.error || ""), cell("Retries", {}, d.retry_count),
       cell("Finished", {}, fmtDate(d.finished_at))))

@@ -24,6 +24,14 @@ function progressCell(b) {
     h("small", { class: "progress-label" }, `${pct}% · ${fmtNumber(done)} / ${fmtNumber(b.total)}`));
 }
 
+/** Creator id → name, from the listed page: progress events carry the id only. */
+const names = new Map();
+
+function creatorOf(b) {
+  if (b.creator_name) names.set(b.creator_id, b.creator_name);
+  return names.get(b.creator_id) ?? `#${b.creator_id}`;
+}
+
 function row(b) {
   return h("tr", { dataset: { batchId: b.id, status: b.status } },
     h("td", {}, h("a", { href: `/batches/${b.id}` }, `#${b.id}`)),
@@ -31,7 +39,7 @@ function row(b) {
     h("td", {}, badge(b.status)),
     progressCell(b),
     h("td", { class: b.failed ? "failed-count" : "" }, fmtNumber(b.failed)),
-    admin ? h("td", {}, b.creator_id) : null,
+    admin ? h("td", {}, creatorOf(b)) : null,
     h("td", {}, fmtDate(b.created_at)));
 }
 

@@ -92,8 +92,50 @@ export function flash(message, kind = "info") {
   if (kind !== "error") setTimeout(() => { if (box.textContent === message) box.replaceChildren(); }, 6000);
 }
 
-export function showError(error) {
-  flash(error instanceof Error ? error.message : String(error), "error");
+/**
+ * Show an error next to what caused it: inside `form` (by default the form of the
+ * focused control, i.e. the one just used), else in the page-top flash. On a phone the
+ * flash can be a whole page away from the button that was pressed.
+ */
+export function showError(error, form = document.activeElement?.closest?.("form")) {
+  const message = error instanceof Error ? error.message : String(error);
+  if (!form) { flash(message, "error"); return; }
+  let box = form.querySelector(":scope > .form-error");
+  if (!box) {
+    box = h("div", { class: "form-error" });
+    form.append(box);
+  }
+  box.replaceChildren(h("p", { class: "flash error", role: "alert" }, message));
+  box.scrollIntoView({ block: "nearest" });
+}
+
+/** Remove a form's error (a new attempt starts). */
+export function clearError(form) {
+  form?.querySelector(":scope > .form-error")?.remove();
+}
+
+// Any button of a form starts a new attempt: its previous error goes away.
+document.addEventListener("click", (event) => {
+  const button = event.target.closest?.("button");
+  if (button?.form) clearError(button.form);
+}, true);
+
+/** A duration in words: "less than a second", "1 second", "2 min 5 s", "1 h 4 min". */
+export function duration(seconds) {
+  if (!Number.isFinite(seconds)) return "—";
+  if (seconds < 1) return "less than a second";
+  const s = Math.round(seconds);
+  const m = Math.floor(s / 60);
+  const hrs = Math.floor(m / 60);
+  if (hrs) return `${hrs} h ${m % 60} min`;
+  if (m) return `${m} min ${s % 60} s`;
+  return `${s} second${s === 1 ? "" : "s"}`;
+}
+
+/** The ETA as a sentence part: "less than a second left", "about 5 seconds left". */
+export function timeLeft(seconds) {
+  if (!Number.isFinite(seconds)) return "time left unknown";
+  return seconds < 1 ? "less than a second left" : `about ${duration(seconds)} left`;
 }
 
 export function fmtDate(iso) {
@@ -225,7 +267,7 @@ export function renderDryRun(box, result) {
     parts.push(h("div", { class: "table-wrap" }, h("table", { class: "striped problems" },
       h("caption", {}, `Problems (first ${result.problems.length})`),
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Item"), h("th", { scope: "col" }, "Outcome"), h("th", { scope: "col" }, "Why"))),
-      h("tbody", {}, ...result.problems.map((p) => h("tr", {}, h("td", {}, p.item_id), h("td", {}, badge(p.status)), h("td", {}, p.error || "")))))));
+      h("tbody", {}, ...result.problems.map((p) => h("tr", {}, h("td", {}, p.item_id, p.title ? h("small", { class: "muted item-title" }, ` ${p.title}`) : null), h("td", {}, badge(p.status)), h("td", {}, p.error || "")))))));
   }
   box.replaceChildren(h("article", { class: "dry-run" }, ...parts));
   box.focus?.();

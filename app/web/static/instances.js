@@ -75,11 +75,19 @@ function renderSelection() {
   page.checked = state.allMatching || (state.rows.length > 0 && onPage === state.rows.length);
   page.indeterminate = !state.allMatching && onPage > 0 && onPage < state.rows.length;
   page.disabled = state.allMatching;
-  const label = $("#op-type").selectedOptions[0].textContent.split(" (")[0];
-  $("#op-target").textContent = n ? `${label}: ${fmtNumber(n)} instance${n === 1 ? "" : "s"}.` : "Select instances (or all matching) first.";
-  $("#op-run").textContent = n ? `${label} ${fmtNumber(n)} instance${n === 1 ? "" : "s"}` : "Run";
+  const phrase = n ? runPhrase($("#op-type").selectedOptions[0], n) : "";
+  $("#op-target").textContent = n ? `${phrase}.` : "Select instances (or all matching) first.";
+  $("#op-run").textContent = n ? phrase : "Run";
   $("#op-run").disabled = n === 0;
   $("#op-preview").disabled = n === 0;
+}
+
+/** "Suspend 3 instances", "Migrate 100 instances to another version": the option's verb
+ * (data-verb, else its text before any "(…)") and what follows the count (data-tail). */
+function runPhrase(option, n) {
+  const verb = option.dataset.verb || option.textContent.split(" (")[0];
+  const tail = option.dataset.tail ? ` ${option.dataset.tail}` : "";
+  return `${verb} ${fmtNumber(n)} instance${n === 1 ? "" : "s"}${tail}`;
 }
 
 function showParams() {
@@ -127,7 +135,7 @@ async function preview() {
   try {
     renderDryRun($("#preview"), await api("/batches", { method: "POST", json: request(true) }));
   } catch (e) {
-    showError(e);
+    showError(e, $("#op-form"));
   } finally {
     button.removeAttribute("aria-busy");
   }
@@ -142,7 +150,7 @@ async function run(event) {
     const batch = await api("/batches", { method: "POST", json: request(false) });
     window.location.assign(`/batches/${batch.id}`);
   } catch (e) {
-    showError(e);
+    showError(e, $("#op-form"));
     button.disabled = false;
   } finally {
     button.removeAttribute("aria-busy");

@@ -2,7 +2,7 @@
 // node's form, Preview (dry run) and Approve (create the batch, open its page); Excel
 // template download and upload.
 import {
-  $, $$, api, h, badge, flash, showError, fmtDate, fmtNumber, renderPager, readForm, syncUrl,
+  $, $$, api, h, badge, showError, fmtDate, fmtNumber, renderPager, readForm, syncUrl,
   fillForm, renderDryRun, latestDefinitions, download, apiFilter,
 } from "./common.js";
 
@@ -20,6 +20,8 @@ const state = {
   allMatching: false, // the whole filter, not the ids
   definitions: [],
   view: null, // node view of the current target
+  views: new Map(), // "key/node" → promise of its node view (fetched once)
+  columns: [], // fields visible at the filter's node: extra list columns
   viewKey: "",
   idempotencyKey: crypto.randomUUID(),
 };
@@ -41,8 +43,12 @@ function fillNodes() {
     if (chosen && d.key !== chosen) continue;
     for (const n of d.nodes) if (!ids.has(n.id)) ids.set(n.id, n.name || n.id);
   }
+  // The node's name alone (a select cannot wrap: short text is what fits on a phone);
+  // its id only to tell apart two nodes of one name.
+  const names = Array.from(ids.values());
+  const shared = new Set(names.filter((name, i) => names.indexOf(name) !== i));
   select.replaceChildren(h("option", { value: "" }, "any"),
-    ...Array.from(ids, ([id, name]) => h("option", { value: id }, name === id ? id : `${name} (${id})`)));
+    ...Array.from(ids, ([id, name]) => h("option", { value: id }, shared.has(name) && name !== id ? `${name} (${id})` : name)));
   if (ids.has(keep)) select.value = keep;
 }
 
@@ -50,7 +56,9 @@ async function loadTasks() {
   const query = { ...apiFilter(filterForm, state.filters), assignee_id: me, page: state.page, page_size: PAGE_SIZE };
   table.setAttribute("aria-busy", "true");
   try {
-    const data = await api("/tasks", { query });
+    const [data, columns] = await Promise.all([api("/tasks", { query }), visibleColumns()]);
+    state.columns = columns;
+    renderHeader();
     state.total = data.total;
     state.rows = data.items;
     renderTasks();
@@ -64,9 +72,47 @@ async function loadTasks() {
   renderSelection();
 }
 
+/** The node's view (fields and their modes), fetched once per definition and node. */
+function nodeView(key, node) {
+  const id = `${key}/${node}`;
+  if (!state.views.has(id)) {
+    const request = api(`/nodes/${encodeURIComponent(key)}/${encodeURIComponent(node)}/view`);
+    request.catch(() => state.views.delete(id)); // a failure is not remembered
+    state.views.set(id, request);
+  }
+  return state.views.get(id);
+}
+
+/** The fields marked visible at the filter's node (what the approver decides on, e.g.
+ * Amount at the finance step); none when the filter names no single node. */
+async function visibleColumns() {
+  const { definition_key: key, node_id: node } = state.filters;
+  if (!key || !node) return [];
+  try {
+    return (await nodeView(key, node)).fields.filter((f) => f.visible);
+  } catch {
+    return []; // the list itself does not depend on the extra columns
+  }
+}
+
+function renderHeader() {
+  const row = $("#task-table thead tr");
+  $$(".field-col", row).forEach((th) => th.remove());
+  row.append(...state.columns.map((f) => h("th", { scope: "col", class: "field-col", dataset: { field: f.name } }, f.label)));
+}
+
+/** A form value as the list shows it. */
+function fieldText(value) {
+  if (value === undefined || value === null || value === "") return "—";
+  if (Array.isArray(value)) return value.join(", ");
+  if (typeof value === "boolean") return value ? "yes" : "no";
+  if (typeof value === "number") return value.toLocaleString();
+  return typeof value === "object" ? JSON.stringify(value) : String(value);
+}
+
 function renderTasks() {
   if (!state.rows.length) {
-    table.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No tasks match these filters.")));
+    table.replaceChildren(h("tr", {}, h("td", { colspan: 8 + state.columns.length, class: "muted" }, "No tasks match these filters.")));
     return;
   }
   table.replaceChildren(...state.rows.map((t) => {
@@ -87,7 +133,8 @@ function renderTasks() {
       h("td", {}, t.node_id),
       h("td", {}, t.department_id ?? "—"),
       h("td", {}, badge(t.status)),
-      h("td", {}, fmtDate(t.created_at)));
+      h("td", {}, fmtDate(t.created_at)),
+      ...state.columns.map((f) => h("td", { class: "field-value", dataset: { field: f.name } }, fieldText((t.form_data || {})[f.name]))));
   }));
 }
 
@@ -154,7 +201,7 @@ async function loadView(t) {
   const box = $("#node-fields");
   if (!t) { box.hidden = true; return; }
   try {
-    const view = await api(`/nodes/${encodeURIComponent(t.key)}/${encodeURIComponent(t.node)}/view`);
+    const view = await nodeView(t.key, t.node);
     if (state.viewKey !== key) return;
     state.view = view;
     renderFields(view);
@@ -256,7 +303,7 @@ async function approve(event) {
     const response = await fetchCreate(batchRequest(false));
     window.location.assign(`/batches/${response.id}`);
   } catch (e) {
-    showError(e);
+    showError(e, $("#approve-form"));
     button.disabled = false;
   } finally {
     button.removeAttribute("aria-busy");
@@ -299,7 +346,7 @@ async function upload(event) {
   event.preventDefault();
   const form = event.currentTarget;
   const file = $("#import-file").files[0];
-  if (!file) { flash("Choose a workbook first.", "error"); return; }
+  if (!file) { showError("Choose a workbook first.", form); return; }
   const data = new FormData();
   data.append("file", file);
   data.append("priority", $("#import-priority").value);
@@ -309,7 +356,7 @@ async function upload(event) {
     const batch = await api("/batches/import", { method: "POST", form: data });
     window.location.assign(`/batches/${batch.id}`);
   } catch (e) {
-    showError(e);
+    showError(e, form);
   } finally {
     button.removeAttribute("aria-busy");
   }
