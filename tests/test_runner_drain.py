@@ -10,6 +10,7 @@ from app.domain import Wakeup
 from app.runtime.context import JobContext
 from app.runtime.inprocess import InProcessBroker, InProcessRunner
 from app.runtime.registry import Cron, JobTable
+from tests.batch_helpers import eventually
 
 
 class _Ctx:
@@ -28,6 +29,7 @@ async def _runner(jobs: dict[str, Any], crons: list[Cron] | None = None) -> InPr
 
 async def test_drained_waits_for_follow_ups_but_not_for_later_deferrals() -> None:
     ran: list[tuple[str, int]] = []
+    started: list[int] = []
     runner: InProcessRunner
 
     async def first(ctx: Any, batch_id: int) -> None:
@@ -37,6 +39,7 @@ async def test_drained_waits_for_follow_ups_but_not_for_later_deferrals() -> Non
         ran.append(("first", batch_id))
 
     async def second(ctx: Any, batch_id: int) -> None:
+        started.append(batch_id)
         await asyncio.sleep(0.01)  # a job that takes a moment
         ran.append(("second", batch_id))
 
@@ -47,7 +50,11 @@ async def test_drained_waits_for_follow_ups_but_not_for_later_deferrals() -> Non
         assert ran == [("first", 1), ("second", 1)]  # not the one due in an hour
 
         await runner.broker.enqueue(Wakeup("second", 2, defer=0.05))  # due soon: counts once due
-        await asyncio.sleep(0.06)  # the clock passes its due time (the timer may lag)
+
+        async def taken() -> bool:
+            return 2 in started
+
+        await eventually(taken, "the deferred wake-up came due and was taken")
         await asyncio.wait_for(runner.drained(), 5)
         assert ran[-1] == ("second", 2)
     finally:

@@ -17,7 +17,7 @@ from app.db.base import utcnow
 from app.db.unit_of_work import request_wakeup
 from app.domain import FINAL, STARTING, BatchStatus
 from app.errors import AppError
-from app.models import Batch, BatchDetail, SeedClaim, Task
+from app.models import Batch, BatchDetail, SeedClaim, Task, awaiting_auto_retry
 from app.runtime.context import JobContext
 
 log = logging.getLogger("batchd.recovery")
@@ -102,7 +102,7 @@ async def start_due(ctx: JobContext) -> None:
 async def auto_retry(ctx: JobContext) -> None:
     """Batches that finished within ``BATCH_AUTO_RETRY_WINDOW`` (and at least
     ``auto_retry_delay`` ago) with failed, non-exhausted, *retryable* items
-    (``state.auto_retryable``) are retried, once per pass, those items only. A batch
+    (``awaiting_auto_retry``) are retried, once per pass, those items only. A batch
     whose failures need fixing (``wrong_state``, ``validation``…) is left alone:
     running it again would fail it again."""
     s = ctx.settings
@@ -119,7 +119,7 @@ async def auto_retry(ctx: JobContext) -> None:
                     Batch.finished_at <= now - timedelta(seconds=s.auto_retry_delay),
                     exists().where(
                         BatchDetail.batch_id == Batch.id,
-                        state.auto_retryable(Batch.max_retries),
+                        awaiting_auto_retry(Batch.max_retries),
                     ),
                 )
                 .limit(PASS_LIMIT)

@@ -384,7 +384,7 @@ async def retry(
     only if something is left to run.
     ``user`` retries any failure (they fixed its cause; ``item_ids`` that never failed
     are a 409); ``user=None`` is the auto-retry cron acting on the batch's behalf, which
-    requeues only retryable failures (``state.auto_retryable``). With
+    requeues only retryable failures (``awaiting_auto_retry``). With
     ``guard_finished`` nothing happens unless the batch is still finished (so two cron
     passes racing on one batch retry it once)."""
     batch = (

@@ -27,14 +27,14 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.domain import FINAL, RUNNABLE, BatchStatus, DetailStatus, Wakeup, may_retry
+from app.domain import FINAL, RUNNABLE, BatchStatus, Wakeup, may_retry
 from app.errors import Conflict
-from app.models import Batch, BatchDetail
+from app.models import Batch
 
 S = BatchStatus
 
@@ -130,17 +130,6 @@ def retryable(retry_count: Any, max_retries: Any) -> ColumnElement[bool]:
     """SQL form of ``not is_exhausted`` (columns or values)."""
     expr: ColumnElement[bool] = may_retry(retry_count, max_retries)
     return expr
-
-
-def auto_retryable(max_retries: Any) -> ColumnElement[bool]:
-    """A failed detail an automatic retry may requeue: its failure is ``retryable``
-    (transient, locked: nothing needs fixing) and it is not exhausted. A manual retry
-    takes any failed, non-exhausted one — the user says the cause is fixed."""
-    return and_(
-        BatchDetail.status == DetailStatus.FAILED,
-        BatchDetail.retryable.is_(True),
-        retryable(BatchDetail.retry_count, max_retries),
-    )
 
 
 # --------------------------------------------------------------------------- wake-ups

@@ -1,6 +1,6 @@
 """ORM models. Import from here so every table is registered on ``Base.metadata``."""
 
-from app.models.batch import Batch, BatchDetail, SeedClaim
+from app.models.batch import Batch, BatchDetail, SeedClaim, awaiting_auto_retry
 from app.models.engine import (
     ActionLog,
     BrowserSession,
@@ -26,4 +26,5 @@ __all__ = [
     "ProcessLog",
     "Task",
     "User",
+    "awaiting_auto_retry",
 ]

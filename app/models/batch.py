@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ColumnElement, Float, ForeignKey, Index, String, Text, UniqueConstraint, and_
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, BigId, JsonType, UTCDateTime, utcnow
+from app.domain import DetailStatus, may_retry
 from app.models.ids import NO_ID_REUSE
 
 
@@ -94,6 +95,18 @@ class BatchDetail(Base):
     retry_count: Mapped[int] = mapped_column(default=0)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+def awaiting_auto_retry(max_retries: Any) -> ColumnElement[bool]:
+    """A detail an automatic retry may still requeue: failed, ``retryable`` (transient,
+    locked: nothing needs fixing) and not exhausted. The auto-retry cron picks by it, and
+    a finished batch keeps exactly these items locked. (A manual retry takes any failed,
+    non-exhausted one: the user says the cause is fixed.)"""
+    return and_(
+        BatchDetail.status == DetailStatus.FAILED,
+        BatchDetail.retryable.is_(True),
+        may_retry(BatchDetail.retry_count, max_retries),
+    )
 
 
 class SeedClaim(Base):

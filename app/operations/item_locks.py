@@ -14,8 +14,8 @@ from sqlalchemy import Table, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.bulk import id_in
-from app.domain import DetailStatus, Outcome, may_retry
-from app.models import BatchDetail, Task, User
+from app.domain import Outcome
+from app.models import BatchDetail, Task, User, awaiting_auto_retry
 from app.workflow.approval import task_gate
 
 _tasks = cast(Table, Task.__table__)
@@ -122,9 +122,7 @@ class TaskLock(ItemLock):
                 and_(
                     BatchDetail.batch_id == batch_id,
                     BatchDetail.item_id == _tasks.c.id,
-                    BatchDetail.status == DetailStatus.FAILED,
-                    BatchDetail.retryable.is_(True),
-                    may_retry(BatchDetail.retry_count, keep_retryable_of),
+                    awaiting_auto_retry(keep_retryable_of),
                 )
             )
             stmt = stmt.where(~still_retryable)
