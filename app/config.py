@@ -119,6 +119,30 @@ class Settings(BaseSettings):
     """A browser session is refused this many seconds after sign-in however busy it is
     (``BATCH_SESSION_MAX_AGE``, 12 hours: a working day)."""
 
+    # Webhooks (app/webhooks).
+    webhook_allow_private: bool = False
+    """Deliver to loopback, private, link-local, multicast and reserved addresses too.
+    For development and tests only: in production it lets a user make batchd call into
+    its own network (``BATCH_WEBHOOK_ALLOW_PRIVATE``)."""
+    webhook_timeout: float = Field(default=10, gt=0, le=60)
+    """Seconds one delivery attempt may take, connect to last byte read
+    (``BATCH_WEBHOOK_TIMEOUT``)."""
+
+    # Single sign-on (app/auth): off unless ``oidc_issuer`` is set.
+    oidc_issuer: str | None = None
+    """The OpenID provider's issuer URL; discovery at
+    ``{issuer}/.well-known/openid-configuration`` (``BATCH_OIDC_ISSUER``)."""
+    oidc_audience: str | None = None
+    """The ``aud`` a bearer JWT must name (required with the issuer)."""
+    oidc_role_claim: str = "batchd_role"
+    """Claim holding ``admin`` or ``user``; anything else, or absent, is ``user``."""
+    oidc_department_claim: str = "department_id"
+    oidc_name_claim: str = "name"
+    oidc_client_id: str | None = None
+    """The console's client id: with it the sign-in page offers "Sign in with …"."""
+    oidc_client_secret: str | None = None
+    """The console client's secret (confidential clients; PKCE is used either way)."""
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

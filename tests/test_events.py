@@ -94,6 +94,10 @@ async def test_stream_reports_progress_then_end(
             1.0,
         )
         progress = [e for e in events if e["event"] == "progress"]
+        # Every event names the creator as a person, not only by id.
+        assert {(e["data"]["creator_id"], e["data"]["creator_name"]) for e in events} == {
+            (alice.id, "Alice")
+        }
         seqs = [int(e["id"]) for e in progress]
         assert seqs == sorted(set(seqs)), "ids are the monotonic progress sequence"
         successes = [e["data"]["success"] for e in progress]

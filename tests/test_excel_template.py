@@ -134,10 +134,10 @@ async def test_xlsx_columns_rows_and_values_follow_the_node_view(
         None,
     ]
     assert ws.freeze_panes == "A2"
+    # Every column's rows carry a validation: the editable ones their checks (H, I, J),
+    # the read-only ones (A–G) "Read only".
     assert {str(dv.sqref) for dv in ws.data_validations.dataValidation} == {
-        "H2:H4",
-        "I2:I4",
-        "J2:J4",
+        f"{letter}2:{letter}4" for letter in "ABCDEFGHIJ"
     }
     assert ws.column_dimensions["B"].width >= 30  # the title column is readable
 
@@ -174,13 +174,14 @@ async def test_protection_validations_and_the_hidden_lists(
         "Comment",
     ]
     col = {h: chr(ord("A") + i) for i, h in enumerate(headers)}
-    # Protection: the sheet is protected; id / title / read cells locked, write unlocked.
+    # Protection: the sheet is protected and its header locked; the task rows hold no
+    # locked cell (so a row can be deleted), and the id / title / read columns refuse
+    # typing by a validation instead.
     assert ws.protection.sheet
-    for header in ("Task ID", "Title", "Department", "Reference"):
-        assert ws[f"{col[header]}2"].protection.locked, header
+    for header in headers:
         assert ws[f"{col[header]}1"].protection.locked, header
-    for header in headers[4:]:
         assert not ws[f"{col[header]}2"].protection.locked, header
+    read_only = ("Task ID", "Title", "Department", "Reference")
     # Prefilled typed values.
     assert ws[f"{col['Task ID']}2"].value == task_id
     assert ws[f"{col['Amount *']}2"].value == 7
@@ -204,7 +205,11 @@ async def test_protection_validations_and_the_hidden_lists(
     }
     # Validations: the right type and range on each editable column.
     dvs = validations(ws)
-    assert set(dvs) == {col[h] for h in headers[4:]}
+    assert set(dvs) == {col[h] for h in headers}
+    for header in read_only:
+        dv = dvs[col[header]]
+        assert (dv.type, dv.formula1, dv.errorTitle) == ("custom", "FALSE", "Read only"), header
+        assert dv.showErrorMessage and f"{header} is read only" in dv.error
     assert (dvs[col["Category *"]].type, dvs[col["Category *"]].formula1) == (
         "list",
         "Lists!$B$2:$B$4",

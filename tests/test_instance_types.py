@@ -206,11 +206,20 @@ async def test_terminate_releases_approve_locks_and_the_approve_batch_ignores_th
     r = await alice.post(f"/api/v1/batches/{approve['id']}/activate")
     assert r.status_code == 200, r.text
     done = await wait_for(alice, approve["id"])
-    assert (done["success"], done["ignored"], done["failed"]) == (4, 2, 0)
-    ignored = {
-        d["item_id"]: d["error"] for d in await details(alice, approve["id"], status="ignored")
+    # A cancelled task is a failure that explains itself (nothing to decide, no retry).
+    assert (done["success"], done["ignored"], done["failed"]) == (4, 0, 2)
+    failed = {
+        d["item_id"]: (d["error_code"], d["retryable"], d["error"])
+        for d in await details(alice, approve["id"], status="failed")
     }
-    assert ignored == {t: f"Task {t} is already cancelled." for t in setup.task_ids[:2]}
+    assert failed == {
+        t: (
+            "wrong_state",
+            False,
+            f"Task {t} was cancelled when its process ended; there is nothing to decide.",
+        )
+        for t in setup.task_ids[:2]
+    }
 
 
 async def test_set_variables_merges_with_exact_outcomes(

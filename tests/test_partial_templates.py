@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
+import shutil
+import subprocess
 import zipfile
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
 from openpyxl import load_workbook
 from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
@@ -123,6 +128,70 @@ async def test_row_numbers_are_the_uploaded_sheets_own_after_a_deletion(
     assert failed["error_code"] == "validation"
 
 
+LIBREOFFICE_SCRIPT = Path(__file__).parent / "libreoffice" / "delete_rows.py"
+
+
+def libreoffice_python() -> str | None:
+    """The system Python with LibreOffice's ``uno`` module (Debian: libreoffice-calc-nogui
+    and python3-uno), or None."""
+    python = shutil.which("python3", path="/usr/bin")
+    if shutil.which("soffice") is None or python is None:
+        return None
+    found = subprocess.run([python, "-c", "import uno"], capture_output=True, check=False)
+    return python if found.returncode == 0 else None
+
+
+def delete_in_libreoffice(data: bytes, rows: list[int], tmp: Path) -> tuple[bool, bytes]:
+    """Delete sheet rows as a person does in LibreOffice Calc; (still protected, file)."""
+    python = libreoffice_python()
+    if python is None:
+        pytest.skip("LibreOffice (soffice and python3-uno) is not installed")
+    source, target = tmp / "template.xlsx", tmp / "saved.xlsx"
+    source.write_bytes(data)
+    run = subprocess.run(
+        [python, str(LIBREOFFICE_SCRIPT), str(source), str(target), *map(str, rows)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])["protected"], target.read_bytes()
+
+
+async def test_rows_are_deleted_in_libreoffice_and_the_rest_imports(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+    tmp_path: Path,
+) -> None:
+    """The protected template in a real spreadsheet program: Calc's "Delete Rows" removes
+    task rows (none of their cells is locked) but not the header (locked), the sheet
+    stays protected, and the saved file imports with the deleted tasks simply absent."""
+    s = await expense_setup(sessionmaker, admin, alice, bob, 5)
+    t = s.task_ids
+    protected, data = delete_in_libreoffice(await template(alice), [1, 3, 5], tmp_path)
+    assert protected
+    wb = load_workbook(io.BytesIO(data))
+    ws = wb["Tasks"]
+    col = by_header(ws)
+    assert "Task ID" in col  # the header row survived its delete
+    assert [ws.cell(r, col["Task ID"]).value for r in range(2, ws.max_row + 1)] == [
+        t[0],
+        t[2],
+        t[4],
+    ]
+    ws.cell(2, col["Decision"]).value = "approve"
+    ws.cell(2, col["Category *"]).value = "meals"
+    ws.cell(4, col["Decision"]).value = "reject"
+    batch = await upload(alice, saved(wb))
+    assert (batch["total"], batch["skipped_rows"]) == (2, 1)
+    done = await wait_for(alice, batch["id"])
+    assert (done["success"], done["failed"]) == (2, 0), done
+    assert {d["item_id"] for d in await details(alice, batch["id"])} == {t[0], t[4]}
+
+
 async def test_a_template_with_no_decision_is_refused_whole(
     sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
 ) -> None:
@@ -202,30 +271,29 @@ async def test_the_error_file_is_the_template_again(
     # The template's dropdowns and checks, column for column, over the error rows.
     template_dvs = validations(wb["Tasks"])
     error_dvs = validations(ews)
-    assert len(error_dvs) == len(template_dvs) == 8
+    assert len(error_dvs) == len(template_dvs) + 1 == 13  # + the read-only Error column
     assert {k: (v.type, v.formula1, v.formula2) for k, v in error_dvs.items()} == {
         k: (v.type, v.formula1, v.formula2) for k, v in template_dvs.items()
-    }
+    } | {"M": ("custom", "FALSE", None)}
     assert str(error_dvs["L"].sqref) == "L2:L3"  # Decision, both error rows
     assert errors["Lists"].sheet_state == "hidden"
     assert [c.value for c in errors["Lists"][1]] == [c.value for c in wb["Lists"][1]]
     assert ews.freeze_panes == "A2"
     date_cell = ews.cell(2, ecol["Date"])
     assert date_cell.is_date and date_cell.value == datetime(2026, 2, 3)
-    # The same protection: read-only columns and the Error column locked, rows deletable.
+    # The same protection: the header locked, rows deletable (no locked cell below the
+    # header), the read-only columns and the Error column refusing typing.
     assert ews.protection.sheet
-    assert ews.cell(2, ecol["Task ID"]).protection.locked
-    assert ews.cell(2, ecol["Reference"]).protection.locked
-    assert ews.cell(2, ecol["Error"]).protection.locked
-    assert not ews.cell(2, ecol["Decision"]).protection.locked
-    assert not ews.cell(2, ecol["Category *"]).protection.locked
+    assert all(cell.protection.locked for cell in ews[1])
+    assert not any(cell.protection.locked for cell in ews[2])
+    assert error_dvs["M"].errorTitle == "Read only"  # Error
     assert sheet_protection(r.content)["deleteRows"] == "0"
 
     ews.cell(2, ecol["Category *"]).value = "meals"
     ews.cell(3, ecol["Category *"]).value = "other"
     ews.cell(3, ecol["Decision"]).value = "reject"
     fixed = resaved(saved(errors))
-    assert len(validations(load_workbook(io.BytesIO(fixed))["Errors"])) == 8  # kept
+    assert len(validations(load_workbook(io.BytesIO(fixed))["Errors"])) == 13  # kept
     again = await upload(alice, fixed)
     redone = await wait_for(alice, again["id"])
     assert (redone["success"], redone["failed"], again["skipped_rows"]) == (2, 0, 0), redone

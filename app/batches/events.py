@@ -100,10 +100,14 @@ class BatchWatches:
         if watch.task is not None:
             watch.task.cancel()
 
-    async def _read(self, batch_id: int) -> BatchOut | None:
+    async def _read(self, watch: BatchWatch) -> BatchOut | None:
+        """The batch as it is now; its creator's name is the one the stream started
+        with (a batch never changes creator: no second read per event)."""
         async with self.sessionmaker() as session:
-            batch = await session.get(Batch, batch_id, populate_existing=True)
-            return service.to_out(batch) if batch is not None else None
+            batch = await session.get(Batch, watch.batch_id, populate_existing=True)
+            if batch is None:
+                return None
+            return service.to_out(batch, watch.current.creator_name)
 
     async def _follow(self, watch: BatchWatch) -> None:
         try:
@@ -119,7 +123,7 @@ class BatchWatches:
                     await asyncio.wait_for(nudged.wait(), timeout=self.poll_time)
                 await asyncio.sleep(MIN_EVENT_GAP_S)
                 try:
-                    current = await _uncut(self._read(watch.batch_id))
+                    current = await _uncut(self._read(watch))
                     if current is None:  # purged meanwhile: nothing more will happen
                         watch.vanish()
                         return

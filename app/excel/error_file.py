@@ -14,10 +14,11 @@ a retry finishes):
 
 An approval error file *is* a template (``app.excel.template.SheetWriter`` writes
 both): the node's dropdowns and number / date / length validations, the hidden option
-sheet, the frozen header row, real date cells, the same protection (read-only columns
-locked, rows deletable) — plus the read-only ``Error`` column. The node is that of the
-first failed task the creator can see; an imported row's own headers are kept in their
-own order, and a column the layout does not know is repeated as it was.
+sheet, the frozen header row, real date cells, the same protection (header locked,
+rows deletable, read-only columns refusing typing) — plus the read-only ``Error``
+column. The node is that of the first failed task the creator can see; an imported
+row's own headers are kept in their own order, and a column the layout does not know
+is repeated as it was.
 
 The import ignores the ``Error`` column, so a fixed file imports as it is. Details are
 read page by page in short transactions and written with openpyxl's write-only mode

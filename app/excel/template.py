@@ -37,6 +37,7 @@ from openpyxl.styles import Font, PatternFill, Protection
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from openpyxl.worksheet.datavalidation import DataValidation
+from openpyxl.worksheet.dimensions import ColumnDimension
 from openpyxl.worksheet.worksheet import Worksheet
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -73,6 +74,10 @@ LISTS_SHEET = "Lists"
 FORM_HEADERS = ("Field", "Value")
 DATE_FORMAT = "yyyy-mm-dd"
 YES, NO = "yes", "no"
+DEFAULT_WIDTH = 9.140625
+"""Excel's own width of a column nobody has resized (Calibri 11)."""
+EXCEL_MAX_COLUMN = 16_384
+"""Column XFD: a ``<col>`` range up to here covers every column of a row."""
 EXCEL_DATE_MIN, EXCEL_DATE_MAX = 1, 2958465
 """Excel serials of 1900-01-01 and 9999-12-31: "any date" for a date validation."""
 
@@ -438,15 +443,46 @@ def _header_cell(ws: Sheet, column: Column, text: str) -> WriteOnlyCell:
 def _protect(ws: Sheet, *, rows_deletable: bool = False) -> None:
     """Locked cells stay locked; people may still resize columns and rows, and on a
     sheet of tasks delete rows (``deleteRows="0"``: openpyxl's flags, like the XML's,
-    say what is *protected*, so ``False`` allows). Excel and LibreOffice delete only
-    rows without locked cells, and Task ID is locked: the way to leave a task out is to
-    leave its Decision blank (the import skips the row); deleting works once the sheet
-    is unprotected (no password). Inserting stays refused: a new row has no task."""
+    say what is *protected*, so ``False`` allows). Excel and LibreOffice delete a row
+    only when none of its cells is locked, so such a sheet unlocks every cell below the
+    header (``SheetWriter``) and guards its read-only columns with a validation that
+    refuses typing instead. Inserting stays refused: a new row has no task."""
     ws.protection.sheet = True
     ws.protection.formatColumns = False
     ws.protection.formatRows = False
     if rows_deletable:
         ws.protection.deleteRows = False
+
+
+def read_only_validation(column: Column) -> DataValidation:
+    """Refuses anything typed into a read-only column of a deletable-rows sheet (a
+    formula that is never true): the guard its cells' lock would have been. Pasting
+    still gets through, as with any validation; the import never applies these
+    columns, and Task ID is checked against the caller's own pending tasks."""
+    return validation(
+        type="custom",
+        formula1="FALSE",
+        allow_blank=True,
+        showErrorMessage=True,
+        errorTitle="Read only",
+        error=f"{column.header} is read only: batchd fills it in and does not import it.",
+    )
+
+
+def _unlock_columns(ws: Sheet, widths: Sequence[float]) -> None:
+    """Every column of the sheet unlocked by default (its ``<col>`` style), the data
+    columns with their widths: so a whole row — out to column XFD — holds no locked
+    cell and may be deleted. The header's cells keep their own locked style."""
+    unlocked = WriteOnlyCell(ws)
+    unlocked.protection = UNLOCKED
+    for i, width in enumerate(widths, start=1):
+        dim = ws.column_dimensions[get_column_letter(i)]
+        dim.width = width
+        dim._style = copy(unlocked._style)
+    rest = ColumnDimension(ws, index=get_column_letter(len(widths) + 1), width=DEFAULT_WIDTH)
+    rest.min, rest.max = len(widths) + 1, EXCEL_MAX_COLUMN
+    rest._style = copy(unlocked._style)
+    ws.column_dimensions[get_column_letter(len(widths) + 1)] = rest
 
 
 # --------------------------------------------------------------------------- writing
@@ -455,8 +491,9 @@ def _protect(ws: Sheet, *, rows_deletable: bool = False) -> None:
 class SheetWriter:
     """A horizontal approval sheet, appended page by page: the template's "Tasks" sheet
     and the error file's "Errors" sheet alike — header row (fills, hints), frozen
-    header, column widths, the protection (read-only columns locked, rows deletable),
-    every editable column's validation and the hidden option sheet. One writer, so the
+    header, column widths, the protection (the header locked; rows deletable, so the
+    cells below the header are unlocked and read-only columns refuse typing by
+    validation), every editable column's validation and the hidden option sheet. One writer, so the
     error file is always a template one can fill in again."""
 
     def __init__(self, columns: list[Column], title: str = SHEET) -> None:
@@ -468,9 +505,8 @@ class SheetWriter:
         ws = self.ws
         ws.freeze_panes = "A2"
         _protect(ws, rows_deletable=True)
-        for i, column in enumerate(columns, start=1):
-            ws.column_dimensions[get_column_letter(i)].width = column_width(column)
-        self.styles = [_style(ws, editable=c.editable, is_date=_is_date(c)) for c in columns]
+        _unlock_columns(ws, [column_width(c) for c in columns])
+        self.styles = [_style(ws, editable=True, is_date=_is_date(c)) for c in columns]
         ws.append([_header_cell(ws, c, c.header) for c in columns])
 
     def append(self, page: Sequence[TaskData]) -> None:
@@ -487,7 +523,11 @@ class SheetWriter:
     def save(self, path: str) -> None:
         last = max(self.rows + 1, 2)
         for i, column in enumerate(self.columns, start=1):
-            dv = validation_for(column, self.lists) if column.editable else None
+            dv = (
+                validation_for(column, self.lists)
+                if column.editable
+                else read_only_validation(column)
+            )
             if dv is not None:
                 letter = get_column_letter(i)
                 dv.add(f"{letter}2:{letter}{last}")

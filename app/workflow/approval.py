@@ -71,7 +71,12 @@ def task_gate(
     approval and by batch creation, which locks only the tasks that pass it."""
     if row is None or (row.assignee_id != actor_id and not actor_is_admin):
         return Outcome.failed(ErrorCode.NOT_FOUND, f"Task {task_id} does not exist.")
-    if row.task_status != "pending":
+    if row.task_status == "cancelled":  # its process ended: nothing left to decide
+        return Outcome.failed(
+            ErrorCode.WRONG_STATE,
+            f"Task {task_id} was cancelled when its process ended; there is nothing to decide.",
+        )
+    if row.task_status != "pending":  # decided already (here or elsewhere): nothing to do
         return Outcome.ignored(f"Task {task_id} is already {row.task_status}.")
     if row.assignee_id != actor_id:
         return Outcome.failed(ErrorCode.FORBIDDEN, f"Only the assignee may decide task {task_id}.")

@@ -367,11 +367,22 @@ def test_an_admin_sees_a_foreign_task_but_may_not_decide_it() -> None:
         "forbidden",
         f"Only the assignee may decide task {TID}.",
     )
-    assert gate(task(status="cancelled", assignee=BOB), admin=True) == (
+    assert gate(task(status="approved", assignee=BOB), admin=True) == (
         DetailStatus.IGNORED,
         None,
-        f"Task {TID} is already cancelled.",
+        f"Task {TID} is already approved.",
     )
+
+
+def test_a_cancelled_task_is_a_wrong_state_failure_not_ignored() -> None:
+    """Decided elsewhere → nothing to do (ignored); cancelled with its process → there
+    is nothing to decide, and a person should know (a failure no retry fixes)."""
+    assert gate(task(status="cancelled")) == (
+        DetailStatus.FAILED,
+        "wrong_state",
+        f"Task {TID} was cancelled when its process ended; there is nothing to decide.",
+    )
+    assert gate(task(status="rejected"))[:2] == (DetailStatus.IGNORED, None)
 
 
 def test_a_task_locked_by_another_batch_fails_as_locked() -> None:
