@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.limits import BodyLimitMiddleware
 from app.api.methods import MethodsMiddleware
+from app.auth.oidc import check_settings as check_oidc_settings
 from app.batches.jobs import job_table
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_to_head
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     """Build the API. ``run_jobs=False`` keeps an in-process runner from executing jobs
     (only used by tests that drive jobs by hand)."""
     settings = settings or get_settings()
+    check_oidc_settings(settings)  # an issuer without an audience: refuse to start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -47,6 +47,30 @@ SSE_SUBSCRIBERS = Gauge(
     "batchd_sse_subscribers",
     "Open server-sent event streams (GET /api/v1/batches/{id}/events) in this process.",
 )
+WEBHOOK_DELIVERIES = Counter(
+    "batchd_webhook_deliveries",
+    "Webhook delivery attempts by result: delivered, retrying (failed, another attempt "
+    "is scheduled) or failed (given up).",
+    ["outcome"],
+)
+WEBHOOK_BACKLOG = Gauge(
+    "batchd_webhook_outbox_backlog",
+    "Webhook deliveries waiting to be delivered (status pending; read at scrape time).",
+)
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "batchd_webhook_oldest_pending_seconds",
+    "Age of the oldest pending webhook delivery, 0 when none (read at scrape time).",
+)
+WEBHOOK_SUBSCRIPTIONS = Gauge(
+    "batchd_webhook_subscriptions",
+    "Webhook subscriptions by status: active, disabled (read at scrape time).",
+    ["status"],
+)
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed")
+for _outcome in WEBHOOK_OUTCOMES:
+    # Exported at 0 from the start: a series that first appears at 1 is invisible to
+    # increase(), so the alert on given-up deliveries would miss a process's first one.
+    WEBHOOK_DELIVERIES.labels(_outcome)
 
 _enabled = True
 
@@ -79,6 +103,20 @@ def sse_opened() -> None:
 def sse_closed() -> None:
     if _enabled:
         SSE_SUBSCRIBERS.dec()
+
+
+def webhook_attempt(outcome: str) -> None:
+    """One webhook attempt ended: ``delivered``, ``retrying`` or ``failed``."""
+    if _enabled:
+        WEBHOOK_DELIVERIES.labels(outcome).inc()
+
+
+def webhook_state(backlog: int, oldest_pending_s: float, subscriptions: Mapping[str, int]) -> None:
+    """The scrape-time webhook gauges."""
+    WEBHOOK_BACKLOG.set(backlog)
+    WEBHOOK_OLDEST_PENDING.set(oldest_pending_s)
+    for status, n in subscriptions.items():
+        WEBHOOK_SUBSCRIPTIONS.labels(status).set(n)
 
 
 def render() -> bytes:

@@ -76,6 +76,10 @@ TAGS: list[dict[str, str]] = [
         "name": "excel",
         "description": "Approval templates, filled templates imported as batches, error files.",
     },
+    {
+        "name": "webhooks",
+        "description": "Signed notifications of batch events: subscriptions and their deliveries.",
+    },
     {"name": "users", "description": "The caller, users and monitor grants."},
     {"name": "health", "description": "Liveness and readiness probes (no auth)."},
     {"name": "monitoring", "description": "Prometheus metrics (no auth)."},

@@ -18,6 +18,7 @@ PHASES = (
     "suspend",
     "terminate",
     "set_variables",
+    "scale",
     "baseline",
     "ceiling",
     "sqlite",
@@ -69,6 +70,17 @@ class BenchConfig:
     profile_dir: Path | None
     trace_sql: bool
     out_dir: Path
+    scale_items: int = 1_000_000
+    api_clients: int = 1
+    """Latency-sampling clients per endpoint in the scale phase."""
+    api_interval: float = 0.05
+    """Seconds between one client's requests (1 client × 2 endpoints → at most 40 requests/s)."""
+    api_samples: int = 600
+    """Idle samples per endpoint (or what ``api_idle_s`` gives)."""
+    api_idle_s: float = 60.0
+    first_item_poll: float = 0.002
+    pg_statements: bool = False
+    """Start an own PostgreSQL cluster with pg_stat_statements (``BENCH_PG_STATEMENTS``)."""
 
     @classmethod
     def from_env(cls) -> BenchConfig:
@@ -94,6 +106,13 @@ class BenchConfig:
             else None,
             trace_sql=os.environ.get("BENCH_TRACE_SQL", "").strip() not in ("", "0"),
             out_dir=out,
+            scale_items=_int("BENCH_SCALE_ITEMS", 1_000_000),
+            api_clients=_int("BENCH_API_CLIENTS", 1),
+            api_interval=_float("BENCH_API_INTERVAL", 0.05),
+            api_samples=_int("BENCH_API_SAMPLES", 600),
+            api_idle_s=_float("BENCH_API_IDLE_S", 60.0),
+            first_item_poll=_float("BENCH_FIRST_ITEM_POLL", 0.002),
+            pg_statements=os.environ.get("BENCH_PG_STATEMENTS", "").strip() not in ("", "0"),
         )
 
     # ------------------------------------------------------------------ derived URLs

@@ -596,7 +596,8 @@ async def phase_export(
                         headers=headers,
                     ) as r:
                         if r.status_code != 200:
-                            raise RuntimeError(f"results {fmt}: {r.status_code} {await r.aread()}")
+                            body = await r.aread()
+                            raise RuntimeError(f"results {fmt}: {r.status_code} {body!r}")
                         async for chunk in r.aiter_raw(1 << 16):
                             if first_byte is None:
                                 first_byte = time.perf_counter() - t0

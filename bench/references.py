@@ -15,6 +15,11 @@
   Also without any batch bookkeeping: it is what the database can do at best.
   Ceilings exist for ``task.approve``, ``instance.suspend``, ``instance.terminate`` and
   ``instance.set_variables``; baselines for the first two.
+- **raw concurrent baseline** (``task.approve`` only): the PHP model without any
+  framework — per item one raw asyncpg transaction with the approve ceiling's statement
+  for that one task, its ``batch_details`` row and the batch counter update,
+  ``concurrency`` at a time on a pool of that many connections. What per-item
+  transactions cost at best, so batchd's set-based advantage is measured honestly.
 """
 
 from __future__ import annotations
@@ -217,6 +222,52 @@ WITH merged AS (
 INSERT INTO process_logs (instance_id, actor_id, action, message, created_at)
 SELECT id, $3, 'instance.set_variables', $4, now() FROM merged
 """
+
+RAW_DETAIL = """
+INSERT INTO batch_details (batch_id, item_id, status, retry_count, finished_at)
+VALUES ($1, $2, 'success', 0, now())
+"""
+RAW_COUNTER = "UPDATE batches SET success = success + 1, updated_at = now() WHERE id = $1"
+
+
+async def raw_concurrent_baseline_approve(
+    dsn: str,
+    sm: async_sessionmaker[AsyncSession],
+    manager_id: int,
+    finance_id: int,
+    task_ids: Sequence[int],
+    concurrency: int,
+    before_close: Callable[[], None] | None = None,
+) -> float:
+    """Seconds to approve ``task_ids`` one raw asyncpg transaction each (the approve
+    ceiling's statement for one task + its detail row + the batch counter),
+    ``concurrency`` at a time on a pool of that many connections (the PHP service's
+    ``Semaphore(10)`` coroutines). The batch row is created before the timing."""
+    form = json.dumps(APPROVE_PARAMS["form_data"])
+    batch_id = await _baseline_batch(sm, "task.approve", manager_id)
+    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+    try:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(task_id: int) -> None:
+            async with gate, pool.acquire() as conn, conn.transaction():
+                status = await conn.execute(
+                    CEILING_APPROVE, [task_id], form, finance_id, manager_id
+                )
+                if status != "INSERT 0 1":
+                    raise RuntimeError(f"raw baseline approve of task {task_id}: {status}")
+                await conn.execute(RAW_DETAIL, batch_id, task_id)
+                await conn.execute(RAW_COUNTER, batch_id)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in task_ids))
+        elapsed = time.perf_counter() - t0
+        if before_close is not None:
+            before_close()  # the pool's backends take their CPU time with them
+        return elapsed
+    finally:
+        await pool.close()
+
 
 ChunkFn = Callable[[asyncpg.Connection, list[int]], Awaitable[None]]
 

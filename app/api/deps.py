@@ -5,12 +5,15 @@ queue backend."""
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.identities import user_for_claims
+from app.auth.oidc import InvalidToken, api_audiences, looks_like_jwt, provider_of
 from app.config import Settings
 from app.db.unit_of_work import unit_of_work
 from app.errors import Forbidden, Unauthorized, ValidationFailed
@@ -18,6 +21,8 @@ from app.models import User
 from app.runtime.backend import Broker
 from app.schemas.common import PAGE_SIZE_MAX
 from app.workflow.users import browser_session_user, hash_token, user_by_token
+
+log = logging.getLogger("batchd.auth")
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -64,10 +69,30 @@ async def get_current_user(request: Request, session: SessionDep) -> User:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Send 'Authorization: Bearer <token>'.")
-    found = await user_by_token(session, token.strip())
+    token = token.strip()
+    if looks_like_jwt(token):
+        return await jwt_user(request, session, token)
+    found = await user_by_token(session, token)
     if found is None:
         raise Unauthorized("The bearer token is not valid.")
     return found
+
+
+async def jwt_user(request: Request, session: AsyncSession, token: str) -> User:
+    """The user of a single-sign-on JWT: verified against the provider's keys first,
+    then found or created by (issuer, ``sub``) with the role, department and name its
+    claims give now. Without ``BATCH_OIDC_ISSUER`` every JWT is refused; a refused
+    token provisions nothing."""
+    settings: Settings = request.app.state.settings
+    provider = provider_of(request.app.state, settings)
+    if provider is None:
+        raise Unauthorized("The bearer token is not valid (single sign-on is not configured).")
+    try:
+        claims = await provider.verify(token, audiences=api_audiences(settings))
+    except InvalidToken as exc:
+        log.info("bearer JWT refused: %s", exc.reason)
+        raise
+    return await user_for_claims(session, provider.issuer, claims, settings)
 
 
 async def cookie_user(request: Request, session: AsyncSession) -> User | None:

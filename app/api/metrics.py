@@ -19,6 +19,7 @@ from app.domain import BatchStatus
 from app.models import Batch
 from app.runtime.backend import Broker
 from app.schemas.common import error_responses
+from app.webhooks import service as webhooks
 
 router = APIRouter(tags=["monitoring"])
 log = logging.getLogger("batchd.metrics")
@@ -30,7 +31,8 @@ _refreshing = False
 
 
 async def refresh(sessionmaker: async_sessionmaker[AsyncSession], broker: Broker) -> None:
-    """Read the state gauges (batches by status, queue depth) just before a scrape.
+    """Read the state gauges (batches by status, the webhook outbox, queue depth) just
+    before a scrape.
 
     One refresh at a time (a scrape arriving meanwhile shows the values being read),
     each read bounded by ``SCRAPE_TIMEOUT_S``; a failed read keeps the previous values."""
@@ -43,6 +45,10 @@ async def refresh(sessionmaker: async_sessionmaker[AsyncSession], broker: Broker
             await asyncio.wait_for(_refresh_batches(sessionmaker), SCRAPE_TIMEOUT_S)
         except Exception as exc:
             log.warning("metrics: batches by status not read: %r", exc)
+        try:
+            await asyncio.wait_for(_refresh_webhooks(sessionmaker), SCRAPE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("metrics: webhook outbox not read: %r", exc)
         try:
             depth = await asyncio.wait_for(broker.depth(), SCRAPE_TIMEOUT_S)
         except Exception as exc:
@@ -62,6 +68,13 @@ async def _refresh_batches(sessionmaker: async_sessionmaker[AsyncSession]) -> No
     counts = {str(status): int(n) for status, n in rows}
     for status in [*BatchStatus, *counts]:  # every known status, 0 when there is none
         metrics.BATCHES.labels(str(status)).set(counts.get(str(status), 0))
+
+
+async def _refresh_webhooks(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with sessionmaker() as session:
+        backlog, oldest, by_status = await webhooks.gauges(session)
+    counts = {s: by_status.get(s, 0) for s in webhooks.subscription_statuses()}
+    metrics.webhook_state(backlog, oldest, {**by_status, **counts})
 
 
 @router.get(

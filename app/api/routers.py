@@ -14,17 +14,20 @@ from app.api import (
     instances,
     metrics,
     nodes,
+    oidc,
     results,
     session,
     tasks,
     templates,
     users,
+    webhooks,
 )
 
 ALL: list[APIRouter] = [
     health.router,
     users.router,
     session.router,
+    oidc.router,
     definitions.router,
     instances.router,
     tasks.router,
@@ -36,4 +39,5 @@ ALL: list[APIRouter] = [
     imports.router,
     events.router,
     metrics.router,
+    webhooks.router,
 ]

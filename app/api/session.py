@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from app.api.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, SettingsDep
+from app.api.oidc import sign_out_cookies
 from app.errors import Forbidden, Unauthorized
 from app.schemas.common import StrictModel, error_responses
 from app.schemas.engine import UserOut
@@ -85,11 +86,14 @@ async def sign_in(
 async def sign_out(request: Request, session: SessionDep) -> Response:
     """End this browser's session on the server (its cookie is refused from now on)
     and clear the cookies. Always 204: signing out twice, or without a session, is no
-    error, and ending a session needs no CSRF token (it only ever takes access away)."""
+    error, and ending a session needs no CSRF token (it only ever takes access away).
+    A session opened with the provider also has the sign-in page the console opens next
+    send the browser to the provider's sign-out (docs/single-sign-on.md)."""
     secret = request.cookies.get(SESSION_COOKIE, "").strip()
     if secret:
         await end_browser_session(session, secret)
     response = Response(status_code=204)
     for name in (SESSION_COOKIE, CSRF_COOKIE):
         response.delete_cookie(name, path="/", samesite="strict")
+    sign_out_cookies(request, response)  # a provider session: its sign-out comes next
     return response

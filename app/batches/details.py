@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import state
+from app.batches import notify, state
 from app.batches.resolve import Listed, ListedSource
 from app.db.base import utcnow
 from app.db.bulk import id_in, insert_rows, update_rows
@@ -38,6 +38,7 @@ from app.models import Batch, BatchDetail, User
 from app.operations import Operation, pipeline_sql
 from app.operations.pipeline import Stage, Strategy, strategy_for
 from app.operations.registry import BulkSql
+from app.webhooks.events import WebhookEvent
 
 log = logging.getLogger("batchd.seeding")
 CounterRow = Row[str, int, int, int, float | None]
@@ -335,7 +336,8 @@ async def bump_counters(
 ) -> CounterRow:
     """The one writer of the ``success``/``failed``/``ignored`` increments (a retry
     passes a negative ``failed``), with the caller's other ``values`` in the same
-    statement. Returns the row's status, counters and failure threshold."""
+    statement. Returns the row's status, counters and failure threshold. The first
+    failure of a run is noted for webhooks (``batch.failures``)."""
     bump = (
         update(Batch)
         .where(Batch.id == batch_id)
@@ -351,7 +353,13 @@ async def bump_counters(
         # The caller's loaded ``Batch``, if any, is refreshed by the caller (or not read).
         .execution_options(synchronize_session=False)
     )
-    return (await session.execute(bump)).one()
+    row = (await session.execute(bump)).one()
+    new_failures = counts.get(DetailStatus.FAILED, 0)
+    if new_failures > 0 and row.failed == new_failures:
+        # The count left 0: the first failure of this run (a retry of every failure
+        # puts it back to 0, so a new run reports its first failure again).
+        notify.note(session, batch_id, WebhookEvent.BATCH_FAILURES)
+    return row
 
 
 async def status_counts(session: AsyncSession, batch_id: int) -> dict[DetailStatus, int]:

@@ -17,18 +17,27 @@ from app.domain import FINAL
 from app.models import Batch
 from app.runtime.context import JobContext
 from app.runtime.registry import Cron, Job, JobTable
+from app.webhooks import outbox
+from app.webhooks.service import deliver, deliver_due
 
-JOBS: dict[str, Job] = {"seed": seed, "execute": execute, "monitor": monitor}
+JOBS: dict[str, Job] = {
+    "seed": seed,
+    "execute": execute,
+    "monitor": monitor,
+    outbox.JOB: deliver,  # a webhook delivery: its id rides in ``Wakeup.batch_id``
+}
 
 PURGE_INTERVAL_S = 3600.0
 
 
 def job_table(settings: Settings) -> JobTable:
-    """The jobs, and the crons: recovery and auto-retry run often; purge hourly."""
+    """The jobs, and the crons: recovery, auto-retry and lost webhook deliveries run
+    often; purge hourly."""
     crons = [
         Cron(start_due, settings.poll_time),
         Cron(recover, settings.recover_interval),
         Cron(auto_retry, settings.recover_interval),
+        Cron(deliver_due, settings.recover_interval),
         Cron(purge, PURGE_INTERVAL_S),
     ]
     return JobTable(jobs=JOBS, crons=crons, on_start=resume_after_restart)
@@ -54,3 +63,4 @@ async def resume_after_restart(ctx: JobContext) -> None:
         for row in rows:
             for wakeup in state.wakeups_for(ctx.settings, row):
                 request_wakeup(session, wakeup)
+    await deliver_due(ctx)  # webhook deliveries whose wake-up the restart lost

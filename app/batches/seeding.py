@@ -24,19 +24,21 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, seed_exclusion, state
+from app.batches import details, notify, seed_exclusion, state
 from app.db.base import utcnow
 from app.db.unit_of_work import request_wakeup
 from app.domain import RUNNABLE, STARTING, SUSPENDABLE, BatchStatus, Wakeup
 from app.models import Batch, BatchDetail, SeedClaim, User
 from app.operations import BatchRun, Operation, get_operation, targets
 from app.runtime.context import JobContext
+from app.webhooks.events import WebhookEvent
 from app.workflow.logs import write_action_log
 
 log = logging.getLogger("batchd.seeding")
@@ -226,6 +228,12 @@ async def _seed_page(
         ),
     )
     status = bumped.status
+    if (
+        batch.started_at is None
+        and status in RUNNABLE
+        and await _started_now(session, batch.id, now)
+    ):
+        notify.note(session, batch.id, WebhookEvent.BATCH_STARTED)
     # A fused page leaves only stragglers pending: executors start once seeding is
     # done instead of polling alongside it.
     first = claim.after_id == 0 and not seeded.fused
@@ -249,28 +257,45 @@ async def _nothing_left(session: AsyncSession, batch: Batch, op: Operation, crea
     return not await session.scalar(select(exists(more.subquery())))
 
 
+async def _started_now(session: AsyncSession, batch_id: int, now: datetime) -> bool:
+    """Whether the statement that just set ``started_at = coalesce(started_at, now)``
+    is the one that started the batch (so ``batch.started`` is reported once)."""
+    started = await session.scalar(select(Batch.started_at).where(Batch.id == batch_id))
+    return started == now
+
+
 async def _finish(session: AsyncSession, batch_id: int) -> str | None:
     """Seeding is over: mark it, start a batch that was starting, and set ``total`` to the
     details that exist (the create request counted or estimated the filter)."""
-    return await session.scalar(
-        update(Batch)
-        .where(Batch.id == batch_id)
-        .values(
-            seeding_done=True,
-            status=case(
-                (Batch.status.in_(state.statuses(STARTING)), BatchStatus.RUNNING),
-                else_=Batch.status,
-            ),
-            total=select(func.count())
-            .select_from(BatchDetail)
-            .where(BatchDetail.batch_id == batch_id)
-            .scalar_subquery(),
-            updated_at=utcnow(),
-            progress_seq=Batch.progress_seq + 1,
+    now = utcnow()
+    starting = Batch.status.in_(state.statuses(STARTING))
+    row = (
+        await session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(
+                seeding_done=True,
+                status=case((starting, BatchStatus.RUNNING), else_=Batch.status),
+                started_at=case(
+                    (starting, func.coalesce(Batch.started_at, now)), else_=Batch.started_at
+                ),
+                total=select(func.count())
+                .select_from(BatchDetail)
+                .where(BatchDetail.batch_id == batch_id)
+                .scalar_subquery(),
+                updated_at=now,
+                progress_seq=Batch.progress_seq + 1,
+            )
+            .returning(Batch.status, Batch.started_at)
+            .execution_options(synchronize_session=False)
         )
-        .returning(Batch.status)
-        .execution_options(synchronize_session=False)
-    )
+    ).one_or_none()
+    if row is None:
+        return None
+    if row.started_at == now:
+        notify.note(session, batch_id, WebhookEvent.BATCH_STARTED)
+    status: str = row.status
+    return status
 
 
 def _request_lanes(ctx: JobContext, session: AsyncSession, batch: Batch) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, delete, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, seed_exclusion, state
+from app.batches import details, notify, seed_exclusion, state
 from app.batches.dry_run import predict
 from app.batches.resolve import Resolved, resolve
 from app.config import Settings
@@ -35,6 +35,7 @@ from app.errors import (
 from app.models import Batch, BatchDetail, SeedClaim, User
 from app.operations import OPERATIONS, get_operation
 from app.schemas.batch import BatchCreate, BatchOut, DetailOut, DryRunOut
+from app.webhooks.events import WebhookEvent
 from app.workflow.logs import write_action_log
 
 # --------------------------------------------------------------------------- create
@@ -103,6 +104,7 @@ async def create_batch(
             raise
         return existing, False
 
+    notify.note(session, batch.id, WebhookEvent.BATCH_CREATED)
     decided = 0
     if r.listed:
         seeded = await details.create_details(session, batch, user, op, r.listed)

@@ -29,7 +29,9 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import object_session
 
+from app.batches import notify
 from app.config import Settings
 from app.db.base import utcnow
 from app.domain import FINAL, RUNNABLE, BatchStatus, Wakeup, may_retry
@@ -67,24 +69,33 @@ def sources_of(target: BatchStatus) -> list[str]:
 
 def move(batch: Batch, target: BatchStatus, *, why: str = "") -> None:
     """Move a loaded (and row-locked, see ``lock_batch``) batch to ``target``, with the
-    timestamps that go with it; raises ``Conflict`` for a move the table forbids."""
+    timestamps that go with it; raises ``Conflict`` for a move the table forbids. The
+    move's webhook events are noted on the batch's session and reach the outbox in the
+    same transaction (``app/batches/notify.py``)."""
     if not may_move(batch.status, target):
         reason = f" {why}" if why else ""
         raise Conflict(f"Batch {batch.id} is {batch.status}; it cannot become {target}.{reason}")
     now = utcnow()
+    source = batch.status
+    first_start = target in RUNNABLE and batch.started_at is None
     batch.status = target.value
-    if target in RUNNABLE and batch.started_at is None:
+    if first_start:
         batch.started_at = now
     if target in FINAL:
         batch.finished_at = now
     elif batch.finished_at is not None:
         batch.finished_at = None  # run again (retry)
     touch(batch, now)
+    session = object_session(batch)
+    if session is not None:  # the webhook events of this change, in its transaction
+        for kind in notify.move_events(source, target, first_start=first_start):
+            notify.note(session, batch.id, kind)
 
 
 def move_values(target: BatchStatus, now: Any = None) -> dict[str, Any]:
     """``move`` for a set-based ``UPDATE batches … WHERE status IN sources_of(target)``:
-    the same status, timestamps and progress sequence, as column values."""
+    the same status, timestamps and progress sequence, as column values. (The caller
+    notes the webhook events of what it moved: ``notify.note``.)"""
     now = now or utcnow()
     values: dict[str, Any] = {
         "status": target.value,

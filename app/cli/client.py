@@ -1,4 +1,5 @@
-"""``batchd batch …`` and ``batchd token rotate``: the client commands, over the HTTP API.
+"""``batchd batch …``, ``batchd webhook …`` and ``batchd token rotate``: the client
+commands, over the HTTP API.
 
 Why a client at all when curl works: the commands parse ``key=value`` options into the
 request bodies, print rich tables (or, with ``--json``, the API's JSON as is), follow
@@ -733,3 +734,175 @@ def rotate(
         if not isinstance(new, str):
             raise ServerError(f"the answer holds no token: {response.text[:200]}")
         typer.echo(new)
+
+
+# --------------------------------------------------------------------------- webhook
+
+webhook_app = typer.Typer(
+    name="webhook",
+    help="Webhook subscriptions to your batches' events, over the HTTP API.",
+    no_args_is_help=True,
+)
+cli.add_typer(webhook_app, name="webhook")
+webhook_app.callback(
+    help="Subscribe URLs to batch events, read delivery logs, redeliver "
+    "(--url/--token, or BATCHD_URL/BATCHD_TOKEN)."
+)(connection_options)
+
+WEBHOOK_EVENTS = (
+    "batch.created",
+    "batch.started",
+    "batch.suspended",
+    "batch.resumed",
+    "batch.completed",
+    "batch.aborted",
+    "batch.cancelled",
+    "batch.failures",
+)
+WebhookIdArg = Annotated[int, typer.Argument(help="The webhook id.", metavar="ID", min=1)]
+
+
+def _webhooks_table(items: list[dict[str, Any]], title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("id", "url", "events", "scope", "status"):
+        table.add_column(column)
+    for w in items:
+        status = str(w.get("status"))
+        if w.get("disabled_reason"):
+            status += f" ({w['disabled_reason']})"
+        table.add_row(
+            str(w.get("id")),
+            str(w.get("url")),
+            ", ".join(w.get("events") or ["all"]),
+            "all batches" if w.get("all_batches") else "own batches",
+            status,
+        )
+    return table
+
+
+def _deliveries_table(page: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{page.get('total', 0)} deliveries", caption=ui.page_caption(page))
+    for column in ("id", "event", "batch", "status", "attempts", "code", "last error", "next"):
+        table.add_column(column)
+    for d in page.get("items", []):
+        table.add_row(
+            str(d.get("id")),
+            str(d.get("event")),
+            "" if d.get("batch_id") is None else str(d["batch_id"]),
+            str(d.get("status")),
+            str(d.get("attempts")),
+            "" if d.get("last_status_code") is None else str(d["last_status_code"]),
+            str(d.get("last_error") or ""),
+            str(d.get("next_attempt_at") or ""),
+        )
+    return table
+
+
+@webhook_app.command("add")
+def webhook_add(
+    ctx: typer.Context,
+    target: Annotated[
+        str, typer.Argument(help="The http(s) URL to POST events to.", metavar="URL")
+    ],
+    event: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--event",
+            help="Only this event type (repeat); default: all. One of "
+            + ", ".join(WEBHOOK_EVENTS)
+            + ".",
+            metavar="E",
+        ),
+    ] = None,
+    all_batches: Annotated[
+        bool, typer.Option("--all-batches", help="(admin) Every batch's events.")
+    ] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Subscribe URL to your batches' events; prints the signing secret once."""
+    body: dict[str, Any] = {"url": target, "all_batches": all_batches}
+    if event:
+        body["events"] = event
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request("POST", "/api/v1/webhooks", json=body)
+        if api.conn.as_json:
+            _print_json(response)
+            return
+        created = response.json()
+        console = _out()
+        console.print(_webhooks_table([created], "Webhook added"))
+        typer.echo(f"secret: {created.get('secret')}")
+        typer.echo("Keep the secret: it is shown only now.", err=True)
+
+
+@webhook_app.command("list")
+def webhook_list(
+    ctx: typer.Context,
+    page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
+    page_size: Annotated[int, typer.Option(min=1, max=1000, help="Webhooks per page.")] = 50,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Your webhook subscriptions."""
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request(
+            "GET", "/api/v1/webhooks", params={"page": page, "page_size": page_size}
+        )
+        if api.conn.as_json:
+            _print_json(response)
+            return
+        body = response.json()
+        _out().print(_webhooks_table(body.get("items", []), f"{body.get('total', 0)} webhooks"))
+
+
+@webhook_app.command("deliveries")
+def webhook_deliveries(
+    ctx: typer.Context,
+    webhook_id: WebhookIdArg,
+    page: Annotated[int, typer.Option(min=1, help="Page number.")] = 1,
+    page_size: Annotated[int, typer.Option(min=1, max=1000, help="Deliveries per page.")] = 50,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A webhook's delivery log, newest first."""
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request(
+            "GET",
+            f"/api/v1/webhooks/{webhook_id}/deliveries",
+            params={"page": page, "page_size": page_size},
+        )
+        if api.conn.as_json:
+            _print_json(response)
+            return
+        _out().print(_deliveries_table(response.json()))
+
+
+@webhook_app.command("redeliver")
+def webhook_redeliver(
+    ctx: typer.Context,
+    webhook_id: WebhookIdArg,
+    delivery_id: Annotated[
+        int, typer.Argument(help="The delivery id.", metavar="DELIVERY_ID", min=1)
+    ],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a delivery again (same webhook-id and body), now."""
+    with _api(ctx, url, token, as_json) as api:
+        response = api.request(
+            "POST", f"/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"
+        )
+        if api.conn.as_json:
+            _print_json(response)
+            return
+        d = response.json()
+        typer.echo(f"Delivery {d.get('id')} ({d.get('event')}) queued for another attempt.")

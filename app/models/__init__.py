@@ -12,6 +12,7 @@ from app.models.engine import (
     Task,
     User,
 )
+from app.models.webhook import WebhookDelivery, WebhookSubscription
 
 __all__ = [
     "ActionLog",
@@ -26,5 +27,7 @@ __all__ = [
     "ProcessLog",
     "Task",
     "User",
+    "WebhookDelivery",
+    "WebhookSubscription",
     "awaiting_auto_retry",
 ]

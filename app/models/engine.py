@@ -13,8 +13,15 @@ from app.models.ids import NO_ID_REUSE
 
 
 class User(Base):
+    """A caller. ``oidc_issuer``/``oidc_subject`` name the single-sign-on identity of a
+    user the provider's tokens created (both null for users made with a ``bd_`` token);
+    such a user's ``token_hash`` is of a secret nobody was given."""
+
     __tablename__ = "users"
-    __table_args__ = NO_ID_REUSE
+    __table_args__ = (
+        Index("uq_users_oidc_identity", "oidc_issuer", "oidc_subject", unique=True),
+        NO_ID_REUSE,
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -22,6 +29,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16), default="user")
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    oidc_issuer: Mapped[str | None] = mapped_column(String(500))
+    oidc_subject: Mapped[str | None] = mapped_column(String(255))
 
     @property
     def is_admin(self) -> bool:

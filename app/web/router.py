@@ -20,12 +20,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from app.api import oidc
 from app.api.deps import cookie_user
 from app.batches import service
 from app.errors import NotFound
 from app.models import User
 from app.schemas.common import parse_id
 from app.schemas.filters import INSTANCE_FILTERS, TASK_FILTERS
+from app.webhooks.events import WebhookEvent
 from app.workflow.users import granted_keys
 
 HERE = Path(__file__).parent
@@ -142,13 +144,27 @@ async def home(request: Request) -> Response:
 
 
 @router.get("/sign-in")
-async def sign_in_page(request: Request, next: str | None = None) -> Response:
+async def sign_in_page(
+    request: Request,
+    next: str | None = None,
+    sso: str | None = None,
+    sso_error: str | None = None,
+) -> Response:
     viewer = await current_viewer(request)
     target = safe_next(next)
     if viewer is not None:
         return RedirectResponse(target, status_code=303)
+    leaving = await oidc.provider_sign_out(request)  # just signed out of an SSO session
+    if leaving is not None:
+        return leaving
     return page(
-        request, "sign_in.html", viewer=None, title="Sign in", script="sign_in.js", next=target
+        request,
+        "sign_in.html",
+        viewer=None,
+        title="Sign in",
+        script="sign_in.js",
+        next=target,
+        **oidc.sign_in_context(request, sso, sso_error, target),
     )
 
 
@@ -199,6 +215,22 @@ async def batch_page(request: Request, batch_id: str) -> Response:
         title=f"Batch {number}",
         script="batch.js",
         batch_id=number,
+    )
+
+
+@router.get("/webhooks")
+async def webhooks_page(request: Request) -> Response:
+    """The viewer's webhook subscriptions and their recent deliveries."""
+    viewer = await current_viewer(request)
+    if viewer is None:
+        return to_sign_in(request)
+    return page(
+        request,
+        "webhooks.html",
+        viewer=viewer,
+        title="Webhooks",
+        script="webhooks.js",
+        events=[e.value for e in WebhookEvent],
     )
 
 

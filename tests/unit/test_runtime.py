@@ -69,6 +69,7 @@ def test_arq_gets_the_same_jobs_and_crons_as_the_table() -> None:
         "cron:start_due",
         "cron:recover",
         "cron:auto_retry",
+        "cron:deliver_due",
         "cron:purge",
     ]
     for adapted, entry in zip(crons, table.crons, strict=True):

@@ -93,6 +93,7 @@ function follow() {
     source = null;
     loadDetails();
     loadFailures().catch(showError);
+    loadDeliveries().catch(showError);
   });
 }
 
@@ -100,6 +101,22 @@ async function refresh() {
   render(await api(`/batches/${id}`));
   follow();
   await loadFailures();
+  loadDeliveries().catch(showError);
+}
+
+// ------------------------------------------------------------------ webhook deliveries
+
+/** The batch's webhook deliveries the viewer may see (their own subscriptions'). */
+async function loadDeliveries() {
+  const data = await api(`/batches/${id}/deliveries`, { query: { page_size: 20 } });
+  const section = $("#webhook-deliveries");
+  section.hidden = data.total === 0;
+  $("#delivery-table tbody").replaceChildren(...data.items.map((d) => h("tr", {},
+    h("td", {}, d.event),
+    h("td", {}, badge(d.status)),
+    h("td", {}, fmtNumber(d.attempts)),
+    h("td", {}, d.last_status_code ?? "—"),
+    h("td", {}, d.last_error ?? ""))));
 }
 
 // ------------------------------------------------------------------ failure groups

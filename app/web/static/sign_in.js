@@ -1,8 +1,14 @@
 // Sign-in: the token goes in the POST body only; the server answers with HttpOnly cookies.
+// "Sign in with …" is a plain link to /api/v1/session/oidc/start (the provider's flow).
 import { $ } from "./common.js";
 
 const form = $("#sign-in-form");
 const error = $("#sign-in-error");
+
+// Back from the provider, signed in: move on with a same-site navigation, which sends
+// the SameSite=Strict session cookie that the provider's redirect chain could not.
+const done = $("#sso-done");
+if (done) window.location.replace(done.dataset.next || "/tasks");
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
