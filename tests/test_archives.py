@@ -107,7 +107,7 @@ async def test_list_is_newest_first_filtered_and_paginated(
     _assert_summaries(body["items"], expected[3:])
 
     r = await admin.get("/api/v1/archives", params={"definition_key": "nothing"})
-    assert r.json() == {"items": [], "total": 0, "page": 1, "page_size": 50}
+    assert r.json() == {"items": [], "total": 0, "page": 1, "page_size": 50, "total_exact": True}
 
 
 async def test_detail_returns_the_newest_snapshot_as_stored(

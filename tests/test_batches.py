@@ -3,6 +3,7 @@ lifecycle and locks, with task approval as the operation."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -434,10 +435,17 @@ async def test_high_priority_batch_is_not_starved_by_low_priority_bulk(
     done = await wait_for(alice, urgent["id"])
     assert done["success"] == 1
     meanwhile = (await alice.get(f"/api/v1/batches/{bulk['id']}")).json()
-    assert meanwhile["status"] == "running" and meanwhile["success"] < 3000
-    # (That the bulk itself runs to the end is shown elsewhere: stop it here.)
-    r = await alice.delete(f"/api/v1/batches/{bulk['id']}")
-    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    # The urgent batch finished while the bulk was still at work: judged by the
+    # batches' own finish times, so a slow poll on a busy machine cannot fake it.
+    if meanwhile["status"] == "running":
+        assert meanwhile["success"] < 3000
+        # (That the bulk itself runs to the end is shown elsewhere: stop it here.)
+        r = await alice.delete(f"/api/v1/batches/{bulk['id']}")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    else:
+        assert meanwhile["status"] == "completed"
+        finished = [datetime.fromisoformat(b["finished_at"]) for b in (done, meanwhile)]
+        assert finished[0] < finished[1], (done, meanwhile)
 
 
 async def test_start_suspended_with_nothing_to_run_completes_at_once(

@@ -143,7 +143,7 @@ async def test_the_item_limit_holds_when_the_total_was_estimated(
     async def estimated(session: AsyncSession, stmt: Any) -> int:
         return estimate
 
-    monkeypatch.setattr(targets, "_estimated_rows", estimated)
+    monkeypatch.setattr(targets, "estimated_rows", estimated)
     r = await admin.post("/api/v1/batches", json=SUSPEND_ALL)
     assert r.status_code == 413, r.text
     assert r.json()["detail"] == "This batch would hold more than 5 items; the limit is 5."

@@ -158,3 +158,34 @@ async def test_seeding_ends_only_when_the_last_page_is_seeded(
     rows = await _rows(sessionmaker, batch["id"])
     assert (rows["details"], rows["items"], rows["claims"]) == (10, 10, 0)
     assert (rows["seeding_done"], rows["total"], rows["logs"]) == (True, 10, 10)
+
+
+@pytest.mark.external_workers
+@pytest.mark.parametrize("settings_overrides", [{"jobs_per_seed": 4, "chunk_size": 5}])
+async def test_the_first_page_is_one_chunk_and_the_rest_are_full(
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """A big batch shows its first items applied at once: the first page claims one chunk
+    (5 items), the pages after it ``jobs_per_seed`` chunks (20)."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 30)
+    batch = await create(alice, APPROVE_ALL)
+    ctx, _queue = recording_context(app)
+    assert await seeding._claim(ctx, batch["id"]) is None
+    assert await seeding._claim(ctx, batch["id"]) is None
+    async with sessionmaker() as s:
+        claims = (
+            await s.execute(
+                select(SeedClaim.after_id, SeedClaim.until_id)
+                .where(SeedClaim.batch_id == batch["id"])
+                .order_by(SeedClaim.after_id)
+            )
+        ).all()
+    t = setup.task_ids
+    assert [tuple(c) for c in claims] == [(0, t[4]), (t[4], t[24])]
+    assert await _seed_to_the_end(ctx, batch["id"]) == 3  # the two claims, then the last 5
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["items"], rows["claims"]) == (30, 30, 0), rows

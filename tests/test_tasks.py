@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db import pages
 from app.models import ProcessInstance, ProcessLog, Task
 from app.workflow.queries import TASK_INSTANCE_JOIN, task_filter_clauses
 from tests.batch_helpers import expense_setup
@@ -335,6 +337,30 @@ async def test_bulk_seeded_tasks_list_fast(
     # the first task approves like any other
     ok = await approve(alice, task_ids[0], form_data={"category": "travel"})
     assert ok.status_code == 200, ok.text
+
+
+async def test_large_lists_estimate_their_total_on_postgresql(
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``EXACT_UP_TO`` matches a task or instance list says its total is PostgreSQL's
+    estimate (never below what it counted) instead of counting every row; at or below
+    it, and always on SQLite, the total is exact."""
+    monkeypatch.setattr(pages, "EXACT_UP_TO", 5)
+    await expense_setup(sessionmaker, admin, alice, bob, 8)
+    on_postgres = sessionmaker.kw["bind"].dialect.name == "postgresql"
+    for url in ("/api/v1/tasks", "/api/v1/instances"):
+        body = (await alice.get(url, params={"page_size": 3})).json()
+        assert len(body["items"]) == 3
+        if on_postgres:
+            assert body["total_exact"] is False and body["total"] >= 6, body
+        else:
+            assert (body["total"], body["total_exact"]) == (8, True), body
+        narrow = (await alice.get(url, params={"keyword": "Trip 1"})).json()
+        assert (narrow["total"], narrow["total_exact"]) == (1, True), narrow
 
 
 async def test_task_filter_clauses_without_user(

@@ -97,7 +97,8 @@ async def list_(
     rows, total = await list_instances(session, clauses, offset=page.offset, limit=page.page_size)
     return Page[InstanceOut](
         items=[InstanceOut.model_validate(i) for i in rows],
-        total=total,
+        total=total.n,
+        total_exact=total.exact,
         page=page.page,
         page_size=page.page_size,
     )

@@ -103,7 +103,11 @@ async def list_(
     clauses = task_filter_clauses(user, **filters)
     rows, total = await list_tasks(session, clauses, offset=page.offset, limit=page.page_size)
     return Page[TaskListItem](
-        items=[_item(r) for r in rows], total=total, page=page.page, page_size=page.page_size
+        items=[_item(r) for r in rows],
+        total=total.n,
+        total_exact=total.exact,
+        page=page.page,
+        page_size=page.page_size,
     )
 
 

@@ -2,17 +2,72 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ClauseElement, Executable, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+
+EXACT_UP_TO = 10_000
+"""A list of tasks or instances counts its matches exactly up to this many; beyond,
+``total`` is PostgreSQL's estimate (``total_exact: false``). Counting a million tasks
+joined with their processes took 1.5 s a page — and that much database time from the
+batches running meanwhile."""
 
 
 async def total_of(session: AsyncSession, stmt: Select[Any]) -> int:
     """How many rows ``stmt`` matches (its ORDER BY, OFFSET and LIMIT are ignored)."""
     counted = stmt.order_by(None).offset(None).limit(None).subquery()
     return int(await session.scalar(select(func.count()).select_from(counted)) or 0)
+
+
+@dataclass(frozen=True)
+class Total:
+    """How many rows a list matches: exact, or (past ``EXACT_UP_TO``) the planner's
+    estimate."""
+
+    n: int
+    exact: bool = True
+
+
+async def count_matches(session: AsyncSession, stmt: Select[Any]) -> Total:
+    """``total_of`` that stays cheap at any size on PostgreSQL: counts at most
+    ``EXACT_UP_TO + 1`` rows, and past that takes the planner's estimate (never below
+    what was counted). SQLite has no estimate: always exact."""
+    if session.get_bind().dialect.name != "postgresql":
+        return Total(await total_of(session, stmt))
+    matching = stmt.order_by(None).offset(None).limit(None)
+    bounded = matching.limit(EXACT_UP_TO + 1).subquery()
+    n = int(await session.scalar(select(func.count()).select_from(bounded)) or 0)
+    if n <= EXACT_UP_TO:
+        return Total(n)
+    return Total(max(n, await estimated_rows(session, matching)), exact=False)
+
+
+class _Explain(Executable, ClauseElement):
+    """``EXPLAIN (FORMAT JSON) <select>`` with the select's own bound parameters."""
+
+    inherit_cache = False
+
+    def __init__(self, stmt: Select[Any]) -> None:
+        self.stmt = stmt
+
+
+@compiles(_Explain, "postgresql")
+def _compile_explain(element: _Explain, compiler: SQLCompiler, **kw: Any) -> str:
+    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.stmt, **kw)
+
+
+async def estimated_rows(session: AsyncSession, stmt: Select[Any]) -> int:
+    """PostgreSQL's estimate of the rows ``stmt`` returns (no row is read)."""
+    plan = await session.scalar(_Explain(stmt))
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 async def keyset_pages(

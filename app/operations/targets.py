@@ -6,16 +6,14 @@ asks which one it is."""
 from __future__ import annotations
 
 import abc
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
-from sqlalchemy import ClauseElement, Executable, ScalarSelect, Select, false, func, select
+from sqlalchemy import ScalarSelect, Select, false, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
 
+from app.db.pages import estimated_rows
 from app.models import InstanceArchive, ProcessInstance, Task, User
 from app.schemas.batch import ArchiveFilter, InstanceFilter, TaskFilter
 from app.schemas.common import validate_part
@@ -39,20 +37,6 @@ ESTIMATE_SLACK = 1.1
 """An estimate up to 10 % over ``BATCH_MAX_ITEMS`` is not counted at creation (estimates
 wobble; a million-item batch at the default limit of a million would otherwise be
 counted in the POST): the seed job's exact count enforces the limit."""
-
-
-class _Explain(Executable, ClauseElement):
-    """``EXPLAIN (FORMAT JSON) <select>`` with the select's own bound parameters."""
-
-    inherit_cache = False
-
-    def __init__(self, stmt: Select[Any]) -> None:
-        self.stmt = stmt
-
-
-@compiles(_Explain, "postgresql")
-def _compile_explain(element: _Explain, compiler: SQLCompiler, **kw: Any) -> str:
-    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.stmt, **kw)
 
 
 @dataclass(frozen=True)
@@ -106,7 +90,7 @@ class Target(abc.ABC):
         before its first page and refuses a batch over the limit."""
         if session.get_bind().dialect.name == "postgresql":
             matching = self.matching(creator, flt)
-            estimate = await _estimated_rows(session, matching)
+            estimate = await estimated_rows(session, matching)
             if estimate >= ESTIMATE_FROM:
                 if estimate > max_items * ESTIMATE_SLACK:
                     bounded = matching.limit(max_items + 1).subquery()
@@ -127,13 +111,6 @@ class Target(abc.ABC):
         return (
             self.matching(creator, flt).where(col > after, col <= until).order_by(col).limit(limit)
         )
-
-
-async def _estimated_rows(session: AsyncSession, stmt: Select[Any]) -> int:
-    plan = await session.scalar(_Explain(stmt))
-    if isinstance(plan, str):
-        plan = json.loads(plan)
-    return int(plan[0]["Plan"]["Plan Rows"])
 
 
 class Tasks(Target):

@@ -177,6 +177,14 @@ class Page(BaseModel, Generic[T]):
     total: int
     page: int
     page_size: int
+    total_exact: bool = Field(
+        default=True,
+        description=(
+            "False when `total` is PostgreSQL's estimate: the task and instance lists "
+            "count their matches exactly up to 10 000, and estimate beyond (an exact "
+            "count of a million rows would take seconds of every page)."
+        ),
+    )
 
 
 class FieldErrorOut(BaseModel):

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.pages import total_of
+from app.db.pages import Total, count_matches
 from app.errors import NotFound
 from app.models import MonitorGrant, ProcessInstance, Task, User
 from app.schemas.filters import INSTANCE_FILTERS, TASK_FILTERS, FilterField, FilterSet, Match
@@ -177,9 +177,9 @@ async def list_tasks(
     *,
     offset: int,
     limit: int,
-) -> tuple[list[TaskRow], int]:
-    """One page of tasks (newest first, one joined query) and the total count."""
-    total = await total_of(
+) -> tuple[list[TaskRow], Total]:
+    """One page of tasks (newest first, one joined query) and how many match."""
+    total = await count_matches(
         session, select(Task.id).join(ProcessInstance, TASK_INSTANCE_JOIN).where(*clauses)
     )
     result = await session.execute(
@@ -205,13 +205,13 @@ async def list_instances(
     *,
     offset: int,
     limit: int,
-) -> tuple[list[ProcessInstance], int]:
-    """One page of instances (newest first) and the total count."""
+) -> tuple[list[ProcessInstance], Total]:
+    """One page of instances (newest first) and how many match."""
     stmt = select(ProcessInstance).where(*clauses)
     rows = await session.scalars(
         stmt.order_by(ProcessInstance.id.desc()).offset(offset).limit(limit)
     )
-    return list(rows), await total_of(session, stmt)
+    return list(rows), await count_matches(session, select(ProcessInstance.id).where(*clauses))
 
 
 async def get_visible_instance(

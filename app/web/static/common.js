@@ -150,6 +150,12 @@ export function fmtNumber(n) {
   return Number(n || 0).toLocaleString();
 }
 
+/** A list's total as people should read it: "about 1,000,000" when the server
+ * estimated it (`total_exact: false`, lists past 10 000 matches on PostgreSQL). */
+export function fmtTotal(total, exact = true) {
+  return exact === false ? `about ${fmtNumber(total)}` : fmtNumber(total);
+}
+
 export function badge(status) {
   return h("span", { class: `badge s-${status}` }, status);
 }
@@ -161,11 +167,12 @@ export function finishedCount(b) {
 }
 
 /** Previous / next and "page X of Y"; calls onPage(n). */
-export function renderPager(nav, { page, page_size, total }, onPage) {
+export function renderPager(nav, { page, page_size, total, total_exact }, onPage) {
   const pages = Math.max(1, Math.ceil(total / page_size));
+  const of = total_exact === false ? `about ${fmtNumber(pages)}` : String(pages);
   const prev = h("button", { type: "button", class: "secondary outline small", disabled: page <= 1, onclick: () => onPage(page - 1) }, "← Previous");
   const next = h("button", { type: "button", class: "secondary outline small", disabled: page >= pages, onclick: () => onPage(page + 1) }, "Next →");
-  nav.replaceChildren(prev, h("span", { class: "pager-text" }, `Page ${page} of ${pages}`), next);
+  nav.replaceChildren(prev, h("span", { class: "pager-text" }, `Page ${page} of ${of}`), next);
 }
 
 /** The form's non-empty values as an object. */

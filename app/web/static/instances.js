@@ -1,7 +1,7 @@
 // Instances (operators and admins): filter, select (some, a page, or all matching → a
 // filter batch), choose an operation and its parameters, Preview (dry run), Run.
 import {
-  $, $$, api, h, badge, showError, fmtDate, fmtNumber, renderPager, readForm, syncUrl,
+  $, $$, api, h, badge, showError, fmtDate, fmtNumber, fmtTotal, renderPager, readForm, syncUrl,
   fillForm, renderDryRun, latestDefinitions, parseKeyValues, apiFilter,
 } from "./common.js";
 
@@ -25,9 +25,10 @@ async function load() {
     const data = await api("/instances", { query: { ...apiFilter(filterForm, state.filters), page: state.page, page_size: PAGE_SIZE } });
     state.rows = data.items;
     state.total = data.total;
+    state.totalExact = data.total_exact;
     renderRows();
     renderPager($("#instance-pager"), data, (n) => { state.page = n; load(); });
-    $("#instance-summary").textContent = `${fmtNumber(data.total)} instance${data.total === 1 ? "" : "s"} match.`;
+    $("#instance-summary").textContent = `${fmtTotal(data.total, data.total_exact)} instance${data.total === 1 ? "" : "s"} match.`;
   } catch (e) {
     showError(e);
   }
@@ -64,11 +65,11 @@ function count() {
 function renderSelection() {
   const n = count();
   $("#selection-text").textContent = state.allMatching
-    ? `All ${fmtNumber(state.total)} matching instances are selected.`
+    ? `All ${fmtTotal(state.total, state.totalExact)} matching instances are selected.`
     : n ? `${fmtNumber(n)} instance${n === 1 ? "" : "s"} selected.` : "Nothing selected.";
   const all = $("#select-all-matching");
   all.hidden = state.allMatching || state.total === 0;
-  all.textContent = `Select all ${fmtNumber(state.total)} matching`;
+  all.textContent = `Select all ${fmtTotal(state.total, state.totalExact)} matching`;
   $("#clear-selection").hidden = n === 0;
   const page = $("#select-page");
   const onPage = state.rows.filter((i) => state.selected.has(i.id)).length;

@@ -2,7 +2,7 @@
 // node's form, Preview (dry run) and Approve (create the batch, open its page); Excel
 // template download and upload.
 import {
-  $, $$, api, h, badge, showError, fmtDate, fmtNumber, renderPager, readForm, syncUrl,
+  $, $$, api, h, badge, showError, fmtDate, fmtNumber, fmtTotal, renderPager, readForm, syncUrl,
   fillForm, renderDryRun, latestDefinitions, download, apiFilter,
 } from "./common.js";
 
@@ -60,10 +60,11 @@ async function loadTasks() {
     state.columns = columns;
     renderHeader();
     state.total = data.total;
+    state.totalExact = data.total_exact;
     state.rows = data.items;
     renderTasks();
     renderPager($("#task-pager"), data, (n) => { state.page = n; loadTasks(); });
-    $("#task-summary").textContent = `${fmtNumber(data.total)} task${data.total === 1 ? "" : "s"} match.`;
+    $("#task-summary").textContent = `${fmtTotal(data.total, data.total_exact)} task${data.total === 1 ? "" : "s"} match.`;
   } catch (e) {
     showError(e);
   } finally {
@@ -162,12 +163,12 @@ function target() {
 function renderSelection() {
   const n = selectionCount();
   const text = state.allMatching
-    ? `All ${fmtNumber(state.total)} matching tasks are selected.`
+    ? `All ${fmtTotal(state.total, state.totalExact)} matching tasks are selected.`
     : n ? `${fmtNumber(n)} task${n === 1 ? "" : "s"} selected.` : "Nothing selected.";
   $("#selection-text").textContent = text;
   const all = $("#select-all-matching");
   all.hidden = state.allMatching || !pendingFilter() || state.total === 0;
-  all.textContent = `Select all ${fmtNumber(state.total)} matching`;
+  all.textContent = `Select all ${fmtTotal(state.total, state.totalExact)} matching`;
   $("#clear-selection").hidden = n === 0;
   const pageBox = $("#select-page");
   const onPage = state.rows.filter((t) => state.selected.has(t.id)).length;
