@@ -108,8 +108,10 @@ async def checked_address(parsed: httpx.URL, *, allow_private: bool) -> str:
     if not allow_private:
         for raw in addresses:
             if forbidden(ipaddress.ip_address(raw.split("%", 1)[0])):
+                # Which address is not said: a caller must not learn how batchd's own
+                # network resolves a name.
                 raise Refused(
-                    f"The host {host} resolves to {raw}, a loopback, private, link-local, "
+                    f"The host {host} resolves to a loopback, private, link-local, "
                     "multicast or reserved address: batchd does not send webhooks into "
                     "its own network."
                 )
