@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.batch_helpers import create, details, expense_setup, get_batch
+from tests.batch_helpers import Setup, create, details, expense_setup, get_batch
 from tests.conftest import Actor
 from tests.factories import bulk_tasks
 from tests.test_console import Console, browser, console  # noqa: F401 (fixtures)
@@ -17,13 +17,12 @@ from tests.test_failure_groups import Failure, fail_items
 APPROVE = {"decision": "approve", "form_data": {"category": "travel"}}
 
 
-async def alice_batch_with_foreign_task(
-    sm: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
-) -> tuple[int, list[int], int]:
-    """Alice's suspended batch over her tasks "Trip 1".."Trip 3" and one task of Bob's
-    ("Secret 1", which she cannot see): (batch id, her task ids, his task id)."""
-    setup = await expense_setup(sm, admin, alice, bob, 3)
-    (foreign,) = await bulk_tasks(
+async def bobs_secret_task(
+    sm: async_sessionmaker[AsyncSession], setup: Setup, admin: Actor, bob: Actor
+) -> int:
+    """One pending task of Bob's ("Secret 1") at the setup's manager step: one Alice
+    cannot see."""
+    (task_id,) = await bulk_tasks(
         sm,
         definition_id=setup.definition["id"],
         definition_key="expense",
@@ -33,6 +32,16 @@ async def alice_batch_with_foreign_task(
         n=1,
         title_prefix="Secret",
     )
+    return task_id
+
+
+async def alice_batch_with_foreign_task(
+    sm: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> tuple[int, list[int], int]:
+    """Alice's suspended batch over her tasks "Trip 1".."Trip 3" and one task of Bob's
+    ("Secret 1", which she cannot see): (batch id, her task ids, his task id)."""
+    setup = await expense_setup(sm, admin, alice, bob, 3)
+    foreign = await bobs_secret_task(sm, setup, admin, bob)
     batch = await create(
         alice,
         {
@@ -80,16 +89,7 @@ async def test_dry_run_problems_carry_title_and_code(
     sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
 ) -> None:
     setup = await expense_setup(sessionmaker, admin, alice, bob, 2)
-    (foreign,) = await bulk_tasks(
-        sessionmaker,
-        definition_id=setup.definition["id"],
-        definition_key="expense",
-        node_id="manager",
-        assignee_id=bob.id,
-        initiator_id=admin.id,
-        n=1,
-        title_prefix="Secret",
-    )
+    foreign = await bobs_secret_task(sessionmaker, setup, admin, bob)
     body = {
         "type": "task.approve",
         "ids": [setup.task_ids[0], foreign],

@@ -762,46 +762,6 @@ WEBHOOK_EVENTS = (
 WebhookIdArg = Annotated[int, typer.Argument(help="The webhook id.", metavar="ID", min=1)]
 
 
-def _webhooks_table(items: list[dict[str, Any]], title: str) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in ("id", "url", "events", "scope", "status"):
-        table.add_column(column)
-    for w in items:
-        status = str(w.get("status"))
-        if w.get("disabled_reason"):
-            status += f" ({w['disabled_reason']})"
-        table.add_row(
-            str(w.get("id")),
-            str(w.get("url")),
-            ", ".join(w.get("events") or ["all"]),
-            "all batches" if w.get("all_batches") else "own batches",
-            status,
-        )
-    return table
-
-
-def _deliveries_table(page: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=f"{page.get('total', 0)} deliveries", caption=ui.page_caption(page))
-    for column in ("id", "event", "batch", "status", "attempts", "code", "last error", "next"):
-        table.add_column(column)
-    for d in page.get("items", []):
-        table.add_row(
-            str(d.get("id")),
-            str(d.get("event")),
-            "" if d.get("batch_id") is None else str(d["batch_id"]),
-            str(d.get("status")),
-            str(d.get("attempts")),
-            "" if d.get("last_status_code") is None else str(d["last_status_code"]),
-            str(d.get("last_error") or ""),
-            str(d.get("next_attempt_at") or ""),
-        )
-    return table
-
-
 @webhook_app.command("add")
 def webhook_add(
     ctx: typer.Context,
@@ -836,7 +796,7 @@ def webhook_add(
             return
         created = response.json()
         console = _out()
-        console.print(_webhooks_table([created], "Webhook added"))
+        console.print(ui.webhooks_table([created], "Webhook added"))
         typer.echo(f"secret: {created.get('secret')}")
         typer.echo("Keep the secret: it is shown only now.", err=True)
 
@@ -859,7 +819,7 @@ def webhook_list(
             _print_json(response)
             return
         body = response.json()
-        _out().print(_webhooks_table(body.get("items", []), f"{body.get('total', 0)} webhooks"))
+        _out().print(ui.webhooks_table(body.get("items", []), f"{body.get('total', 0)} webhooks"))
 
 
 @webhook_app.command("deliveries")
@@ -882,7 +842,7 @@ def webhook_deliveries(
         if api.conn.as_json:
             _print_json(response)
             return
-        _out().print(_deliveries_table(response.json()))
+        _out().print(ui.deliveries_table(response.json()))
 
 
 @webhook_app.command("redeliver")

@@ -276,6 +276,46 @@ def failures_table(body: Body, top: int | None = None) -> Table:
     return table
 
 
+def webhooks_table(items: list[Body], title: str) -> Table:
+    """Webhook subscriptions: where they post, which events, whose batches, status
+    (with the reason a subscription was disabled)."""
+    table = Table(title=escape(title))
+    for column in ("id", "url", "events", "scope", "status"):
+        table.add_column(column)
+    for w in items:
+        status = _styled(w.get("status"))
+        if w.get("disabled_reason"):
+            status += f" ({_cell(w['disabled_reason'])})"
+        table.add_row(
+            _cell(w.get("id")),
+            _cell(w.get("url")),
+            _cell(", ".join(w.get("events") or ["all"])),
+            "all batches" if w.get("all_batches") else "own batches",
+            status,
+        )
+    return table
+
+
+def deliveries_table(page: Body) -> Table:
+    """A page of a webhook's delivery log. The last error is the receiver's or the
+    network's text: printed as it is, never read as markup."""
+    table = Table(title=f"{page.get('total', 0)} deliveries", caption=page_caption(page))
+    for column in ("id", "event", "batch", "status", "attempts", "code", "last error", "next"):
+        table.add_column(column)
+    for d in page.get("items", []):
+        table.add_row(
+            _cell(d.get("id")),
+            _cell(d.get("event")),
+            _cell(d.get("batch_id")),
+            _styled(d.get("status")),
+            _cell(d.get("attempts")),
+            _cell(d.get("last_status_code")),
+            _cell(d.get("last_error")),
+            _cell(d.get("next_attempt_at")),
+        )
+    return table
+
+
 def page_caption(page: Body) -> str:
     size = int(page.get("page_size") or 1)
     total = int(page.get("total") or 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
@@ -412,8 +412,6 @@ async def gauges(session: AsyncSession) -> tuple[int, float, dict[str, int]]:
         if isinstance(oldest, str):  # SQLite's MIN() loses the column type
             oldest = datetime.fromisoformat(oldest)
         if oldest.tzinfo is None:
-            from datetime import UTC
-
             oldest = oldest.replace(tzinfo=UTC)
         age = max(0.0, (utcnow() - oldest).total_seconds())
     rows = await session.execute(

@@ -353,3 +353,43 @@ def test_safe_url_hides_the_password() -> None:
     )
     assert safe_url("sqlite+aiosqlite:///./batchd.db") == "sqlite+aiosqlite:///./batchd.db"
     assert safe_url("not a url") == "not a url"
+
+
+def test_webhook_tables_print_receiver_text_as_text() -> None:
+    """A delivery's last error is the receiver's or the network's text, and a URL is the
+    user's: printed literally, never read as rich markup (which would restyle the
+    terminal or fail on an unbalanced tag)."""
+    from rich.console import Console
+
+    from app.cli import ui
+
+    console = Console(record=True, width=200, color_system=None)
+    console.print(
+        ui.deliveries_table(
+            {
+                "items": [
+                    {
+                        "id": 7,
+                        "event": "batch.completed",
+                        "batch_id": 3,
+                        "status": "pending",
+                        "attempts": 2,
+                        "last_status_code": 500,
+                        "last_error": "HTTP 500: [/bold] oops",
+                        "next_attempt_at": None,
+                    }
+                ],
+                "total": 1,
+                "page": 1,
+                "page_size": 50,
+            }
+        )
+    )
+    console.print(
+        ui.webhooks_table(
+            [{"id": 1, "url": "https://x.example/[red]hook", "status": "active"}], "1 webhooks"
+        )
+    )
+    text = console.export_text()
+    assert "HTTP 500: [/bold] oops" in text
+    assert "https://x.example/[red]hook" in text
