@@ -436,8 +436,9 @@ async def test_high_priority_batch_is_not_starved_by_low_priority_bulk(
     assert done["success"] == 1
     meanwhile = (await alice.get(f"/api/v1/batches/{bulk['id']}")).json()
     # The urgent batch finished while the bulk was still at work: judged by the
-    # batches' own finish times, so a slow poll on a busy machine cannot fake it.
-    if meanwhile["status"] == "running":
+    # batches' own finish times, so a slow poll on a busy machine cannot fake it. The
+    # bulk may not even have begun ('created': the runner took the urgent one first).
+    if meanwhile["status"] in ("created", "running"):
         assert meanwhile["success"] < 3000
         # (That the bulk itself runs to the end is shown elsewhere: stop it here.)
         r = await alice.delete(f"/api/v1/batches/{bulk['id']}")
