@@ -5,7 +5,7 @@ page claimed by a lane that died is seeded by the next seed job."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pytest
 from fastapi import FastAPI
@@ -13,10 +13,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches import seeding
-from app.models import Batch, BatchDetail, ProcessInstance, ProcessLog, SeedClaim, Task
+from app.models import Batch, BatchDetail, ProcessInstance, ProcessLog, SeedClaim, Task, User
+from app.operations import targets
 from app.runtime.context import JobContext
 from tests.batch_helpers import create, expense_setup, recording_context, wait_for
 from tests.conftest import ON_POSTGRES, Actor
+from tests.factories import bulk_tasks, create_definition, expense_definition
+
+T = TypeVar("T")
 
 APPROVE_ALL: dict[str, Any] = {
     "type": "task.approve",
@@ -105,14 +109,15 @@ async def test_pages_claimed_by_a_lane_that_died_are_seeded_by_the_next(
     ctx, queue = recording_context(app)
 
     assert await seeding._claim(ctx, batch["id"]) is None  # claims the first page
-    # On PostgreSQL the first claim wakes the other lane (BATCH_SEED_LANES=2).
-    assert [w.job for w in queue.sent] == (["seed"] if ON_POSTGRES else [])
     assert await seeding._claim(ctx, batch["id"]) is None  # and the second; then it dies
+    assert queue.sent == []  # the other lane starts once the first page is in
     rows = await _rows(sessionmaker, batch["id"])
     assert (rows["details"], rows["claims"], rows["seeding_done"]) == (0, 2, False)
 
     turns = await _seed_to_the_end(ctx, batch["id"])
     assert turns == 5  # 23 items in pages of 5, the two orphans first
+    # On PostgreSQL the first page woke the other lane (BATCH_SEED_LANES=2).
+    assert [w.job for w in queue.sent].count("seed") == (1 if ON_POSTGRES else 0)
     rows = await _rows(sessionmaker, batch["id"])
     assert (rows["details"], rows["items"], rows["claims"]) == (23, 23, 0), rows
     assert (rows["seeding_done"], rows["status"], rows["total"]) == (True, "running", 23)
@@ -189,3 +194,125 @@ async def test_the_first_page_is_one_chunk_and_the_rest_are_full(
     assert await _seed_to_the_end(ctx, batch["id"]) == 3  # the two claims, then the last 5
     rows = await _rows(sessionmaker, batch["id"])
     assert (rows["details"], rows["items"], rows["claims"]) == (30, 30, 0), rows
+
+
+async def _total(sm: async_sessionmaker[AsyncSession], batch_id: int) -> int:
+    async with sm() as s:
+        return int(await s.scalar(select(Batch.total).where(Batch.id == batch_id)) or 0)
+
+
+@pytest.fixture
+def estimated_12(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every filter is "big" and the planner says 12 rows match, whatever the truth."""
+
+    async def estimated(session: AsyncSession, stmt: Any) -> int:
+        return 12
+
+    monkeypatch.setattr(targets, "ESTIMATE_FROM", 1)
+    monkeypatch.setattr(targets, "estimated_rows", estimated)
+
+
+def estimated_under_a_limit_of_12(test: T) -> T:
+    """PostgreSQL, seeded by hand in pages of 5, ``BATCH_MAX_ITEMS=12``, every filter
+    estimated at 12 rows (``estimated_12``)."""
+    marks = (
+        pytest.mark.external_workers,
+        pytest.mark.skipif(not ON_POSTGRES, reason="the planner's estimate is PostgreSQL's"),
+        pytest.mark.parametrize(
+            "settings_overrides", [{"jobs_per_seed": 1, "chunk_size": 5, "max_items": 12}]
+        ),
+        pytest.mark.usefixtures("estimated_12"),
+    )
+    marked: Any = test
+    for mark in marks:
+        marked = mark(marked)
+    return cast(T, marked)
+
+
+@estimated_under_a_limit_of_12
+async def test_an_estimate_proven_under_the_limit_is_counted_after_the_first_page(
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """Alice's 10 pending manager tasks — counted without joining their processes — prove
+    the filter under the limit of 12, so the first page is applied before the filter is
+    counted (the total still the estimate); the recount that page asks for makes the
+    total exact while the rest is still unseeded."""
+    await expense_setup(sessionmaker, admin, alice, bob, 10)
+    batch = await create(alice, APPROVE_ALL)
+    assert batch["total"] == 12
+    ctx, _queue = recording_context(app)
+    first = await seeding.seed_page(ctx, batch["id"])
+    assert first is not None and first.recount and not first.done
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["logs"], rows["total"]) == (5, 5, 12)
+    await seeding.recount(ctx, batch["id"])
+    assert await _total(sessionmaker, batch["id"]) == 10
+    await _seed_to_the_end(ctx, batch["id"])
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["items"], rows["logs"], rows["total"]) == (10, 10, 10, 10)
+
+
+@estimated_under_a_limit_of_12
+async def test_a_superset_over_the_limit_has_the_filter_counted_before_the_first_page(
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """Alice also holds 5 manager tasks of another process: her 15 pending manager tasks
+    no longer prove the expense filter under 12, so it is counted before anything is
+    applied — 10, under the limit: the batch runs, its total exact from the first page."""
+    await expense_setup(sessionmaker, admin, alice, bob, 10)
+    other = await create_definition(admin, expense_definition(alice.id, bob.id, key="travel"))
+    await bulk_tasks(
+        sessionmaker,
+        definition_id=other["id"],
+        definition_key="travel",
+        node_id="manager",
+        assignee_id=alice.id,
+        initiator_id=admin.id,
+        n=5,
+    )
+    batch = await create(alice, APPROVE_ALL)
+    assert batch["total"] == 12
+    ctx, _queue = recording_context(app)
+    assert await seeding.seed_page(ctx, batch["id"]) is not None
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["total"], rows["status"]) == (5, 10, "seeding")
+    await _seed_to_the_end(ctx, batch["id"])
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["logs"], rows["total"]) == (10, 10, 10)
+    async with sessionmaker() as s:
+        untouched = await s.scalar(
+            select(func.count()).where(Task.assignee_id == alice.id, Task.status == "pending")
+        )
+    assert untouched == 5  # the travel tasks are not the filter's
+
+
+async def test_the_limit_is_proven_by_the_id_span_or_by_a_count(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """Alice's ten pending manager tasks lie among Bob's (ids 1–5 and 11–15 of the
+    fifteen): their span proves at most 15, their count at most 10, and nothing proves
+    at most 9."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 5)
+    common = {
+        "definition_id": setup.definition["id"],
+        "definition_key": "expense",
+        "node_id": "manager",
+        "initiator_id": admin.id,
+        "n": 5,
+    }
+    await bulk_tasks(sessionmaker, assignee_id=bob.id, **common)
+    await bulk_tasks(sessionmaker, assignee_id=alice.id, **common)
+    flt = {"definition_key": "expense", "node_id": "manager"}
+    async with sessionmaker() as s:
+        user = await s.get(User, alice.id)
+        assert user is not None
+        proven = [await targets.TASKS.at_most(s, user, flt, limit) for limit in (15, 10, 9)]
+    assert proven == [True, True, False]

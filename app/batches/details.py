@@ -212,10 +212,9 @@ async def _seed_locked_and_apply(
     """A locking type's fused seed page (``task.approve``): ``apply_at_seed`` applies
     what certainly passes; the details are inserted at once with their status (success,
     or pending); only the pending ones are locked (or refused, as when seeding plainly)."""
-    ids = list(await session.scalars(page))
+    ids, applied = await op.apply_at_seed(session, run, page)
     if not ids:
         return Seeded(0, None, fused=True)
-    applied = await op.apply_at_seed(session, run, ids)
     statuses = [DetailStatus.SUCCESS if i in applied else DetailStatus.PENDING for i in ids]
     pending = (
         await session.execute(

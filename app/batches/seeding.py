@@ -11,7 +11,7 @@ is seeded exactly once: a lane that dies leaves its claim to the next seed job, 
 half page.
 
 So several seed jobs — ``BATCH_SEED_LANES`` on PostgreSQL, each on its own connection
-— seed one batch side by side; the first claim enqueues the other lanes. Seeding is
+— seed one batch side by side; the first page, once in, enqueues the other lanes. Seeding is
 done when no claim is left and nothing matches after the cursor; the transaction that
 sees it (under the batch-row lock, so two lanes finishing together cannot both miss
 it) marks it and wakes the executors. One invocation seeds page after page for up to
@@ -64,6 +64,9 @@ class SeededPage:
     done: bool
     stop: bool = False
     """Seeding ended for good (the batch was refused): no further page."""
+    recount: bool = False
+    """This was the first page of a filter whose ``total`` is the planner's estimate:
+    count it now (``recount``)."""
 
 
 async def seed(ctx: JobContext, batch_id: int) -> None:
@@ -80,6 +83,8 @@ async def seed(ctx: JobContext, batch_id: int) -> None:
             raise
         if page is not None:
             priority = page.priority
+            if page.recount:
+                await recount(ctx, batch_id)
         if page is None or page.done or page.stop:
             return
         if loop.time() > deadline:
@@ -129,12 +134,15 @@ async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | Idle | None:
             if batch.status not in STARTING:
                 return Idle.NOTHING  # suspended before it started: resolved once activated
             exact = await _resolve_filter(session, batch, op, creator)
-        elif cursor == 0 and batch.total >= targets.ESTIMATE_FROM:
-            # The create request took the planner's estimate (``count_for_create``):
-            # count exactly before the first page, so the limit holds and ``total`` is
-            # right from the start.
-            exact, _ = await op.target.count(session, creator, batch.filter or {})
-            batch.total = exact
+        elif cursor == 0 and _estimated(session, batch):
+            # The create request took the planner's estimate (``count_for_create``): the
+            # limit must hold before anything is applied. A cheap superset count proves
+            # it almost always (``total`` is then counted after the first page:
+            # ``recount``); otherwise count the filter itself now.
+            flt = batch.filter or {}
+            if not await op.target.at_most(session, creator, flt, ctx.settings.max_items):
+                exact, _ = await op.target.count(session, creator, flt)
+                batch.total = exact
         if exact is not None and exact > ctx.settings.max_items:
             refused = await _refuse_too_large(session, batch_id, exact, ctx.settings.max_items)
             if not refused:
@@ -153,8 +161,6 @@ async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | Idle | None:
             if count:
                 session.add(SeedClaim(batch_id=batch_id, after_id=cursor, until_id=last))
                 batch.seed_cursor = last
-                if cursor == 0:
-                    _request_lanes(ctx, session, batch)
     if stop is not None:
         await ctx.progress.publish(batch_id)
     return stop
@@ -193,14 +199,19 @@ async def _seed_claimed(ctx: JobContext, batch_id: int) -> SeededPage | None:
             assert locked is not None
             if locked.seeding_done or not await _nothing_left(session, locked, op, creator):
                 return None
-            done, status, first = True, await _finish(session, batch_id), False
+            done, status, first, again = True, await _finish(session, batch_id), False, False
         else:
+            again = claim.after_id == 0 and _estimated(session, batch)
             done, status, first = await _seed_page(session, batch, op, creator, claim)
+            if claim.after_id == 0 and not done:
+                # The other lanes start once the first page is in: until then it has
+                # the database to itself, and the first items show sooner.
+                _request_lanes(ctx, session, batch)
         if status is not None and (first or done) and status in RUNNABLE:
             _request_execution(ctx, session, batch_id, batch.priority)
         priority = batch.priority
     await ctx.progress.publish(batch_id)
-    return SeededPage(priority, done)
+    return SeededPage(priority, done, recount=again and not done)
 
 
 async def _seed_page(
@@ -302,8 +313,54 @@ async def _finish(session: AsyncSession, batch_id: int) -> str | None:
     return status
 
 
+def _estimated(session: AsyncSession, batch: Batch) -> bool:
+    """Whether the filter batch's ``total`` may be the planner's estimate (the create
+    request estimates from ``ESTIMATE_FROM`` rows on, on PostgreSQL only)."""
+    return batch.total >= targets.ESTIMATE_FROM and session.get_bind().dialect.name == "postgresql"
+
+
+async def recount(ctx: JobContext, batch_id: int) -> None:
+    """Set an estimated ``total`` to the exact count, without holding up the pages: one
+    statement (one snapshot) adds the details that exist to the matches not yet seeded —
+    those after the lowest open claim, or after the cursor — while other lanes go on.
+    ``_finish`` sets the final figure either way."""
+    async with ctx.unit() as session:
+        batch = await session.get(Batch, batch_id)
+        if batch is None or batch.seeding_done or batch.filter is None:
+            return
+        op = get_operation(batch.type)
+        creator = await session.get(User, batch.creator_id)
+        assert creator is not None
+        col = type(op.target).id_column  # via the class: an ORM attribute is a descriptor
+        unseeded_from = func.coalesce(
+            select(func.min(SeedClaim.after_id))
+            .where(SeedClaim.batch_id == batch_id)
+            .scalar_subquery(),
+            select(Batch.seed_cursor).where(Batch.id == batch_id).scalar_subquery(),
+        )
+        unseeded = (
+            op.target.matching(creator, batch.filter)
+            .where(col > unseeded_from, col <= batch.seed_until)
+            .subquery()
+        )
+        seeded = (
+            select(func.count())
+            .select_from(BatchDetail)
+            .where(BatchDetail.batch_id == batch_id)
+            .scalar_subquery()
+        )
+        exact = select(seeded + select(func.count()).select_from(unseeded).scalar_subquery())
+        await session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.seeding_done.is_(False))
+            .values(total=exact.scalar_subquery(), progress_seq=Batch.progress_seq + 1)
+            .execution_options(synchronize_session=False)
+        )
+    await ctx.progress.publish(batch_id)
+
+
 def _request_lanes(ctx: JobContext, session: AsyncSession, batch: Batch) -> None:
-    """The first claim wakes the other seed lanes (PostgreSQL; SQLite has one)."""
+    """The first page wakes the other seed lanes (PostgreSQL; SQLite has one)."""
     if session.get_bind().dialect.name != "postgresql":
         return
     for _ in range(ctx.settings.seed_lanes - 1):

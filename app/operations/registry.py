@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain import BatchRun, Outcome, WorkItem
@@ -80,12 +81,13 @@ class Operation(abc.ABC):
         ``ignored``. May raise on a database error: the executor then isolates items."""
 
     async def apply_at_seed(
-        self, session: AsyncSession, run: BatchRun, item_ids: list[int]
-    ) -> set[int]:
-        """A locking type's seed-page fast path (offered by overriding it): apply what
-        certainly passes and return those ids; the rest is locked and left pending for
-        ``apply``."""
-        return set()
+        self, session: AsyncSession, run: BatchRun, page: Select[Any]
+    ) -> tuple[list[int], set[int]]:
+        """A locking type's seed-page fast path (offered by overriding it): read the
+        page (its target's ``page_after``: item ids, ascending; an override may read
+        more columns of the same rows), apply what certainly passes; return the page's
+        ids and those applied. The rest is locked and left pending for ``apply``."""
+        return list(await session.scalars(page)), set()
 
     @property
     def applies_at_seed(self) -> bool:

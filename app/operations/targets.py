@@ -17,7 +17,7 @@ from app.db.pages import estimated_rows
 from app.models import InstanceArchive, ProcessInstance, Task, User
 from app.schemas.batch import ArchiveFilter, InstanceFilter, TaskFilter
 from app.schemas.common import validate_part
-from app.schemas.filters import ARCHIVE_FILTERS
+from app.schemas.filters import ARCHIVE_FILTERS, TASK_FILTERS
 from app.workflow.queries import (
     filter_clauses,
     instance_filter_clauses,
@@ -78,6 +78,28 @@ class Target(abc.ABC):
         row = (await session.execute(select(func.count(), func.max(sub.c.id)))).one()
         return int(row[0]), int(row[1] or 0)
 
+    def superset(self, creator: User, flt: dict[str, Any]) -> Select[Any]:
+        """``SELECT <item id>`` of at least everything ``matching`` selects, cheaper to
+        count (no join): what proves a filter under ``BATCH_MAX_ITEMS`` without counting
+        it (``at_most``). By default the matching rows themselves."""
+        return self.matching(creator, flt)
+
+    async def at_most(
+        self, session: AsyncSession, creator: User, flt: dict[str, Any], limit: int
+    ) -> bool:
+        """Whether the filter provably matches at most ``limit`` items, cheapest proof
+        first: the span of its ``superset``'s ids (ids are unique, so no more rows than
+        ``max - min + 1``: two index probes), else the superset counted up to ``limit +
+        1``. False means "maybe more" — count the filter itself to know."""
+        superset = self.superset(creator, flt).subquery()
+        low, high = (
+            await session.execute(select(func.min(superset.c.id), func.max(superset.c.id)))
+        ).one()
+        if low is None or high - low + 1 <= limit:
+            return True
+        bounded = self.superset(creator, flt).limit(limit + 1).subquery()
+        return int(await session.scalar(select(func.count()).select_from(bounded)) or 0) <= limit
+
     async def count_for_create(
         self, session: AsyncSession, creator: User, flt: dict[str, Any], *, max_items: int
     ) -> Counted:
@@ -113,6 +135,14 @@ class Target(abc.ABC):
         )
 
 
+_TASK_ONLY_FIELDS = frozenset(
+    f.name
+    for f in TASK_FILTERS.fields
+    if all(getattr(c, "table", None) is Task.__table__ for c in f.columns)
+)
+"""Task filter fields matched on ``tasks`` columns alone (a superset needs no join)."""
+
+
 class Tasks(Target):
     """A task filter selects the creator's own pending tasks."""
 
@@ -127,6 +157,13 @@ class Tasks(Target):
             .join(ProcessInstance, ProcessInstance.id == Task.instance_id)
             .where(*clauses)
         )
+
+    def superset(self, creator: User, flt: dict[str, Any]) -> Select[Any]:
+        """The creator's pending tasks narrowed by the filter's ``tasks`` columns only
+        (the node): one index range, no process joined."""
+        own = {k: v for k, v in flt.items() if k in _TASK_ONLY_FIELDS}
+        clauses = task_filter_clauses(creator, status="pending", assignee_id=creator.id, **own)
+        return select(Task.id).where(*clauses)
 
     def title_of(self, item_id: Any, creator: User) -> ScalarSelect[Any]:
         query = (

@@ -389,14 +389,23 @@ FROM done
 """
 
 
+@dataclass(frozen=True)
+class PageTask:
+    """A task of a seed page and its step (its process's definition, its node)."""
+
+    task_id: int
+    definition_id: int
+    node_id: str
+
+
 async def approve_at_seed(
     session: AsyncSession,
     actor_id: int,
     batch_id: int,
     params: dict[str, Any],
-    task_ids: list[int],
+    page: list[PageTask],
 ) -> set[int]:
-    """PostgreSQL: approve (or reject), in one statement, every task of ``task_ids`` that
+    """PostgreSQL: approve (or reject), in one statement, every task of ``page`` that
     certainly passes every rule of ``approve_tasks`` with the batch's shared ``params``;
     return their ids. The rest is left untouched for ``approve_tasks`` to decide (and say
     why). Used by a ``task.approve`` filter batch while it seeds a page (no per-row
@@ -410,20 +419,14 @@ async def approve_at_seed(
     fields not in the form data already hold a value, and no other task of the same
     process is in the page."""
     decision = params.get("decision", "approve")
-    if not task_ids or decision not in DECISIONS:
+    if not page or decision not in DECISIONS:
         return set()
     next_assignee = params.get("next_assignee_id")
     if next_assignee is not None and await session.get(User, next_assignee) is None:
         return set()
     update: dict[str, Any] = params.get("form_data") or {}
-    steps = (
-        await session.execute(
-            select(ProcessInstance.definition_id, Task.node_id)
-            .join(ProcessInstance, ProcessInstance.id == Task.instance_id)
-            .where(id_in(session, Task.id, task_ids))
-            .distinct()
-        )
-    ).all()
+    task_ids = [t.task_id for t in page]
+    steps = sorted({(t.definition_id, t.node_id) for t in page})
     definitions = definitions_for(session)
     await definitions.load(session, {def_id for def_id, _ in steps})
     groups: list[tuple[Any, ...]] = []
@@ -459,9 +462,9 @@ async def approve_at_seed(
     # inserted tasks and logs (3 per item: 4× their cost). So each page's statement is
     # its own text — it names its batch and first task (handy in pg_stat_activity;
     # pg_stat_statements ignores comments) — and is planned for its arrays once.
-    page = f"/* batchd seed: batch {int(batch_id)}, tasks from {int(task_ids[0])} */"
+    label = f"/* batchd seed: batch {int(batch_id)}, tasks from {int(task_ids[0])} */"
     applied = await session.scalars(
-        text(page + _SEED_APPROVE_PG),
+        text(label + _SEED_APPROVE_PG),
         {
             "ids": task_ids,
             "actor": actor_id,
@@ -521,7 +524,7 @@ WITH g AS (
     SET form_data = COALESCE(p.form_data, '{}'::jsonb) || u.patch, status = u.status,
         current_node_id = u.current_node, updated_at = CAST(:now AS TIMESTAMPTZ)
     FROM uniq AS u
-    WHERE p.id = u.instance_id AND p.id = ANY(ARRAY(SELECT instance_id FROM uniq))
+    WHERE p.id = u.instance_id
 ), created AS (
     INSERT INTO tasks (instance_id, node_id, assignee_id, status, created_at)
     SELECT instance_id, next_node, next_assignee, 'pending', CAST(:now AS TIMESTAMPTZ)
