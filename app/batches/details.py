@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -61,12 +61,19 @@ class Seeded:
 
 
 async def create_details(
-    session: AsyncSession, batch: Batch, creator: User, op: Operation, listed: ListedSource
+    session: AsyncSession,
+    batch: Batch,
+    creator: User,
+    op: Operation,
+    listed: ListedSource,
+    *,
+    applied: Collection[int] = (),
 ) -> Seeded:
     """Insert one detail per listed item, a page at a time: pending, with its item locked
-    for a locking operation — or already decided: a pre-failed row with its error, or an
+    for a locking operation — or already decided: a pre-failed row with its error, an
     item the creator may not lock (``ItemLock.acquire``) with the reason (failed or
-    ignored). A pre-failed row's code is the listed source's (``Listed.error_codes``),
+    ignored), or an item of ``applied`` (a fused seed page did it) as ``success``. A
+    pre-failed row's code is the listed source's (``Listed.error_codes``),
     ``validation`` when it gives none."""
     decided: Counter[DetailStatus] = Counter()
     count, last = 0, None
@@ -77,29 +84,41 @@ async def create_details(
             for i, e in enumerate(errors or [])
             if e
         }
+        if applied:
+            pre.update({i: _APPLIED for i, item_id in enumerate(ids) if item_id in applied})
         lockable = [ids[i] for i in range(len(ids)) if i not in pre]
-        refused = await op.lock.acquire(session, batch.id, creator, lockable) if op.lock else {}
+        refused = (
+            await op.lock.acquire(session, batch.id, creator, lockable)
+            if op.lock and lockable
+            else {}
+        )
         now = utcnow()
+        # Only the columns this page fills: a filter page has no rows, payloads or
+        # errors, and every value sent is encoded (SQLite's bulk insert is one JSON
+        # document).
+        explained = any(o.error for o in (*pre.values(), *refused.values()))
         values = []
         for i, item_id in enumerate(ids):
             outcome = pre.get(i) or refused.get(item_id)
-            values.append(
-                {
-                    "batch_id": batch.id,
-                    "item_id": item_id,
-                    "row": page.rows[i] if page.rows else None,
-                    "payload": page.payloads[i] if page.payloads else None,
-                    "status": outcome.status if outcome else DetailStatus.PENDING,
-                    "error": outcome.error if outcome else None,
-                    "error_code": outcome.error_code if outcome else None,
-                    "retryable": outcome.retryable if outcome else None,
-                    "retry_count": 0,
-                    "finished_at": now if outcome else None,
-                }
-            )
+            value: dict[str, Any] = {
+                "item_id": item_id,
+                "status": outcome.status if outcome else DetailStatus.PENDING,
+                "finished_at": now if outcome else None,
+            }
+            if page.rows:
+                value["row"] = page.rows[i]
+            if page.payloads:
+                value["payload"] = page.payloads[i]
+            if explained:
+                value["error"] = outcome.error if outcome else None
+                value["error_code"] = outcome.error_code if outcome else None
+                value["retryable"] = outcome.retryable if outcome else None
+            values.append(value)
             if outcome:
                 decided[outcome.status] += 1
-        await insert_rows(session, _details, values)
+        await insert_rows(
+            session, _details, values, constants={"batch_id": batch.id, "retry_count": 0}
+        )
         count += len(ids)
         last = max(max(ids, default=0), last or 0) or None
     return Seeded(count, last, decided)
@@ -130,8 +149,17 @@ async def create_details_from(
     for the executor, which decides it and says why. If the fused statement fails, the
     page is seeded plainly."""
     dialect = session.get_bind().dialect.name
+    fuse = run is not None and strategy_for(op, dialect, Stage.SEED) is Strategy.SEED_FUSED
     if dialect != "postgresql":
         ids = list(await session.scalars(page))
+        if fuse and run is not None:
+            try:
+                async with session.begin_nested():
+                    return await _seed_applied(session, batch, creator, op, ids, run)
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                log.warning("batch %s: fused seed page failed (%s); seeding plainly", batch.id, exc)
         return await create_details(session, batch, creator, op, Listed(ids))
     sub = page.subquery()
     insert_page = insert(_details).from_select(
@@ -143,7 +171,7 @@ async def create_details_from(
             literal(0, BigInteger),
         ).order_by(sub.c.id),
     )
-    if run is not None and strategy_for(op, dialect, Stage.SEED) is Strategy.SEED_FUSED:
+    if fuse and run is not None:
         try:
             async with session.begin_nested():
                 fused = await _seed_fused(session, batch, creator, op, page, run)
@@ -167,6 +195,9 @@ async def create_details_from(
     return Seeded(len(detail_of), max(detail_of, default=None), decided)
 
 
+_APPLIED = Outcome.success()
+
+
 async def lock_pending(
     session: AsyncSession,
     batch_id: int,
@@ -183,6 +214,42 @@ async def lock_pending(
     decided = ((detail_of[item_id], o) for item_id, o in refused.items())
     await update_rows(session, _details, _results(decided), constants={"finished_at": utcnow()})
     return Counter(o.status for o in refused.values())
+
+
+async def _seed_applied(
+    session: AsyncSession,
+    batch: Batch,
+    creator: User,
+    op: Operation,
+    ids: list[int],
+    run: BatchRun,
+) -> Seeded:
+    """SQLite's fused seed page: ``Operation.apply`` — the executor's own portable path —
+    on the page's items, in the page's transaction. That transaction holds SQLite's one
+    writer from its first statement (``BEGIN IMMEDIATE``), so no other writer can change
+    an item between its decision and its write, and nothing needs locking first. What
+    succeeded is recorded once, ``success``; the rest is seeded as usual (pending,
+    locked) for the executor, which decides it again and says why — as on PostgreSQL."""
+    if not ids:
+        return Seeded(0, None, fused=True)
+    outcomes = await op.apply(session, run, [WorkItem(0, item_id) for item_id in ids])
+    applied = {i for i, o in zip(ids, outcomes, strict=True) if o.status == DetailStatus.SUCCESS}
+    if len(applied) < len(ids):
+        seeded = await create_details(session, batch, creator, op, Listed(ids), applied=applied)
+        return replace(seeded, fused=True)
+    # The common case, everything applied: one value per row, the rest bound once.
+    await insert_rows(
+        session,
+        _details,
+        [{"item_id": item_id} for item_id in ids],
+        constants={
+            "batch_id": batch.id,
+            "status": DetailStatus.SUCCESS,
+            "retry_count": 0,
+            "finished_at": utcnow(),
+        },
+    )
+    return Seeded(len(ids), max(ids), Counter({DetailStatus.SUCCESS: len(ids)}), fused=True)
 
 
 async def _seed_fused(

@@ -5,14 +5,17 @@ outcome per item (``app.batches.details.record_outcomes``) — with a different 
 of statements and round trips. ``tests/test_strategies.py`` runs every built-in type
 through every strategy its backend offers and checks they leave equal rows.
 
-``SEED_FUSED`` (PostgreSQL, filter batches)
-    The seed page applies the operation while it inserts the details: a lock-free
-    ``fuse_at_seed`` type through its ``bulk_sql`` (``pipeline_sql.SEED_AND_APPLY``), a
-    locking type through ``apply_at_seed`` (``task.approve``: ``approve_at_seed``). Each
-    applied item's detail is written once, already ``success``; nothing is claimed.
-    Why: it removes a write and a claim per item — approve reaches 0.54× and suspend
-    0.78× of their raw-SQL ceilings this way. Cost: only what is certain passes; the
-    rest is seeded pending for the executor, which decides it and says why.
+``SEED_FUSED`` (filter batches)
+    The seed page applies the operation while it inserts the details. PostgreSQL: a
+    lock-free ``fuse_at_seed`` type through its ``bulk_sql``
+    (``pipeline_sql.SEED_AND_APPLY``), a locking type through ``apply_at_seed``
+    (``task.approve``: ``approve_at_seed``). SQLite: ``Operation.apply`` on the page,
+    in the page's transaction, which holds SQLite's one writer throughout, so nothing
+    needs locking first (``details._seed_applied``). Each applied item's detail is
+    written once, already ``success``; nothing is claimed or locked. Why: it removes a
+    write, a lock and a claim per item — approve reaches 0.54× and suspend 0.78× of
+    their raw-SQL ceilings this way on PostgreSQL. Cost: only what passes is applied;
+    the rest is seeded pending for the executor, which decides it and says why.
 ``EXECUTE_FUSED`` (PostgreSQL, types with ``bulk_sql``)
     The executor's claim (``FOR UPDATE SKIP LOCKED``), the operation's CTEs and the
     ``success`` of every applied detail are one statement
@@ -22,7 +25,7 @@ through every strategy its backend offers and checks they leave equal rows.
     the statement itself fails, the chunk is claimed again plainly.
 ``CLAIM_AND_APPLY`` (every backend, every type)
     Claim a chunk, call ``Operation.apply`` (a handful of bulk statements), record.
-    The portable reference path, and SQLite's only one besides isolation. On
+    The portable reference path, and SQLite's executor path besides isolation. On
     PostgreSQL an instance type's ``apply`` first takes what it can in one statement
     (``shortcuts_apply``: the stragglers of a fused chunk, a fallback chunk).
 ``ISOLATED`` (every backend)
@@ -70,7 +73,7 @@ def strategies_for(op: Operation, dialect: str) -> tuple[Strategy, ...]:
     valid = [Strategy.CLAIM_AND_APPLY, Strategy.ISOLATED]
     if dialect == POSTGRESQL and op.executes_fused:
         valid.insert(0, Strategy.EXECUTE_FUSED)
-    if dialect == POSTGRESQL and op.seeds_fused:
+    if op.seeds_fused:
         valid.insert(0, Strategy.SEED_FUSED)
     return tuple(valid)
 
