@@ -11,12 +11,12 @@ is seeded exactly once: a lane that dies leaves its claim to the next seed job, 
 half page.
 
 So several seed jobs — ``BATCH_SEED_LANES`` on PostgreSQL, each on its own connection
-— seed one batch side by side; the first page, once in, enqueues the other lanes. Seeding is
-done when no claim is left and nothing matches after the cursor; the transaction that
-sees it (under the batch-row lock, so two lanes finishing together cannot both miss
-it) marks it and wakes the executors. One invocation seeds page after page for up to
-``SEED_SLICE_S``, then re-enqueues itself; memory stays flat and no transaction grows
-with the batch.
+— seed one batch side by side; the first page, once in, enqueues the other lanes.
+Seeding is done when no claim is left and nothing matches after the cursor; the
+transaction that sees it (under the batch-row lock, so two lanes finishing together
+cannot both miss it) marks it and wakes the executors. One invocation seeds page after
+page for up to ``SEED_SLICE_S``, then re-enqueues itself; memory stays flat and no
+transaction grows with the batch.
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ async def seed(ctx: JobContext, batch_id: int) -> None:
     while not ctx.stopping.is_set():
         try:
             page = await seed_page(ctx, batch_id)
+            if page is not None and page.recount:
+                await recount(ctx, batch_id)
         except DBAPIError:
             # The database blinked: come back soon rather than after BATCH_START_TIMEOUT.
             retry = Wakeup("seed", batch_id, priority, defer=SEED_RETRY_DELAY_S)
@@ -83,8 +85,6 @@ async def seed(ctx: JobContext, batch_id: int) -> None:
             raise
         if page is not None:
             priority = page.priority
-            if page.recount:
-                await recount(ctx, batch_id)
         if page is None or page.done or page.stop:
             return
         if loop.time() > deadline:
