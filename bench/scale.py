@@ -175,9 +175,6 @@ class FirstItemProbe:
         self.thread.start()
         self.ready.wait(10)  # the connection is open before the POST
 
-    def done(self) -> bool:
-        return self.found is not None
-
     def finish(self) -> float | None:
         self.stop.set()
         self.thread.join(10)

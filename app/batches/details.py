@@ -60,6 +60,10 @@ class Seeded:
     """The page was applied as it was seeded (only stragglers were left pending)."""
 
 
+_APPLIED = Outcome.success()
+"""The outcome ``create_details`` records for an item a fused seed page applied."""
+
+
 async def create_details(
     session: AsyncSession,
     batch: Batch,
@@ -144,22 +148,18 @@ async def create_details_from(
     With ``run`` (a batch that may run now) and ``Strategy.SEED_FUSED`` chosen by
     ``pipeline.strategy_for``, the operation is applied to the page as it is seeded:
     ``fuse_at_seed`` types through their ``bulk_sql``, ``task.approve`` through
-    ``apply_at_seed``. Each applied item's detail
+    ``apply_at_seed`` (on SQLite every such type through its ``apply``:
+    ``_seed_applied``). Each applied item's detail
     is written once, already ``success``; the rest is seeded as usual (pending, locked)
     for the executor, which decides it and says why. If the fused statement fails, the
     page is seeded plainly."""
     dialect = session.get_bind().dialect.name
-    fuse = run is not None and strategy_for(op, dialect, Stage.SEED) is Strategy.SEED_FUSED
+    if run is not None and strategy_for(op, dialect, Stage.SEED) is Strategy.SEED_FUSED:
+        fused = await _seed_fused_or_none(session, batch, creator, op, page, run)
+        if fused is not None:
+            return fused
     if dialect != "postgresql":
         ids = list(await session.scalars(page))
-        if fuse and run is not None:
-            try:
-                async with session.begin_nested():
-                    return await _seed_applied(session, batch, creator, op, ids, run)
-            except DBAPIError as exc:
-                if exc.connection_invalidated:
-                    raise
-                log.warning("batch %s: fused seed page failed (%s); seeding plainly", batch.id, exc)
         return await create_details(session, batch, creator, op, Listed(ids))
     sub = page.subquery()
     insert_page = insert(_details).from_select(
@@ -171,18 +171,6 @@ async def create_details_from(
             literal(0, BigInteger),
         ).order_by(sub.c.id),
     )
-    if fuse and run is not None:
-        try:
-            async with session.begin_nested():
-                fused = await _seed_fused(session, batch, creator, op, page, run)
-            if fused is not None:
-                return fused
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise
-            # The fast path itself failed: seed this page plainly (the executor applies
-            # it item by item if it must), as the executor does with its fused claim.
-            log.warning("batch %s: fused seed page failed (%s); seeding plainly", batch.id, exc)
     if op.lock is None:
         ins = insert_page.returning(_details.c.item_id).cte("ins")
         count, last = (await session.execute(select(func.count(), func.max(ins.c.item_id)))).one()
@@ -193,9 +181,6 @@ async def create_details_from(
     detail_of = {item_id: detail_id for detail_id, item_id in inserted}
     decided = await lock_pending(session, batch.id, creator, op, detail_of)
     return Seeded(len(detail_of), max(detail_of, default=None), decided)
-
-
-_APPLIED = Outcome.success()
 
 
 async def lock_pending(
@@ -214,6 +199,31 @@ async def lock_pending(
     decided = ((detail_of[item_id], o) for item_id, o in refused.items())
     await update_rows(session, _details, _results(decided), constants={"finished_at": utcnow()})
     return Counter(o.status for o in refused.values())
+
+
+async def _seed_fused_or_none(
+    session: AsyncSession,
+    batch: Batch,
+    creator: User,
+    op: Operation,
+    page: Select[Any],
+    run: BatchRun,
+) -> Seeded | None:
+    """The fused seed page in a savepoint — SQLite's ``_seed_applied``, PostgreSQL's
+    ``_seed_fused`` — or None to seed the page plainly: ``op``'s params give it no fast
+    path, or the fast path itself failed (the executor then applies the page item by
+    item if it must, as it does after its own fused claim fails)."""
+    try:
+        async with session.begin_nested():
+            if session.get_bind().dialect.name != "postgresql":
+                ids = list(await session.scalars(page))
+                return await _seed_applied(session, batch, creator, op, ids, run)
+            return await _seed_fused(session, batch, creator, op, page, run)
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise
+        log.warning("batch %s: fused seed page failed (%s); seeding plainly", batch.id, exc)
+        return None
 
 
 async def _seed_applied(

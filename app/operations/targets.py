@@ -91,13 +91,12 @@ class Target(abc.ABC):
         first: the span of its ``superset``'s ids (ids are unique, so no more rows than
         ``max - min + 1``: two index probes), else the superset counted up to ``limit +
         1``. False means "maybe more" — count the filter itself to know."""
-        superset = self.superset(creator, flt).subquery()
-        low, high = (
-            await session.execute(select(func.min(superset.c.id), func.max(superset.c.id)))
-        ).one()
+        superset = self.superset(creator, flt)
+        rows = superset.subquery()
+        low, high = (await session.execute(select(func.min(rows.c.id), func.max(rows.c.id)))).one()
         if low is None or high - low + 1 <= limit:
             return True
-        bounded = self.superset(creator, flt).limit(limit + 1).subquery()
+        bounded = superset.limit(limit + 1).subquery()
         return int(await session.scalar(select(func.count()).select_from(bounded)) or 0) <= limit
 
     async def count_for_create(
