@@ -155,9 +155,17 @@ async def create_details_from(
     page is seeded plainly."""
     dialect = session.get_bind().dialect.name
     if run is not None and strategy_for(op, dialect, Stage.SEED) is Strategy.SEED_FUSED:
-        fused = await _seed_fused_or_none(session, batch, creator, op, page, run)
-        if fused is not None:
-            return fused
+        try:
+            async with session.begin_nested():
+                fused = await _seed_fused(session, batch, creator, op, page, run)
+            if fused is not None:
+                return fused
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            # The fast path itself failed: seed this page plainly (the executor applies
+            # it item by item if it must), as the executor does with its fused claim.
+            log.warning("batch %s: fused seed page failed (%s); seeding plainly", batch.id, exc)
     if dialect != "postgresql":
         ids = list(await session.scalars(page))
         return await create_details(session, batch, creator, op, Listed(ids))
@@ -199,31 +207,6 @@ async def lock_pending(
     decided = ((detail_of[item_id], o) for item_id, o in refused.items())
     await update_rows(session, _details, _results(decided), constants={"finished_at": utcnow()})
     return Counter(o.status for o in refused.values())
-
-
-async def _seed_fused_or_none(
-    session: AsyncSession,
-    batch: Batch,
-    creator: User,
-    op: Operation,
-    page: Select[Any],
-    run: BatchRun,
-) -> Seeded | None:
-    """The fused seed page in a savepoint — SQLite's ``_seed_applied``, PostgreSQL's
-    ``_seed_fused`` — or None to seed the page plainly: ``op``'s params give it no fast
-    path, or the fast path itself failed (the executor then applies the page item by
-    item if it must, as it does after its own fused claim fails)."""
-    try:
-        async with session.begin_nested():
-            if session.get_bind().dialect.name != "postgresql":
-                ids = list(await session.scalars(page))
-                return await _seed_applied(session, batch, creator, op, ids, run)
-            return await _seed_fused(session, batch, creator, op, page, run)
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise
-        log.warning("batch %s: fused seed page failed (%s); seeding plainly", batch.id, exc)
-        return None
 
 
 async def _seed_applied(
@@ -271,7 +254,11 @@ async def _seed_fused(
     run: BatchRun,
 ) -> Seeded | None:
     """The fused seed page (``Strategy.SEED_FUSED``), or None when ``op``'s params give
-    it no fast path."""
+    it no fast path. SQLite: ``_seed_applied``; PostgreSQL: the type's statement."""
+    if session.get_bind().dialect.name != "postgresql":
+        return await _seed_applied(
+            session, batch, creator, op, list(await session.scalars(page)), run
+        )
     if op.lock is not None:
         return await _seed_locked_and_apply(session, batch, creator, op, page, run)
     bulk = await op.bulk_sql(session, run)
