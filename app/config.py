@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     """The console's client id: with it the sign-in page offers "Sign in with …"."""
     oidc_client_secret: str | None = None
     """The console client's secret (confidential clients; PKCE is used either way)."""
+    oidc_display_name: str | None = Field(default=None, max_length=100)
+    """The provider's name on the console's "Sign in with <name>" button
+    (``BATCH_OIDC_DISPLAY_NAME``; default: the issuer's host)."""
 
     @property
     def is_sqlite(self) -> bool:

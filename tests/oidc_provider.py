@@ -7,6 +7,9 @@ case needs a token the provider would never issue) and its accounts file (so it 
 change a user's role there and have the next token say so). Tokens the provider does
 issue are obtained as a client would: the authorization-code flow with PKCE, driven
 with httpx through the provider's development login page.
+
+Without Node the provider tests skip with the reason — except under ``CI=true``, where
+they fail: a skip in CI would hide them (``.ci/run`` installs Node and runs ``npm ci``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from tests.conftest import free_port
+from tests.tooling import missing_tool
 
 HERE = Path(__file__).parent
 TOOLS = HERE / "node_tools"
@@ -72,6 +76,8 @@ class OpenIdProvider:
     workdir: Path
     port: int = field(default_factory=free_port)
     key: rsa.RSAPrivateKey = field(default_factory=new_key)
+    end_session: bool = True
+    """False: the provider offers no ``end_session_endpoint`` (no RP-initiated logout)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,6 +96,7 @@ class OpenIdProvider:
             "issuer": self.issuer,
             "audience": AUDIENCE,
             "accounts_file": str(self.accounts_file),
+            "end_session": self.end_session,
             "jwks": {"keys": [{**private, "kid": KID}]},
             "clients": [
                 {
@@ -151,8 +158,15 @@ class OpenIdProvider:
         self.accounts_file.write_text(json.dumps(accounts))
 
     async def jwks_requests(self) -> int:
+        """How many times the JWKS was fetched since the provider started."""
         async with httpx.AsyncClient() as http:
             r = await http.get(f"{self.issuer}/__jwks_count")
+        return int(r.json()["count"])
+
+    async def discovery_requests(self) -> int:
+        """How many times the discovery document was fetched since the provider started."""
+        async with httpx.AsyncClient() as http:
+            r = await http.get(f"{self.issuer}/__discovery_count")
         return int(r.json()["count"])
 
     async def tokens(self, sub: str) -> Tokens:
@@ -204,7 +218,7 @@ class OpenIdProvider:
                 action = re.search(r'<form[^>]*action="([^"]+)"', r.text)
                 prompt = re.search(r'name="prompt" value="([^"]+)"', r.text)
                 assert action and prompt, r.text
-                fields = {"prompt": prompt.group(1)}  # login, then (native client) consent
+                fields = {"prompt": prompt.group(1)}  # login (the console sees no consent page)
                 if prompt.group(1) == "login":
                     fields.update(login=sub, password="any")
                 r = await http.post(urljoin(location, action.group(1)), data=fields)
@@ -217,12 +231,15 @@ class OpenIdProvider:
         claims: dict[str, Any],
         *,
         key: rsa.RSAPrivateKey | None = None,
-        kid: str = KID,
+        kid: str | None = KID,
         alg: str = "RS256",
+        headers: dict[str, Any] | None = None,
     ) -> str:
         """A token signed with the provider's own key (or ``key``): what the provider
-        would never issue, for the hostile cases."""
-        return jwt.encode(claims, key or self.key, algorithm=alg, headers={"kid": kid})
+        would never issue, for the hostile cases. ``kid`` None: no key id in the header;
+        ``headers``: more header fields (an embedded ``jwk``, …)."""
+        header = {**({"kid": kid} if kid is not None else {}), **(headers or {})}
+        return jwt.encode(claims, key or self.key, algorithm=alg, headers=header)
 
     def claims(self, subject: str, /, **changes: Any) -> dict[str, Any]:
         """Claims of a token that would be accepted; ``changes`` spoil one of them."""
@@ -240,9 +257,29 @@ class OpenIdProvider:
 
 
 def node_skip_reason() -> str | None:
-    if shutil.which("node") is None or shutil.which("npm") is None:
+    """Why the OpenID provider cannot run here (None: it can)."""
+    node = shutil.which("node")
+    if node is None or shutil.which("npm") is None:
         return "node/npm are not installed (they run the OpenID provider, oidc-provider)"
+    version = subprocess.run(
+        [node, "-p", "process.versions.node"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    ).stdout.strip()
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) < 20:
+        return f"node {version or '?'} is too old for oidc-provider (20 or later)"
     return None
+
+
+def require_node() -> None:
+    """Skip with the reason when Node cannot run the provider — or, in CI, fail: a skip
+    there would hide the single-sign-on tests."""
+    reason = node_skip_reason()
+    if reason is not None:
+        missing_tool(f"{reason} (.ci/run installs nodejs and npm, then npm ci in tests/node_tools)")
 
 
 def install_provider() -> None:
@@ -263,11 +300,24 @@ def install_provider() -> None:
 @pytest.fixture(scope="module")
 def openid_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenIdProvider]:
     """One provider for the whole module (starting node is the slow part)."""
-    reason = node_skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_node()
     install_provider()
     provider = OpenIdProvider(tmp_path_factory.mktemp("oidc"))
+    provider.start()
+    try:
+        yield provider
+    finally:
+        provider.stop()
+
+
+@pytest.fixture(scope="module")
+def provider_without_end_session(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OpenIdProvider]:
+    """A second provider whose discovery names no ``end_session_endpoint``."""
+    require_node()
+    install_provider()
+    provider = OpenIdProvider(tmp_path_factory.mktemp("oidc-plain"), end_session=False)
     provider.start()
     try:
         yield provider

@@ -184,6 +184,32 @@ async def test_rotate_token_prints_only_a_new_token_and_ends_the_old(
     assert "several admins (1 Ada, 3 Grace): pass --user ID." in r.stderr
 
 
+async def test_rotate_token_refuses_a_single_sign_on_user(cli_db: str, tmp_path: Path) -> None:
+    """Like the API: a user of the identity provider gets no bd_ token, whose role would
+    outlive the provider's say; the message points at a break-glass admin instead."""
+    carol = (await run_cli(cli_db, "create-user", "Carol", "--role", "admin", cwd=tmp_path)).stdout
+    carol_id = (await api_get(cli_db, "/api/v1/users/me", carol.strip())).json()["id"]
+    with sqlite3.connect(sqlite_path(cli_db)) as conn:
+        conn.execute(
+            "UPDATE users SET oidc_issuer = 'https://idp.example', oidc_subject = 'carol' "
+            "WHERE id = ?",
+            (carol_id,),
+        )
+    logged = count(cli_db, "action_logs")
+    r = await run_cli(cli_db, "rotate-token", "--user", str(carol_id), cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (
+        f"batchd: User {carol_id} signs in through the single sign-on provider, so batchd "
+        "makes no bd_ token for them: sign in with the provider (its tokens work on the API "
+        "and the CLI). A break-glass admin of its own: batchd create-user NAME --role admin.\n"
+    )
+    r = await run_cli(cli_db, "rotate-token", cwd=tmp_path)  # the only admin, but SSO
+    assert (r.returncode, r.stdout) == (2, "")
+    assert "single sign-on provider" in r.stderr
+    assert count(cli_db, "action_logs") == logged  # nothing rotated, nothing logged
+    assert (await api_get(cli_db, "/api/v1/users/me", carol.strip())).status_code == 200
+
+
 async def test_worker_needs_redis(cli_db: str, tmp_path: Path) -> None:
     r = await run_cli(cli_db, "worker", cwd=tmp_path)
     assert r.returncode == 2

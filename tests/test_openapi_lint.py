@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import ON_POSTGRES
+from tests.tooling import missing_tool
 
 TOOLS = Path(__file__).parent / "node_tools"
 BIN = TOOLS / "node_modules" / ".bin"
@@ -40,7 +41,7 @@ def node_tools() -> Path:
     if not (BIN / "redocly").exists():
         npm = shutil.which("npm")
         if npm is None:
-            pytest.skip("npm is not installed (Node 20 + npm run the OpenAPI linters)")
+            missing_tool("npm is not installed (Node 20 + npm run the OpenAPI linters)")
         subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
             cwd=TOOLS,

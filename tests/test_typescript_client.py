@@ -10,13 +10,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 from tests.test_openapi_lint import (  # noqa: F401 (fixtures)
     document_file,
     node_tools,
     run_node_tool,
 )
+from tests.tooling import missing_tool
 
 CLIENT_TS = """\
 import type { components, operations, paths } from "./schema";
@@ -63,7 +62,7 @@ async def test_openapi_typescript_types_compile_strict(
     document_file: Path,  # noqa: F811
 ) -> None:
     if shutil.which("node") is None:
-        pytest.skip("node is not installed (it runs openapi-typescript and tsc)")
+        missing_tool("node is not installed (it runs openapi-typescript and tsc)")
     workdir = document_file.parent
     await run_node_tool(
         node_tools / "openapi-typescript",

@@ -12,8 +12,8 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.identities import user_for_claims
-from app.auth.oidc import InvalidToken, api_audiences, looks_like_jwt, provider_of
+from app.auth.identities import apply_claims
+from app.auth.oidc import INVALID, InvalidToken, api_audiences, looks_like_jwt, provider_of
 from app.config import Settings
 from app.db.unit_of_work import unit_of_work
 from app.errors import Forbidden, Unauthorized, ValidationFailed
@@ -74,25 +74,31 @@ async def get_current_user(request: Request, session: SessionDep) -> User:
         return await jwt_user(request, session, token)
     found = await user_by_token(session, token)
     if found is None:
-        raise Unauthorized("The bearer token is not valid.")
+        raise Unauthorized(INVALID)
     return found
 
 
 async def jwt_user(request: Request, session: AsyncSession, token: str) -> User:
     """The user of a single-sign-on JWT: verified against the provider's keys first,
     then found or created by (issuer, ``sub``) with the role, department and name its
-    claims give now. Without ``BATCH_OIDC_ISSUER`` every JWT is refused; a refused
-    token provisions nothing."""
+    claims give now — committed in a transaction of their own before the request's work
+    (``identities.apply_claims``), so a request refused afterwards cannot undo a
+    demotion. Without ``BATCH_OIDC_ISSUER`` a JWT is refused like any unknown token; a
+    refused token provisions nothing."""
     settings: Settings = request.app.state.settings
     provider = provider_of(request.app.state, settings)
     if provider is None:
-        raise Unauthorized("The bearer token is not valid (single sign-on is not configured).")
+        raise Unauthorized(INVALID)
     try:
         claims = await provider.verify(token, audiences=api_audiences(settings))
     except InvalidToken as exc:
         log.info("bearer JWT refused: %s", exc.reason)
         raise
-    return await user_for_claims(session, provider.issuer, claims, settings)
+    user_id = await apply_claims(request.app.state.sessionmaker, provider.issuer, claims, settings)
+    user = await session.get(User, user_id, populate_existing=True)
+    if user is None:  # pragma: no cover - deleted between the two transactions
+        raise Unauthorized(INVALID)
+    return user
 
 
 async def cookie_user(request: Request, session: AsyncSession) -> User | None:

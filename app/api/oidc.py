@@ -15,11 +15,13 @@ does send them.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, SettingsDep
 from app.auth.console_flow import (
@@ -35,10 +37,11 @@ from app.auth.console_flow import (
     end_session_url,
     redeem,
 )
-from app.auth.identities import user_for_claims
-from app.auth.oidc import ProviderDown, provider_of
+from app.auth.identities import apply_claims
+from app.auth.oidc import DISCOVERY_MAX_AGE_S, ProviderDown, provider_of
 from app.config import Settings
-from app.workflow.users import end_browser_session, start_browser_session
+from app.models import User
+from app.workflow.users import end_browser_session, ended_by_provider, start_browser_session
 
 log = logging.getLogger("batchd.auth")
 
@@ -81,17 +84,21 @@ def to_sign_in(next_path: str, **query: str) -> RedirectResponse:
 
 
 @router.get("/start")
-async def start(request: Request, settings: SettingsDep, next: str | None = None) -> Response:
-    """Send the browser to the provider's authorization endpoint. Discovery is read
-    fresh here, so a provider that is down is said on the sign-in page at once rather
-    than in the browser's own error page."""
+async def start(
+    request: Request, settings: SettingsDep, next: str | None = None, silent: bool = False
+) -> Response:
+    """Send the browser to the provider's authorization endpoint (``silent``: with
+    ``prompt=none``, to renew a session whose ID token expired — see ``renew``).
+    Discovery is re-read when the copy is older than a minute (at most one read a minute
+    however many browsers — or anonymous callers — come here), so a provider that went
+    down is said on the sign-in page rather than in the browser's own error page."""
     target = local_path(next)
     provider = provider_of(request.app.state, settings)
     if provider is None or not settings.oidc_client_id:
         return to_sign_in(target, sso_error="off")
     try:
-        metadata = await provider.discover(fresh=True)
-        flow = Flow.new(target)
+        metadata = await provider.discover(max_age=DISCOVERY_MAX_AGE_S)
+        flow = Flow.new(target, silent=silent)
         location = authorization_url(metadata, settings, flow, redirect_uri(request))
     except ProviderDown:
         log.warning("single sign-on start: the provider cannot be reached")
@@ -121,8 +128,10 @@ async def callback(
 ) -> Response:
     """Finish the sign-in: the state must be this browser's, the code is redeemed with
     the PKCE verifier, the ID token verified (signature, iss, aud = the client id,
-    expiry, nonce); then the user is found or created by (issuer, sub) and a browser
-    session opened."""
+    expiry, nonce); then the user is found or created by (issuer, sub) — its claims
+    committed on their own, like a bearer JWT's — and a browser session opened that
+    ends when the ID token expires (sign in again then: the role it holds is the one
+    the provider said at sign-in)."""
     flow = Flow.from_cookie(request.cookies.get(FLOW_COOKIE, ""))
     target = flow.next if flow else "/tasks"
     provider = provider_of(request.app.state, settings)
@@ -141,12 +150,26 @@ async def callback(
         )
     except FlowError as exc:
         log.info("single sign-on callback refused: %s", exc.reason)
-        return to_sign_in(target, sso_error=exc.code)
-    user = await user_for_claims(session, provider.issuer, claims, settings)
+        if flow is None or not flow.silent:
+            return to_sign_in(target, sso_error=exc.code)
+        # A renewal the provider refused (its own session is over, or it wants the user
+        # to see something): the expired session goes for good, so the sign-in page
+        # does not try again, and the user signs in as usual.
+        response = to_sign_in(target, sso_error="expired" if exc.code == "denied" else exc.code)
+        previous = request.cookies.get(SESSION_COOKIE, "").strip()
+        if previous:
+            await end_browser_session(session, previous)
+        response.delete_cookie(SESSION_COOKIE, path="/", samesite="strict")
+        return response
+    user_id = await apply_claims(request.app.state.sessionmaker, provider.issuer, claims, settings)
+    user = await session.get(User, user_id, populate_existing=True)
+    if user is None:  # pragma: no cover - deleted between the two transactions
+        return to_sign_in(target, sso_error="token")
     previous = request.cookies.get(SESSION_COOKIE, "").strip()
     if previous:
         await end_browser_session(session, previous)
-    secret, csrf = await start_browser_session(session, user, settings)
+    expires = datetime.fromtimestamp(int(claims["exp"]), UTC)  # verify required exp
+    secret, csrf = await start_browser_session(session, user, settings, expires_at=expires)
     response = to_sign_in(target, sso="done")
     secure = request.url.scheme == "https"
     for name, value, http_only in ((SESSION_COOKIE, secret, True), (CSRF_COOKIE, csrf, False)):
@@ -212,6 +235,22 @@ async def provider_sign_out(request: Request) -> Response | None:
     return response
 
 
+async def renew(request: Request, session: AsyncSession, next_path: str) -> Response | None:
+    """For the sign-in page: a browser whose single-sign-on session ended only because
+    its ID token expired is sent through the provider again without a click
+    (``prompt=none``): while the user's session at the provider lives, they are signed
+    in again with the role the provider says now; otherwise the callback drops the old
+    session and the sign-in page asks as usual. None when there is nothing to renew."""
+    settings: Settings = request.app.state.settings
+    secret = request.cookies.get(SESSION_COOKIE, "").strip()
+    if not secret or not sso_enabled(settings):
+        return None
+    if not await ended_by_provider(session, secret, settings):
+        return None
+    query = urlencode({"next": next_path, "silent": "true"})
+    return RedirectResponse(f"{FLOW_PATH}/start?{query}", status_code=303)
+
+
 def sign_in_context(
     request: Request, sso: str | None, sso_error: str | None, next_path: str
 ) -> dict[str, Any]:
@@ -220,7 +259,11 @@ def sign_in_context(
     succeeded (the page then moves on by itself)."""
     settings: Settings = request.app.state.settings
     enabled = sso_enabled(settings)
-    provider = urlsplit(settings.oidc_issuer or "").hostname or "single sign-on"
+    provider = (
+        (settings.oidc_display_name or "").strip()
+        or urlsplit(settings.oidc_issuer or "").hostname
+        or "single sign-on"
+    )
     return {
         "sso_start": f"{FLOW_PATH}/start?next={quote(next_path, safe='/')}" if enabled else None,
         "sso_label": f"Sign in with {provider}",

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from app.api.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, SettingsDep
 from app.api.oidc import sign_out_cookies
+from app.auth.console_flow import HINT_COOKIE
 from app.errors import Forbidden, Unauthorized
 from app.schemas.common import StrictModel, error_responses
 from app.schemas.engine import UserOut
@@ -51,7 +52,9 @@ async def sign_in(
 ) -> SessionOut:
     """Check the token, open a server-side session and set the ``batchd_session``
     (HttpOnly: the session's secret) and ``batchd_csrf`` cookies; the answer carries the
-    CSRF token too. A session this browser already had is ended."""
+    CSRF token too. A session this browser already had is ended, and so is the ID token
+    hint of a single-sign-on session it replaces (signing out of this one must not send
+    the browser to the provider's sign-out)."""
     origin = request.headers.get("origin")
     if origin and urlsplit(origin).netloc != request.url.netloc:
         raise Forbidden("Sign in from the service's own pages.")
@@ -67,6 +70,8 @@ async def sign_in(
         response.set_cookie(
             name, value, httponly=http_only, samesite="strict", secure=secure, path="/"
         )
+    if request.cookies.get(HINT_COOKIE):
+        response.delete_cookie(HINT_COOKIE, path="/api/v1/session", samesite="strict")
     return SessionOut(
         id=user.id,
         name=user.name,

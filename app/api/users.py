@@ -1,5 +1,6 @@
 """/api/v1/users: the caller, creating users (admin), monitor grants (admin) and
-rotating bearer tokens (one's own, or anyone's as an admin)."""
+rotating bearer tokens (one's own, or anyone's as an admin — never a single-sign-on
+user's: a permanent ``bd_`` token would outlive what the provider says about them)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from fastapi import APIRouter
 from app.api.deps import AdminUser, CurrentUser, SessionDep
 from app.schemas.common import IdPath, error_responses
 from app.schemas.engine import GrantCreate, GrantOut, Me, NewToken, UserCreate, UserCreated
-from app.workflow.users import create_user, get_user, grant_monitor, granted_keys, rotate_token
+from app.workflow.users import (
+    create_user,
+    get_user,
+    grant_monitor,
+    granted_keys,
+    refuse_local_token,
+    rotate_token,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
@@ -39,11 +47,13 @@ async def me(user: CurrentUser, session: SessionDep) -> Me:
     summary="Rotate the caller's bearer token",
     status_code=201,
     response_model=NewToken,
-    responses=error_responses(401),
+    responses=error_responses(401, 403),
 )
 async def rotate_mine(user: CurrentUser, session: SessionDep) -> NewToken:
     """A new token for the caller, shown only this once. The old token and every
-    browser session of the caller (this one too) are refused from now on."""
+    browser session of the caller (this one too) are refused from now on. A
+    single-sign-on user gets a 403: they sign in through the provider."""
+    refuse_local_token(user, own=True)
     return NewToken(token=await rotate_token(session, user, actor_id=user.id))
 
 
@@ -75,8 +85,11 @@ async def create(body: UserCreate, _admin: AdminUser, session: SessionDep) -> Us
 )
 async def rotate_theirs(user_id: IdPath, admin: AdminUser, session: SessionDep) -> NewToken:
     """A new token for any user (a leaked token, someone who left), shown only this
-    once; their old token and browser sessions are refused from now on."""
+    once; their old token and browser sessions are refused from now on. Not for a
+    single-sign-on user (403), the admin themselves included: the provider decides
+    who they are."""
     user = await get_user(session, user_id)
+    refuse_local_token(user, own=user.id == admin.id)
     return NewToken(token=await rotate_token(session, user, actor_id=admin.id))
 
 

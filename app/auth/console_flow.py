@@ -51,6 +51,8 @@ MESSAGES = {
     "with your token.",
     "token": "The sign-in provider's answer could not be verified: please sign in again.",
     "off": "Single sign-on is not configured on this server.",
+    "expired": "Your sign-in has ended and the sign-in provider did not renew it: please "
+    "sign in again.",
 }
 """Every sentence the console may show after a failed provider sign-in (the sign-in
 page looks the code up here; nothing the provider sent is echoed)."""
@@ -62,28 +64,35 @@ class Flow:
     nonce: str
     verifier: str
     next: str
+    silent: bool = False
+    """A renewal (``prompt=none``): the provider answers without showing anything —
+    signed in again if its own session lives, an error otherwise."""
 
     def cookie(self) -> str:
-        return ".".join((self.state, self.nonce, self.verifier, _b64(self.next.encode()).decode()))
+        target = _b64(self.next.encode()).decode()
+        return ".".join(
+            (self.state, self.nonce, self.verifier, target, "1" if self.silent else "0")
+        )
 
     @classmethod
     def from_cookie(cls, value: str) -> Flow | None:
         parts = value.split(".")
-        if len(parts) != 4:
+        if len(parts) != 5 or parts[4] not in ("0", "1"):
             return None
         try:
             target = base64.urlsafe_b64decode(parts[3] + "=" * (-len(parts[3]) % 4)).decode()
         except ValueError:
             return None
-        return cls(parts[0], parts[1], parts[2], target)
+        return cls(parts[0], parts[1], parts[2], target, silent=parts[4] == "1")
 
     @classmethod
-    def new(cls, next_path: str) -> Flow:
+    def new(cls, next_path: str, *, silent: bool = False) -> Flow:
         return cls(
             secrets.token_urlsafe(24),
             secrets.token_urlsafe(24),
             secrets.token_urlsafe(48),
             next_path,
+            silent,
         )
 
     @property
@@ -111,6 +120,8 @@ def authorization_url(
         "code_challenge": flow.challenge,
         "code_challenge_method": "S256",
     }
+    if flow.silent:
+        query["prompt"] = "none"
     return endpoint + ("&" if "?" in endpoint else "?") + urlencode(query)
 
 

@@ -5,7 +5,9 @@ Why a cache of our own (not PyJWKClient): an unknown ``kid`` must refetch the ke
 (the provider rotated them) but a burst of forged kids must not turn batchd into a
 flood against the provider, so refetches are limited to one per
 ``REFETCH_INTERVAL_S`` in all, whatever the kid, and a provider that is down leaves the
-keys already fetched verifying until they rotate. PyJWT does the cryptography: a key is
+keys already fetched verifying until they rotate. Keys are refreshed after
+``KEYS_MAX_AGE_S`` (a withdrawn key stops verifying), and discovery, which the
+unauthenticated sign-in start reads, is cached the same way. PyJWT does the cryptography: a key is
 a ``PyJWK`` bound to the one algorithm the header names, out of ``ALGORITHMS``, so
 ``none``, HMAC and a key used with another key type's algorithm are refused there.
 """
@@ -31,7 +33,14 @@ looked at, so the provider's public key can never serve as an HMAC secret."""
 LEEWAY_S = 60
 """Clock skew allowed on ``exp``, ``nbf`` and ``iat``."""
 REFETCH_INTERVAL_S = 60.0
-"""At most one JWKS fetch per this many seconds, whatever triggers it."""
+"""At most one JWKS fetch, and one discovery read, per this many seconds, whatever
+triggers it."""
+KEYS_MAX_AGE_S = 3600.0
+"""Cached keys older than this are fetched again on their next use (kept if the
+provider does not answer), so a key the provider withdrew stops verifying."""
+DISCOVERY_MAX_AGE_S = REFETCH_INTERVAL_S
+"""How old the metadata the console's sign-in start uses may be: a provider that went
+down shows on the sign-in page within a minute."""
 HTTP_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 """A provider that does not answer fails a sign-in in seconds, not a minute."""
 MAX_TOKEN_CHARS = 16_384
@@ -76,13 +85,23 @@ class OidcProvider:
     issuer: str
     clock: Callable[[], float] = time.monotonic
     refetch_interval: float = REFETCH_INTERVAL_S
+    keys_max_age: float = KEYS_MAX_AGE_S
     transport: httpx.AsyncBaseTransport | None = None
     """For tests only (an in-memory provider); None: the network."""
     metadata: dict[str, Any] | None = None
+    metadata_at: float | None = None
+    """When ``metadata`` was read (``clock`` time)."""
+    discovery_tried_at: float | None = None
+    """When discovery was last asked for, answered or not: one try per interval."""
+    discovery_failed: bool = False
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
-    jwks_fetched_at: float | None = None
+    keys_at: float | None = None
+    """When ``keys`` were fetched; older than ``keys_max_age``: refreshed on next use."""
+    jwks_tried_at: float | None = None
+    """When the JWKS was last asked for, answered or not: one try per interval."""
     fetch_failed: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _discovery_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def discovery_url(self) -> str:
@@ -93,11 +112,39 @@ class OidcProvider:
             timeout=HTTP_TIMEOUT, transport=self.transport, follow_redirects=False
         )
 
-    async def discover(self, *, fresh: bool = False) -> dict[str, Any]:
-        """The provider's metadata (cached; ``fresh`` re-reads it, which also proves
-        the provider answers). The ``issuer`` it states must be the one configured."""
-        if self.metadata is not None and not fresh:
+    def _metadata_fresh(self, max_age: float | None) -> bool:
+        if self.metadata is None or self.metadata_at is None:
+            return False
+        return max_age is None or self.clock() - self.metadata_at < max_age
+
+    async def discover(self, *, max_age: float | None = None) -> dict[str, Any]:
+        """The provider's metadata: the cached copy, re-read when it is older than
+        ``max_age`` seconds (None: kept until the process ends). Reads happen at most
+        once per ``refetch_interval`` whoever asks — the console's unauthenticated
+        start page included — and a read that failed within it is a ``ProviderDown``
+        for a caller that wanted fresh metadata (a cached copy for anyone else). The
+        ``issuer`` the document states must be the one configured."""
+        if self._metadata_fresh(max_age):
+            assert self.metadata is not None
             return self.metadata
+        async with self._discovery_lock:
+            if self._metadata_fresh(max_age):  # another request read it meanwhile
+                assert self.metadata is not None
+                return self.metadata
+            now = self.clock()
+            tried = self.discovery_tried_at
+            if tried is not None and now - tried < self.refetch_interval:
+                if self.metadata is not None and (max_age is None or not self.discovery_failed):
+                    return self.metadata
+                raise ProviderDown()
+            self.discovery_tried_at = now
+            self.discovery_failed = True
+            data = await self._read_discovery()
+            self.discovery_failed = False
+            self.metadata, self.metadata_at = data, now
+            return data
+
+    async def _read_discovery(self) -> dict[str, Any]:
         try:
             async with self.client() as http:
                 response = await http.get(self.discovery_url)
@@ -109,31 +156,43 @@ class OidcProvider:
             raise ProviderDown()
         if not isinstance(data.get("jwks_uri"), str):
             raise ProviderDown()
-        self.metadata = data
         return data
+
+    def _keys_stale(self, now: float) -> bool:
+        return self.keys_at is None or now - self.keys_at >= self.keys_max_age
 
     async def key_for(self, kid: str | None) -> dict[str, Any] | None:
         """The JWK named ``kid`` (a token without a kid: the only key, if there is just
-        one). An unknown kid refetches the JWKS if no fetch happened in the last
-        ``refetch_interval`` seconds; otherwise it is unknown."""
+        one). The JWKS is fetched again — at most once per ``refetch_interval`` in all,
+        whatever the kid — when the kid is unknown (the provider rotated its keys) or
+        the cached keys are older than ``keys_max_age`` (a key the provider withdrew
+        stops verifying within that time). If that fetch fails, a cached key keeps
+        verifying; an unknown kid is then a ``ProviderDown``."""
         found = self._cached(kid)
-        if found is not None:
-            return found
+        if found is not None and (not self._keys_stale(self.clock()) or self._lock.locked()):
+            return found  # a refresh under way: the cached key does meanwhile
         async with self._lock:
-            found = self._cached(kid)  # another request may have refetched meanwhile
-            if found is not None:
-                return found
             now = self.clock()
-            if self.jwks_fetched_at is not None and now - self.jwks_fetched_at < (
-                self.refetch_interval
-            ):
+            found = self._cached(kid)  # another request may have refetched meanwhile
+            if found is not None and not self._keys_stale(now):
+                return found
+            tried = self.jwks_tried_at
+            if tried is not None and now - tried < self.refetch_interval:
+                if found is not None:
+                    return found  # stale, but a fetch was tried within the interval
                 if self.fetch_failed:  # the provider is down: say so, not "invalid"
                     raise ProviderDown()
                 return None
-            self.jwks_fetched_at = now  # a failed fetch counts too: a down provider is spared
+            self.jwks_tried_at = now  # a failed fetch counts too: a down provider is spared
             self.fetch_failed = True
-            await self._fetch_keys()
+            try:
+                await self._fetch_keys()
+            except ProviderDown:
+                if found is not None:
+                    return found  # cached keys keep verifying while the provider is down
+                raise
             self.fetch_failed = False
+            self.keys_at = now
         return self._cached(kid)
 
     def _cached(self, kid: str | None) -> dict[str, Any] | None:

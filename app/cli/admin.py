@@ -63,12 +63,14 @@ def rotate_token_cmd(
 ) -> None:
     """Give a user a new bearer token and print only it (shown once). Their old token and
     browser sessions stop working at once. Without --user: the only admin's (a lost
-    admin token); with several admins, --user is required."""
+    admin token); with several admins, --user is required. A user who signs in through
+    single sign-on gets none (as over the API)."""
     from sqlalchemy import select
 
     from app.config import get_settings
+    from app.errors import Forbidden
     from app.models import User
-    from app.workflow.users import rotate_token
+    from app.workflow.users import refuse_local_token, rotate_token
 
     settings = get_settings()
 
@@ -90,6 +92,13 @@ def rotate_token_cmd(
                     listed = ", ".join(f"{a.id} {a.name}" for a in admins[:10])
                     raise fail(f"there are several admins ({listed}): pass --user ID.")
                 user = admins[0]
+            try:
+                refuse_local_token(user, own=False)
+            except Forbidden as exc:
+                raise fail(
+                    f"{exc.detail} A break-glass admin of its own: batchd create-user NAME "
+                    "--role admin."
+                ) from None
             token = await rotate_token(session, user, actor_id=None)
             await session.commit()
         return token

@@ -15,7 +15,9 @@ from app.models.ids import NO_ID_REUSE
 class User(Base):
     """A caller. ``oidc_issuer``/``oidc_subject`` name the single-sign-on identity of a
     user the provider's tokens created (both null for users made with a ``bd_`` token);
-    such a user's ``token_hash`` is of a secret nobody was given."""
+    such a user's ``token_hash`` is of a secret nobody was given, and no ``bd_`` token is
+    ever made for it. ``oidc_claims_iat`` is the ``iat`` of the newest token whose claims
+    were applied: an older token's claims never overwrite newer ones."""
 
     __tablename__ = "users"
     __table_args__ = (
@@ -31,6 +33,7 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     oidc_issuer: Mapped[str | None] = mapped_column(String(500))
     oidc_subject: Mapped[str | None] = mapped_column(String(255))
+    oidc_claims_iat: Mapped[int | None] = mapped_column()
 
     @property
     def is_admin(self) -> bool:
@@ -43,7 +46,8 @@ class BrowserSession(Base):
     rows) ends the session on the server, and a copied cookie is refused from then on.
     The CSRF token is tied to the session the same way. Expiry (idle and absolute) is
     computed from ``last_seen_at``/``created_at`` and the settings, so a changed
-    ``BATCH_SESSION_*`` applies to sessions already open."""
+    ``BATCH_SESSION_*`` applies to sessions already open; ``expires_at`` (the ID token's
+    ``exp`` of a single-sign-on session, else null) ends it earlier."""
 
     __tablename__ = "sessions"
     __table_args__ = NO_ID_REUSE
@@ -54,6 +58,7 @@ class BrowserSession(Base):
     csrf_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class MonitorGrant(Base):

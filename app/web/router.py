@@ -157,6 +157,11 @@ async def sign_in_page(
     leaving = await oidc.provider_sign_out(request)  # just signed out of an SSO session
     if leaving is not None:
         return leaving
+    if sso is None and sso_error is None:  # never right after a renewal came back
+        async with request.app.state.sessionmaker() as session:
+            renewal = await oidc.renew(request, session, target)
+        if renewal is not None:
+            return renewal
     return page(
         request,
         "sign_in.html",

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.errors import NotFound
+from app.errors import Forbidden, NotFound
 from app.models import BrowserSession, MonitorGrant, User
 from app.workflow.logs import write_action_log
 
@@ -50,6 +50,21 @@ async def user_by_token(session: AsyncSession, token: str) -> User | None:
     return await session.scalar(select(User).where(User.token_hash == hash_token(token)))
 
 
+SSO_NO_TOKEN = (
+    "{who} through the single sign-on provider, so batchd makes no bd_ token for {whom}: "
+    "sign in with the provider (its tokens work on the API and the CLI)."
+)
+
+
+def refuse_local_token(user: User, *, own: bool) -> None:
+    """A single-sign-on user gets no ``bd_`` token (``Forbidden``): a permanent token
+    would keep the role it had when made, whatever the provider says later (demoted,
+    disabled). Users made with a ``bd_`` token (service users) are unaffected."""
+    if user.oidc_issuer is not None:
+        who = "You sign in" if own else f"User {user.id} signs in"
+        raise Forbidden(SSO_NO_TOKEN.format(who=who, whom="you" if own else "them"))
+
+
 async def rotate_token(session: AsyncSession, user: User, *, actor_id: int | None) -> str:
     """Give ``user`` a new token and return it (the only time it is visible). The old
     token and every browser session of the user stop working when this commits; the
@@ -67,18 +82,23 @@ async def rotate_token(session: AsyncSession, user: User, *, actor_id: int | Non
 
 
 async def start_browser_session(
-    session: AsyncSession, user: User, settings: Settings
+    session: AsyncSession, user: User, settings: Settings, *, expires_at: datetime | None = None
 ) -> tuple[str, str]:
     """Open a session for ``user``: its cookie secret and CSRF token (stored hashed).
+    ``expires_at`` ends it then at the latest (a single-sign-on session: the ID token's
+    ``exp``, so the role it signed in with is not kept longer than the provider said).
     Sessions that have expired, anyone's, are deleted here, so the table holds only
-    live ones without a sweeper of its own."""
+    live ones without a sweeper of its own — except that one past its ``expires_at`` is
+    kept (refused) for the idle timeout, so its browser can be signed in again without
+    a click (``ended_by_provider``)."""
     now = utcnow()
+    idle_since = now - timedelta(seconds=settings.session_idle_timeout)
     await session.execute(
         delete(BrowserSession).where(
             or_(
-                BrowserSession.last_seen_at
-                < now - timedelta(seconds=settings.session_idle_timeout),
+                BrowserSession.last_seen_at < idle_since,
                 BrowserSession.created_at < now - timedelta(seconds=settings.session_max_age),
+                BrowserSession.expires_at <= idle_since,
             )
         )
     )
@@ -90,6 +110,7 @@ async def start_browser_session(
             csrf_hash=hash_token(csrf),
             created_at=now,
             last_seen_at=now,
+            expires_at=expires_at,
         )
     )
     await session.flush()
@@ -101,8 +122,9 @@ async def browser_session_user(
 ) -> tuple[BrowserSession, User] | None:
     """The live session whose cookie secret this is, with its user; None if there is
     none (never was, signed out, token rotated) or it has expired, idle
-    (``session_idle_timeout``) or old (``session_max_age``). Using it moves the idle
-    deadline."""
+    (``session_idle_timeout``), old (``session_max_age``) or past its own ``expires_at``
+    (a single-sign-on session whose ID token expired: sign in again). Using it moves the
+    idle deadline."""
     row = (
         await session.execute(
             select(BrowserSession, User)
@@ -119,11 +141,30 @@ async def browser_session_user(
         return None
     if now - browser.created_at > timedelta(seconds=settings.session_max_age):
         return None
+    if browser.expires_at is not None and now >= browser.expires_at:
+        return None
     touch = min(SESSION_TOUCH_SECONDS, settings.session_idle_timeout / 10)
     if idle > timedelta(seconds=touch):
         browser.last_seen_at = now
         await session.flush()
     return browser, user
+
+
+async def ended_by_provider(session: AsyncSession, secret: str, settings: Settings) -> bool:
+    """Whether this cookie secret names a single-sign-on session that ended only because
+    its ID token expired (not signed out, not idle, not too old): the console may then
+    ask the provider to renew it silently."""
+    browser = await session.scalar(
+        select(BrowserSession).where(BrowserSession.secret_hash == hash_token(secret))
+    )
+    if browser is None or browser.expires_at is None:
+        return False
+    now = utcnow()
+    return (
+        now >= browser.expires_at
+        and now - browser.last_seen_at <= timedelta(seconds=settings.session_idle_timeout)
+        and now - browser.created_at <= timedelta(seconds=settings.session_max_age)
+    )
 
 
 async def end_browser_session(session: AsyncSession, secret: str) -> None:
