@@ -21,6 +21,8 @@ from prometheus_client import REGISTRY
 
 import app.main  # noqa: F401  (every module the app imports has registered its collectors)
 import app.metrics  # noqa: F401  (the batchd_* collectors)
+from app.config import Settings
+from tests.tooling import missing_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -30,10 +32,16 @@ CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "batchd-dashboard.json"
 
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool is not on PATH (Debian: apt-get install prometheus; .ci/run does it)",
-)
+
+
+@pytest.fixture
+def require_promtool() -> None:
+    """Skip without promtool — fail under CI, which installs it (``tests.tooling``)."""
+    if PROMTOOL is None:
+        missing_tool("promtool is not on PATH (Debian: apt-get install prometheus; .ci/run has it)")
+
+
+needs_promtool = pytest.mark.usefixtures("require_promtool")
 
 SCRAPE_JOBS = {"batchd-api", "batchd-worker"}
 
@@ -170,6 +178,27 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not() -> None:
     assert quiet == names
 
 
+def test_the_stuck_alert_watches_each_batch_at_the_settings_limits() -> None:
+    """``BatchdBatchStuck`` reads the per-status age of the batch that has gone longest
+    without progress — so one stuck batch fires while others progress — against the
+    defaults of ``BATCH_STUCK_AFTER`` (running) and ``BATCH_START_TIMEOUT`` (created,
+    seeding), not a global "no item at all" condition."""
+    rule = next(r for r in rules() if r["alert"] == "BatchdBatchStuck")
+    expr = " ".join(str(rule["expr"]).split())
+    fields = Settings.model_fields
+    stuck_after = fields["stuck_after"].default
+    start_timeout = fields["start_timeout"].default
+    assert (
+        f'max by (status) (batchd_batch_heartbeat_age_seconds{{status="running"}}) > '
+        f"{stuck_after:g}"
+    ) in expr
+    assert (
+        "max by (status) "
+        f'(batchd_batch_heartbeat_age_seconds{{status=~"created|seeding"}}) > {start_timeout:g}'
+    ) in expr
+    assert "batchd_items_processed_total" not in expr
+
+
 def test_the_rules_expect_the_documented_scrape_jobs() -> None:
     jobs = {job for expr in rule_exprs() for job in re.findall(r'job="([^"]+)"', expr)}
     assert jobs == SCRAPE_JOBS
@@ -206,6 +235,7 @@ def test_the_dashboard_has_the_promised_panels() -> None:
         "batchd_webhook_deliveries_total",
         "batchd_webhook_outbox_backlog",
         "batchd_webhook_oldest_pending_seconds",
+        "batchd_batch_heartbeat_age_seconds",
         'up{job="batchd-worker"}',
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",

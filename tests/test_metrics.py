@@ -119,6 +119,61 @@ async def test_batches_by_status(
     assert value(samples, "batchd_batches", status="aborted") == 0
 
 
+@pytest.mark.external_workers  # no job or cron moves the batches: the test does
+async def test_one_stuck_batch_shows_in_the_heartbeat_age_even_through_re_wakes(
+    client: httpx.AsyncClient,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """``batchd_batch_heartbeat_age_seconds{status}`` is the age of the batch that has
+    gone longest without progress, per status — one stuck batch among healthy ones is
+    what ``BatchdBatchStuck`` needs; a recovery re-wake (``updated_at`` touched, the
+    progress sequence not) does not reset it, progress does."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.db.base import utcnow
+    from app.models import Batch
+
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 3)
+    body = {"type": "task.approve", "params": APPROVE, "start_suspended": True}
+    stuck, healthy, waiting = [
+        (await create(alice, {**body, "ids": [task]}))["id"] for task in setup.task_ids
+    ]
+
+    async def set_batch(batch_id: int, **values: object) -> None:
+        async with sessionmaker() as s:
+            await s.execute(update(Batch).where(Batch.id == batch_id).values(**values))
+            await s.commit()
+
+    now = utcnow()
+    await set_batch(stuck, status="running", updated_at=now - timedelta(seconds=400))
+    await set_batch(healthy, status="running", updated_at=now - timedelta(seconds=5))
+    await set_batch(waiting, status="created", updated_at=now - timedelta(seconds=200))
+
+    def ages(samples: Samples) -> dict[str, float]:
+        return {
+            s: value(samples, "batchd_batch_heartbeat_age_seconds", status=s)
+            for s in ("created", "seeding", "running")
+        }
+
+    first = ages(await scrape(client))
+    assert 400 <= first["running"] < 500 and 200 <= first["created"] < 300
+    assert first["seeding"] == 0
+
+    await set_batch(stuck, updated_at=utcnow())  # what the recovery cron's re-wake does
+    again = ages(await scrape(client))
+    assert again["running"] >= first["running"]  # still stuck: no progress was made
+
+    await set_batch(stuck, updated_at=utcnow(), progress_seq=Batch.progress_seq + 1)
+    moved = ages(await scrape(client))
+    assert moved["running"] < 100  # the healthy batch's few seconds now lead
+    assert moved["created"] >= first["created"]
+
+
 async def test_queue_depth_per_priority(app: FastAPI, client: httpx.AsyncClient) -> None:
     # A broker nobody takes from keeps what it is given.
     broker = InProcessBroker()

@@ -1,6 +1,7 @@
 """A webhook receiver for tests: a real HTTP server on a loopback port (a thread), which
 records every request and answers from a script (status codes in order, a redirect, a
-huge body, or holding the request open until the test lets it go)."""
+huge body, or holding the request open until the test lets it go — then dropping it or
+answering it late)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,14 @@ class Receiver:
     huge: bool = False
     hold: threading.Event | None = None
     """Set: the first request is recorded, then left unanswered until the event is set."""
+    answer_late: bool = False
+    """With ``hold``: once let go, the held request is answered (as any other) instead of
+    the connection being dropped."""
     held: threading.Event = field(default_factory=threading.Event)
     written: int = 0
     """Bytes of a ``huge`` body the client took before it closed the connection."""
+    head_len: int = 0
+    """Bytes of the status line and headers sent before a ``huge`` body."""
 
     def count(self) -> int:
         return len(self.requests)
@@ -57,16 +63,15 @@ def receiver() -> Iterator[Receiver]:
             if first and state.hold is not None:
                 state.held.set()
                 state.hold.wait(30)
-                return  # no answer: the sender is gone by now
+                if not state.answer_late:
+                    return  # no answer: the sender is gone by now
             code = state.codes.pop(0) if state.codes else 200
             if state.redirect_to is not None:
                 code = 302
-            self.send_response(code)
-            if state.redirect_to is not None:
-                self.send_header("Location", state.redirect_to)
-            if state.huge:
-                self.send_header("Content-Length", str(BIG_BODY))
-                self.end_headers()
+            if state.huge:  # the head written by hand, so that its length is known
+                head = f"HTTP/1.1 {code} OK\r\nContent-Length: {BIG_BODY}\r\n\r\n".encode()
+                self.wfile.write(head)
+                state.head_len = len(head)
                 chunk = b"x" * 65536
                 try:
                     for _ in range(BIG_BODY // len(chunk)):
@@ -75,6 +80,9 @@ def receiver() -> Iterator[Receiver]:
                 except OSError:
                     pass
                 return
+            self.send_response(code)
+            if state.redirect_to is not None:
+                self.send_header("Location", state.redirect_to)
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")

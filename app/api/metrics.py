@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import metrics
+from app.db.base import utcnow
 from app.domain import BatchStatus
 from app.models import Batch
 from app.runtime.backend import Broker
@@ -31,8 +32,8 @@ _refreshing = False
 
 
 async def refresh(sessionmaker: async_sessionmaker[AsyncSession], broker: Broker) -> None:
-    """Read the state gauges (batches by status, the webhook outbox, queue depth) just
-    before a scrape.
+    """Read the state gauges (batches by status, the oldest heartbeat per status, the
+    webhook outbox, queue depth) just before a scrape.
 
     One refresh at a time (a scrape arriving meanwhile shows the values being read),
     each read bounded by ``SCRAPE_TIMEOUT_S``; a failed read keeps the previous values."""
@@ -60,14 +61,27 @@ async def refresh(sessionmaker: async_sessionmaker[AsyncSession], broker: Broker
         _refreshing = False
 
 
+_progress = metrics.ProgressClock()
+"""This process's memory of when each unfinished batch last moved (see ``ProgressClock``)."""
+
+
 async def _refresh_batches(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     async with sessionmaker() as session:
         rows = (
             await session.execute(select(Batch.status, func.count()).group_by(Batch.status))
         ).all()
+        moving = (
+            await session.execute(
+                select(
+                    Batch.id, Batch.created_at, Batch.status, Batch.progress_seq, Batch.updated_at
+                ).where(Batch.status.in_(metrics.HEARTBEAT_STATUSES))
+            )
+        ).all()
     counts = {str(status): int(n) for status, n in rows}
     for status in [*BatchStatus, *counts]:  # every known status, 0 when there is none
         metrics.BATCHES.labels(str(status)).set(counts.get(str(status), 0))
+    rows_by_batch = (((r.id, r.created_at), r.status, r.progress_seq, r.updated_at) for r in moving)
+    metrics.batch_heartbeats(_progress.ages(rows_by_batch, utcnow()))
 
 
 async def _refresh_webhooks(sessionmaker: async_sessionmaker[AsyncSession]) -> None:

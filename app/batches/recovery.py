@@ -137,7 +137,8 @@ async def auto_retry(ctx: JobContext) -> None:
 
 async def purge(ctx: JobContext) -> None:
     """Delete finished batches older than their history TTL; release the locks that
-    failed items of finished batches still hold once they can no longer be auto-retried."""
+    failed items of finished batches still hold once they can no longer be auto-retried;
+    delete delivered and given-up webhook deliveries older than ``BATCH_HISTORY_TTL``."""
     s = ctx.settings
     now = utcnow()
     async with ctx.unit() as session:
@@ -178,3 +179,8 @@ async def purge(ctx: JobContext) -> None:
         await session.execute(
             update(Task).where(Task.locked_by_batch_id.in_(stale)).values(locked_by_batch_id=None)
         )
+        # The webhook delivery log: delivered and given-up rows past BATCH_HISTORY_TTL
+        # (each holds a whole batch object); pending ones stay until they go out.
+        from app.webhooks.service import purge_deliveries
+
+        await purge_deliveries(session, now - timedelta(seconds=s.history_ttl))

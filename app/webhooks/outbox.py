@@ -16,19 +16,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.ext.asyncio import async_session
 from sqlalchemy.orm import Session
 
 from app.db.unit_of_work import request_wakeup
 from app.domain import Wakeup
-from app.models import WebhookDelivery, WebhookSubscription
+from app.models import User, WebhookDelivery, WebhookSubscription
 from app.webhooks.events import DeliveryStatus, SubscriptionStatus
 
 JOB = "webhook"
 """The job name of a delivery wake-up (``Wakeup.batch_id`` carries the delivery id)."""
 PRIORITY = "high"
 """Notifications are small and late ones are useless: they jump the batch work."""
+ADMIN = "admin"
+"""The role that may see every batch (``User.is_admin``)."""
 
 
 @dataclass(frozen=True)
@@ -71,21 +73,34 @@ def any_active(session: Session) -> bool:
     )
 
 
+def sees_every_batch() -> ColumnElement[bool]:
+    """SQL: the subscription may receive other users' batches — it asked for every
+    batch and its owner is an admin *now* (a demoted owner keeps only their own). The
+    caller joins ``User`` on the owner. ``service.deliver`` asks the same again."""
+    return and_(WebhookSubscription.all_batches.is_(True), User.role == ADMIN)
+
+
 def record(session: Session, events: Sequence[OutboxEvent]) -> list[int]:
     """Write one delivery per (event, interested active subscription) and ask for its
-    wake-up after the commit. Returns the new delivery ids."""
+    wake-up after the commit. Returns the new delivery ids.
+
+    A subscription gets the events of its owner's batches, and of every batch only while
+    ``sees_every_batch`` holds (checked here, in the committing transaction)."""
     owners = {e.owner_id for e in events}
-    subscriptions = session.scalars(
-        select(WebhookSubscription).where(
+    found = session.execute(
+        select(WebhookSubscription, sees_every_batch())
+        .join(User, User.id == WebhookSubscription.owner_id)
+        .where(
             WebhookSubscription.status == SubscriptionStatus.ACTIVE,
-            or_(WebhookSubscription.owner_id.in_(owners), WebhookSubscription.all_batches),
+            or_(WebhookSubscription.owner_id.in_(owners), sees_every_batch()),
         )
     ).all()
+    subscriptions = [(sub, bool(everything)) for sub, everything in found]
     rows: list[WebhookDelivery] = []
     for e in events:
         body = body_of(e.type, e.at, e.data)
-        for sub in subscriptions:
-            if (sub.all_batches or sub.owner_id == e.owner_id) and wants(sub, e.type):
+        for sub, everything in subscriptions:
+            if (everything or sub.owner_id == e.owner_id) and wants(sub, e.type):
                 rows.append(
                     WebhookDelivery(
                         subscription_id=sub.id,

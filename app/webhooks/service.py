@@ -24,7 +24,7 @@ from app.db.pages import total_of
 from app.db.unit_of_work import request_wakeup
 from app.domain import Wakeup
 from app.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from app.models import User, WebhookDelivery, WebhookSubscription
+from app.models import Batch, User, WebhookDelivery, WebhookSubscription
 from app.runtime.context import JobContext
 from app.webhooks import outbox
 from app.webhooks.delivery import Attempt, Refused, check_url, send, signed_headers
@@ -46,6 +46,8 @@ LOST_AFTER_S = 2.0
 """The cron re-sends a due delivery only this long after it fell due: its own wake-up
 normally sends it sooner."""
 CRON_BATCH = 1000
+PURGE_BATCH = 10_000
+"""Old deliveries deleted per purge pass (the cron runs hourly: a backlog goes in steps)."""
 
 
 # --------------------------------------------------------------------------- subscriptions
@@ -106,8 +108,8 @@ async def update_(
     if req.url is not None:
         await _check(req.url, settings)
         sub.url = req.url
-    if req.events is not None:
-        sub.events = [str(e) for e in req.events]
+    if "events" in req.model_fields_set:  # sent as null: every event type again
+        sub.events = None if req.events is None else [str(e) for e in req.events]
     if req.status == SubscriptionStatus.ACTIVE:
         sub.status = SubscriptionStatus.ACTIVE
         sub.disabled_reason = None
@@ -189,7 +191,10 @@ async def redeliver(
     session: AsyncSession, user: User, subscription_id: int, delivery_id: int
 ) -> DeliveryOut:
     """A new attempt of the same delivery (same ``webhook-id`` and body), now, whatever
-    its status; if it fails, it is retried on the usual schedule from now."""
+    its status; if it fails, it is retried on the usual schedule from now.
+
+    ``next_attempt_at`` moves off the lease of any attempt still in flight, so that
+    attempt's outcome no longer matches in ``_record`` and cannot overwrite this one."""
     sub = await get(session, user, subscription_id)
     _require_active(sub)
     found = await _delivery(session, sub, delivery_id)
@@ -197,6 +202,7 @@ async def redeliver(
     found.status = DeliveryStatus.PENDING
     found.next_attempt_at = now
     found.first_attempt_at = None
+    found.delivered_at = None
     await session.flush()
     outbox.wake(session.sync_session, [found.id])
     return DeliveryOut.model_validate(found)
@@ -233,6 +239,16 @@ def backoff(attempts: int) -> float:
     return BACKOFF_S[attempts - 1] if attempts <= len(BACKOFF_S) else THEN_EVERY_S
 
 
+def retry_delay(attempts: int, first: datetime, now: datetime) -> float | None:
+    """After the ``attempts``-th attempt failed at ``now``: seconds until the next one,
+    or ``None`` — give up, because it would come more than ``GIVE_UP_AFTER_S`` after
+    the first attempt."""
+    delay = backoff(attempts)
+    if (now + timedelta(seconds=delay) - first).total_seconds() > GIVE_UP_AFTER_S:
+        return None
+    return delay
+
+
 async def deliver(ctx: JobContext, delivery_id: int) -> None:
     """Claim the delivery's next attempt (if it is due and nobody holds it), send it,
     record the outcome. Idempotent: a duplicate wake-up finds nothing to claim."""
@@ -259,6 +275,7 @@ async def deliver(ctx: JobContext, delivery_id: int) -> None:
                 .returning(
                     WebhookDelivery.attempts,
                     WebhookDelivery.subscription_id,
+                    WebhookDelivery.batch_id,
                     WebhookDelivery.msg_id,
                     WebhookDelivery.body,
                     WebhookDelivery.first_attempt_at,
@@ -269,7 +286,8 @@ async def deliver(ctx: JobContext, delivery_id: int) -> None:
         if claimed is None:
             return
         sub = await session.get(WebhookSubscription, claimed.subscription_id)
-        if sub is None or sub.status != SubscriptionStatus.ACTIVE:
+        refusal = await _refusal(session, sub, claimed.batch_id)
+        if refusal is not None:
             await session.execute(
                 update(WebhookDelivery)
                 .where(WebhookDelivery.id == delivery_id)
@@ -277,11 +295,12 @@ async def deliver(ctx: JobContext, delivery_id: int) -> None:
                     status=DeliveryStatus.FAILED,
                     attempts=claimed.attempts - 1,
                     next_attempt_at=None,
-                    last_error="Not sent: the subscription is disabled.",
+                    last_error=f"Not sent: {refusal}",
                 )
                 .execution_options(synchronize_session=False)
             )
             return
+        assert sub is not None
         url, secret = sub.url, sub.secret
     headers = signed_headers(secret, claimed.msg_id, utcnow(), claimed.body)
     result = await send(
@@ -291,14 +310,48 @@ async def deliver(ctx: JobContext, delivery_id: int) -> None:
         limit_s=settings.webhook_timeout,
         allow_private=settings.webhook_allow_private,
     )
-    await _record(ctx, delivery_id, claimed.attempts, claimed.first_attempt_at or now, result)
+    await _record(
+        ctx, delivery_id, claimed.attempts, lease, claimed.first_attempt_at or now, result
+    )
+
+
+async def _refusal(
+    session: AsyncSession, sub: WebhookSubscription | None, batch_id: int | None
+) -> str | None:
+    """Why a claimed delivery must not go out, or ``None``: its subscription is gone or
+    disabled, or it is another user's batch and the owner may no longer see every batch
+    (demoted since the row was written: ``outbox.sees_every_batch``, asked again now)."""
+    if sub is None or sub.status != SubscriptionStatus.ACTIVE:
+        return "the subscription is disabled."
+    if batch_id is None or not sub.all_batches:
+        return None  # a ping, or the owner's own batch (record wrote no other)
+    role, creator = (
+        await session.execute(
+            select(
+                select(User.role).where(User.id == sub.owner_id).scalar_subquery(),
+                select(Batch.creator_id).where(Batch.id == batch_id).scalar_subquery(),
+            )
+        )
+    ).one()
+    if role == outbox.ADMIN or creator == sub.owner_id:
+        return None
+    return (
+        f"batch {batch_id} is another user's, and the subscription's owner is no longer "
+        "an admin: it receives only their own batches now."
+    )
 
 
 async def _record(
-    ctx: JobContext, delivery_id: int, attempt: int, first: datetime, result: Attempt
+    ctx: JobContext,
+    delivery_id: int,
+    attempt: int,
+    lease: datetime,
+    first: datetime,
+    result: Attempt,
 ) -> None:
-    """The attempt's outcome, unless someone took the delivery meanwhile (a redelivery,
-    or another worker after our lease ran out: their attempt's outcome counts)."""
+    """The attempt's outcome, unless someone took the delivery meanwhile: another worker
+    after our lease ran out (``attempts`` moved on), or a redelivery (``next_attempt_at``
+    is no longer our lease) — their attempt's outcome counts, not ours."""
     now = utcnow()
     values: dict[str, Any] = {"last_status_code": result.status_code, "last_error": result.error}
     delay = 0.0
@@ -306,12 +359,13 @@ async def _record(
         outcome = "delivered"
         values.update(status=DeliveryStatus.DELIVERED, delivered_at=now, next_attempt_at=None)
     else:
-        delay = backoff(attempt)
-        if (now + timedelta(seconds=delay) - first).total_seconds() > GIVE_UP_AFTER_S:
+        next_in = retry_delay(attempt, first, now)
+        if next_in is None:
             outcome = "failed"
             values.update(status=DeliveryStatus.FAILED, next_attempt_at=None)
         else:
             outcome = "retrying"
+            delay = next_in
             values.update(next_attempt_at=now + timedelta(seconds=delay))
     async with ctx.unit() as session:
         row = (
@@ -321,6 +375,7 @@ async def _record(
                     WebhookDelivery.id == delivery_id,
                     WebhookDelivery.status == DeliveryStatus.PENDING,
                     WebhookDelivery.attempts == attempt,
+                    WebhookDelivery.next_attempt_at == lease,
                 )
                 .values(**values)
                 .returning(WebhookDelivery.subscription_id)
@@ -392,6 +447,31 @@ async def deliver_due(ctx: JobContext) -> None:
         for r in rows:
             key = f"webhook:{r.id}:{r.attempts}"
             request_wakeup(session, Wakeup(outbox.JOB, r.id, outbox.PRIORITY, key=key))
+
+
+async def purge_deliveries(session: AsyncSession, older_than: datetime) -> int:
+    """Delete delivered and given-up deliveries created (and delivered, if they were)
+    before ``older_than``, at most ``PURGE_BATCH`` per call; a pending one is never
+    deleted. The purge cron calls it with ``BATCH_HISTORY_TTL``: each row holds a whole
+    batch object, so the log must not grow for ever."""
+    done = (
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.status.in_([DeliveryStatus.DELIVERED, DeliveryStatus.FAILED]),
+            WebhookDelivery.created_at < older_than,
+            or_(WebhookDelivery.delivered_at.is_(None), WebhookDelivery.delivered_at < older_than),
+        )
+        .limit(PURGE_BATCH)
+    )
+    result = await session.execute(
+        delete(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(done.scalar_subquery()))
+        .execution_options(synchronize_session=False)
+    )
+    purged = int(getattr(result, "rowcount", 0) or 0)
+    if purged:
+        log.info("purged %s old webhook deliveries", purged)
+    return purged
 
 
 # --------------------------------------------------------------------------- metrics
