@@ -13,7 +13,10 @@ What the README's worked example relies on (``tests/test_readme_example.py`` run
   manager step), so an approve batch without ``form_data`` shows realistic failed items,
   which a second batch with the missing category then approves.
 - ``expense`` has a second version (its finance step is called ``controlling``), so
-  ``instance.migrate`` has somewhere to go; the demo instances run on version 1.
+  ``instance.migrate`` has somewhere to go; the demo instances run on version 1. Its
+  manager step has the same columns in both versions, so the manager's expense
+  template holds the 300 claims (``app.excel.template`` takes every version whose step
+  matches the latest; ``tests/test_demo.py`` checks every template the console offers).
 - The first ``OLD_LEAVE_COUNT`` leave requests were filed two to three months ago
   (relative to now), so a ``started_before`` filter finds stale requests.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -76,6 +77,13 @@ async def finish(proc: asyncio.subprocess.Process, wait_s: float = 120) -> Resul
 
 async def batchd(url: str | None, token: str | None, *args: str, columns: int = 200) -> Result:
     return await finish(await start(url, token, *args, columns=columns))
+
+
+def shown_field(out: str, key: str) -> str:
+    """The value of one line of ``batch show`` (a two-column table: key, value)."""
+    found = re.search(rf"^{re.escape(key)}\s+(.*?)\s*$", out, re.MULTILINE)
+    assert found is not None, (key, out)
+    return found.group(1)
 
 
 @pytest.fixture
@@ -210,6 +218,8 @@ async def test_human_tables_and_failed_items(
     shown = await batchd(server.url, alice.token, "batch", "show", str(batch_id))
     assert shown.code == 0, shown.err
     assert "completed" in shown.out and "1 success" in shown.out and "1 failed" in shown.out
+    assert shown_field(shown.out, "creator") == f"Alice (user {alice.id})"  # not a bare id
+    assert "skipped" not in shown.out  # not an import
     listed = await batchd(server.url, alice.token, "batch", "list", "--status", "completed")
     assert listed.code == 0 and "task.approve" in listed.out and "1 in all" in listed.out
     failed = await batchd(
@@ -220,6 +230,7 @@ async def test_human_tables_and_failed_items(
     header = next(line for line in failed.out.splitlines() if line.startswith("┃"))
     assert [c.strip() for c in header.split("┃")[1:-1]] == [
         "item",
+        "title",
         "row",
         "status",
         "retries",
@@ -231,7 +242,19 @@ async def test_human_tables_and_failed_items(
         for line in failed.out.splitlines()
         if line.startswith("│")
     ]
-    assert rows == [["999999", "", "failed", "0", "not_found", "Task 999999 does not exist."]]
+    assert rows == [
+        ["999999", "", "", "failed", "0", "not_found", "Task 999999 does not exist."]
+    ]  # a missing task has no title
+    done = await batchd(
+        server.url, alice.token, "batch", "details", str(batch_id), "--status", "success"
+    )
+    assert done.code == 0, done.err
+    [row] = [
+        [c.strip() for c in line.split("│")[1:-1]]
+        for line in done.out.splitlines()
+        if line.startswith("│")
+    ]
+    assert row[:4] == [str(ids[0]), "Trip 1", "", "success"]
 
     retried = await batchd(server.url, alice.token, "batch", "retry", str(batch_id))
     assert retried.code == 0, retried.err
@@ -283,7 +306,10 @@ async def test_tables_fit_an_80_column_terminal(
         assert result.code == 0, result.err
         too_wide = [line for line in result.out.splitlines() if len(line) > 80]
         assert too_wide == [], result.out
-    assert "Task 999999 does not exist." in details.out.replace("\n", "")
+    errors = " ".join(
+        line.split("│")[-2].strip() for line in details.out.splitlines() if line.startswith("│")
+    )  # the error cells, folded onto two lines each at 80 columns
+    assert "Task 999999 does not exist." in errors
     assert "not_found" in details.out  # the code is never folded away
 
 
@@ -623,3 +649,31 @@ async def test_failure_groups_table_show_and_retry_by_group(
     r = await batchd(server.url, alice.token, "batch", "retry", str(batch_id), "--message", "Bad")
     assert (r.code, r.out) == (2, "")
     assert "--message needs --code" in r.err
+
+
+async def test_show_says_how_many_rows_an_import_skipped(
+    ready: tuple[LiveServer, list[int]], alice: Actor
+) -> None:
+    """A template of 30 tasks with 2 decided: ``batch show`` says 28 rows were skipped
+    (the count is not an item, so it has a line of its own)."""
+    import io
+
+    from openpyxl import load_workbook
+
+    from tests.test_excel_import import upload
+    from tests.test_partial_templates import by_header, saved, template
+
+    server, _ids = ready
+    wb = load_workbook(io.BytesIO(await template(alice)))
+    ws = wb["Tasks"]
+    col = by_header(ws)
+    for r in (2, 3):
+        ws.cell(r, col["Decision"]).value = "reject"
+    batch = await upload(alice, saved(wb))
+    await wait_for(alice, batch["id"])
+
+    shown = await batchd(server.url, alice.token, "batch", "show", str(batch["id"]))
+    assert shown.code == 0, shown.err
+    assert shown_field(shown.out, "items").startswith("2 total · 2 success")
+    assert shown_field(shown.out, "skipped rows") == "28 (no Decision: not imported)"
+    assert shown_field(shown.out, "creator") == f"Alice (user {alice.id})"

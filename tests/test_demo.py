@@ -196,3 +196,48 @@ async def test_demo_tasks_approve_through_the_engine(
         headers=bearer(tokens["admin"]),
     )
     assert r.json()["total"] == 1
+
+
+async def test_every_demo_template_the_console_offers_the_manager_has_rows(
+    sessionmaker: async_sessionmaker[AsyncSession], client: httpx.AsyncClient
+) -> None:
+    """The console's template buttons take a (definition, step) from the latest
+    definitions; the demo's instances run on expense version 1, whose manager step has
+    version 2's columns, so the manager's expense template holds all 300 tasks (it was
+    an empty file). Each template holds what the task list shows at that step; a step
+    with no task of the manager's is a 422 saying so, never an empty file."""
+    tokens = {name: token for name, _, token in await seed_demo(sessionmaker)}
+    manager = bearer(tokens["manager"])
+    r = await client.get("/api/v1/definitions", params={"page_size": 200}, headers=manager)
+    assert r.status_code == 200, r.text
+    latest: dict[str, dict[str, Any]] = {}
+    for d in r.json()["items"]:
+        if d["key"] not in latest or latest[d["key"]]["version"] < d["version"]:
+            latest[d["key"]] = d
+    offered = [(key, n["id"]) for key, d in sorted(latest.items()) for n in d["nodes"]]
+    assert offered == [
+        ("expense", "manager"),
+        ("expense", "controlling"),
+        ("leave", "manager"),
+        ("leave", "hr"),
+    ]
+    rows: dict[tuple[str, str], int] = {}
+    for key, node in offered:
+        listed = await client.get(
+            "/api/v1/tasks",
+            params={"status": "pending", "definition_key": key, "node_id": node, "page_size": 1},
+            headers=manager,
+        )
+        r = await client.post(
+            "/api/v1/approval-templates",
+            json={"definition_key": key, "node_id": node},
+            headers=manager,
+        )
+        if listed.json()["total"] == 0:
+            assert r.status_code == 422, r.text
+            assert r.json()["detail"].startswith("You have no pending tasks at step"), r.text
+            continue
+        assert r.status_code == 200, r.text
+        rows[key, node] = int(r.headers["x-batchd-tasks"])
+        assert rows[key, node] == listed.json()["total"]
+    assert rows == {("expense", "manager"): EXPENSE_COUNT, ("leave", "manager"): LEAVE_COUNT}

@@ -15,12 +15,12 @@ import pytest
 from openpyxl import load_workbook
 from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.excel.template import MAX_TASKS, ZIP_MAX_TASKS
 from app.models import Task
-from tests.batch_helpers import expense_setup
+from tests.batch_helpers import expense_setup, wait_for
 from tests.conftest import Actor
 from tests.factories import (
     CATEGORIES,
@@ -314,24 +314,119 @@ async def test_only_the_callers_pending_tasks_at_the_node(
     # No ids: all of the caller's pending tasks there; an admin sees only their own.
     r = await download(alice, {"definition_key": "expense", "node_id": "manager"})
     assert [row[0] for row in rows(workbook(r)["Tasks"])[1:]] == setup.task_ids[:2]
-    r = await download(admin, {"definition_key": "expense", "node_id": "manager"})
-    assert r.headers["x-batchd-tasks"] == "0"
-    assert rows(workbook(r)["Tasks"]) == [MANAGER_HEADERS]
+    # Nobody's template is an empty file: the admin has no task there (422, saying so).
+    r = await admin.post(URL, json={"definition_key": "expense", "node_id": "manager"})
+    assert (r.status_code, r.json()["error"]) == (422, "ValidationError"), r.text
+    assert r.json()["detail"] == (
+        "You have no pending tasks at step Manager approval of expense: the template "
+        "would be empty."
+    )
+    r = await alice.post(URL, json={**body, "task_ids": [*bobs, *finance]})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == (
+        "None of the 2 listed tasks is a pending task of yours at step Manager approval "
+        "of expense: the template would be empty."
+    )
 
 
-async def test_a_filter_narrows_and_old_versions_are_left_out(
+async def a_manager_task_on_version_2(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> list[int]:
+    """Expense version 2 (its finance step renamed, the manager step's columns as in
+    version 1) and one of Alice's manager tasks on it: ``[its id]``."""
+    v2 = expense_definition(alice.id, bob.id)
+    v2["nodes"][1] = {**v2["nodes"][1], "id": "controlling", "name": "Controlling"}
+    v2 = await create_definition(admin, v2)
+    return await bulk_tasks(
+        sessionmaker,
+        definition_id=v2["id"],
+        definition_key="expense",
+        node_id="manager",
+        assignee_id=alice.id,
+        initiator_id=admin.id,
+        n=1,
+    )
+
+
+async def test_a_filter_narrows_and_versions_with_the_same_step_are_one_template(
     sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
 ) -> None:
+    """A template holds the step's tasks of every version whose step has the latest
+    version's columns (what the task list shows there); a version whose step has other
+    columns is left out, and named when that leaves nothing."""
     setup = await expense_setup(sessionmaker, admin, alice, bob, 4)  # cities cycle
-    body = {"definition_key": "expense", "node_id": "manager", "filter": {"keyword": "Trip 3"}}
+    t = setup.task_ids
+    body: dict[str, Any] = {
+        "definition_key": "expense",
+        "node_id": "manager",
+        "filter": {"keyword": "Trip 3"},
+    }
     r = await download(alice, body)
-    assert [row[0] for row in rows(workbook(r)["Tasks"])[1:]] == [setup.task_ids[2]]
+    assert [row[0] for row in rows(workbook(r)["Tasks"])[1:]] == [t[2]]
     body["filter"] = {"department_id": 99}
-    assert rows(workbook(await download(alice, body))["Tasks"])[1:] == []
-    # A new version: the template follows the latest, so version 1's tasks drop out.
-    await create_definition(admin, expense_definition(alice.id, bob.id))
+    r = await alice.post(URL, json=body)
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "None of your pending tasks at step Manager approval of expense matches the "
+        "filter: the template would be empty."
+    ), r.text
+
+    # Version 2, the same manager step (another finance step): one template for both.
+    on_v2 = await a_manager_task_on_version_2(sessionmaker, admin, alice, bob)
     r = await download(alice, {"definition_key": "expense", "node_id": "manager"})
-    assert r.headers["x-batchd-tasks"] == "0"
+    assert r.headers["x-batchd-tasks"] == "5"
+    assert [row[0] for row in rows(workbook(r)["Tasks"])[1:]] == [*t, *on_v2]
+    assert rows(workbook(r)["Tasks"])[0] == MANAGER_HEADERS
+
+    # Version 3 writes another field at the manager step: its columns differ, so the
+    # template follows it and the older versions' tasks are left out, and said so.
+    v3 = expense_definition(alice.id, bob.id)
+    v3["nodes"][0]["fields"] = {**v3["nodes"][0]["fields"], "city": "write"}
+    await create_definition(admin, v3)
+    r = await alice.post(URL, json={"definition_key": "expense", "node_id": "manager"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == (
+        "You have no pending tasks at step Manager approval of expense: the template "
+        "would be empty. 5 pending tasks of yours there are on versions 1–2, whose step "
+        "has other columns: migrate those instances to the latest version "
+        "(instance.migrate), or decide them in the task list."
+    )
+    r = await alice.post(
+        URL, json={"definition_key": "expense", "node_id": "manager", "task_ids": t[:1]}
+    )
+    assert (
+        r.status_code == 422
+        and "1 pending task of yours there is on version 1," in (r.json()["detail"])
+    ), r.text
+
+
+async def test_tasks_of_two_versions_with_the_same_step_import_from_one_sheet(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """The sheet's step is that of its first row; a task of another version whose step
+    has the same columns is at the same step (not "at step Manager approval, not at
+    step Manager approval like this sheet")."""
+    from tests.test_excel_import import upload
+    from tests.test_partial_templates import by_header, saved
+
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 2)
+    on_v2 = await a_manager_task_on_version_2(sessionmaker, admin, alice, bob)
+    wb = workbook(await download(alice, {"definition_key": "expense", "node_id": "manager"}))
+    ws = wb["Tasks"]
+    col = by_header(ws)
+    for r in range(2, 5):
+        ws.cell(r, col["Decision"]).value = "approve"
+        ws.cell(r, col["Category *"]).value = "meals"
+    batch = await upload(alice, saved(wb))
+    assert (batch["total"], batch["failed"]) == (3, 0), batch
+    done = await wait_for(alice, batch["id"])
+    assert (done["success"], done["failed"]) == (3, 0), done
+    async with sessionmaker() as session:
+        decided = (
+            await session.execute(
+                select(Task.id, Task.status).where(Task.id.in_([*setup.task_ids, *on_v2]))
+            )
+        ).all()
+    assert sorted(decided) == sorted((tid, "completed") for tid in [*setup.task_ids, *on_v2])
 
 
 @pytest.mark.parametrize(

@@ -2,19 +2,25 @@
 (code, message with the item's own id as N, retryable), largest first; a group retried
 (``POST /retry {error_code, message}``) and listed (``/details?error_code=…``).
 
-Failures are written straight into the details of a batch created suspended, so the
-codes and sentences are exactly the ones under test and nothing runs meanwhile."""
+Most failures are written straight into the details of a batch created suspended, so
+the codes and sentences are exactly the ones under test and nothing runs meanwhile;
+the last tests group real ones: the failed rows of a real template upload (an imported
+row's "row 16: " is taken out like the item's id) and a real run over suspended
+processes."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
+from openpyxl import load_workbook
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.models import Batch, BatchDetail
-from tests.batch_helpers import create, details, expense_setup
+from tests.batch_helpers import create, details, expense_setup, wait_for
 from tests.conftest import Actor
 
 APPROVE = {"decision": "approve", "form_data": {"category": "travel"}}
@@ -133,7 +139,9 @@ async def test_alike_failures_are_one_group_largest_first(
 async def test_normalizing_takes_out_only_the_items_own_id(
     sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
 ) -> None:
-    """Item 12's own id is N; 123, x12, 12a and 12_ stay as they are."""
+    """Item 12's own id, its first mention as a whole word, is N; 123, x12, 12a and 12_
+    stay as they are, and so does a later 12 (another number that happens to be equal:
+    "Task 1 is locked by batch 1.")."""
     batch_id, _ = await suspended_batch(sessionmaker, admin, alice, bob, 1)
     rows = [
         (12, "Item 123 failed."),
@@ -159,7 +167,7 @@ async def test_normalizing_takes_out_only_the_items_own_id(
     assert body["total_failed"] == 4
     assert [(g["message"], g["count"], g["sample_item_ids"]) for g in body["groups"]] == [
         ("Item N failed.", 2, [123, 7]),
-        ("Codes 12a, x12, 12_ and 1.N of N.", 1, [12]),
+        ("Codes 12a, x12, 12_ and 1.N of 12.", 1, [12]),
         ("Item 123 failed.", 1, [12]),
     ]
 
@@ -277,3 +285,140 @@ async def test_details_filter_by_group(
     for params in ({"message": "Boom"}, {"error_code": "nope"}):
         r = await alice.get(f"/api/v1/batches/{batch_id}/details", params=params)
         assert r.status_code == 422, (params, r.text)
+
+
+# ------------------------------------------------------- groups of real failures
+
+
+def group_keys(body: dict[str, Any]) -> list[tuple[str, str, int]]:
+    return [(g["error_code"], g["message"], g["count"]) for g in body["groups"]]
+
+
+async def assert_groups_are_the_details(actor: Actor, batch_id: int) -> dict[str, Any]:
+    """Each group's count is the number of failed details its (code, message) lists,
+    its samples are among them, and the groups add up to the batch's failures."""
+    body = await groups_of(actor, batch_id)
+    failed = await details(actor, batch_id, status="failed")
+    assert body["total_failed"] == len(failed) == sum(g["count"] for g in body["groups"])
+    for group in body["groups"]:
+        mine = await details(
+            actor, batch_id, error_code=group["error_code"], message=group["message"]
+        )
+        assert len(mine) == group["count"], group
+        assert set(group["sample_item_ids"]) <= {d["item_id"] for d in mine}
+    return body
+
+
+async def test_import_failures_of_alike_rows_are_one_group(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """A real template, filled as a person does: 5 rows approved without the required
+    Category, 2 with a bad Decision word, 1 approved properly, the rest left blank — the
+    row errors ("row 3: Category is required", "row 5: …") are 2 groups, not 7; a group
+    lists and retries exactly its rows."""
+    from tests.test_excel_import import upload
+    from tests.test_partial_templates import by_header, saved, template
+
+    s = await expense_setup(sessionmaker, admin, alice, bob, 12)
+    wb = load_workbook(io.BytesIO(await template(alice)))
+    ws = wb["Tasks"]
+    col = by_header(ws)
+    for r in range(2, 7):  # tasks 0-4: no category
+        ws.cell(r, col["Decision"]).value = "approve"
+    for r in (7, 8):  # tasks 5, 6
+        ws.cell(r, col["Decision"]).value = "maybe"
+    ws.cell(9, col["Decision"]).value = "approve"  # task 7: fine
+    ws.cell(9, col["Category *"]).value = "meals"
+    batch = await upload(alice, saved(wb))
+    assert (batch["total"], batch["skipped_rows"]) == (8, 4)
+    done = await wait_for(alice, batch["id"])
+    assert (done["success"], done["failed"]) == (1, 7), done
+
+    body = await assert_groups_are_the_details(alice, batch["id"])
+    required, decision = "row N: Category is required", "row N: Decision must be approve or reject"
+    assert group_keys(body) == [("validation", required, 5), ("validation", decision, 2)]
+    assert body["groups"][0]["sample_item_ids"] == s.task_ids[:5]
+    assert {d["error"] for d in await details(alice, batch["id"], status="failed")} >= {
+        "row 2: Category is required",
+        "row 8: Decision must be approve or reject",
+    }  # the items keep their own row
+
+    retried = await alice.post(
+        f"/api/v1/batches/{batch['id']}/retry",
+        json={"error_code": "validation", "message": decision},
+    )
+    assert (retried.status_code, retried.json()["requeued"]) == (202, 2), retried.text
+    rows = {d["item_id"]: d for d in await details(alice, batch["id"])}
+    assert [rows[t]["retry_count"] for t in s.task_ids[:8]] == [0] * 5 + [1, 1, 0]
+
+
+async def test_import_failures_of_a_zip_group_whatever_the_workbook_names(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """A zip's row errors say "row 2 (task-12.xlsx): …"; renamed workbooks (a name with
+    parentheses, as a copy gets) group alike."""
+    from tests.test_excel_import import upload, zipped
+    from tests.test_partial_templates import saved, template
+
+    s = await expense_setup(sessionmaker, admin, alice, bob, 3)
+    members: dict[str, bytes] = {}
+    with zipfile.ZipFile(io.BytesIO(await template(alice, "zip"))) as zf:
+        for k, name in enumerate(zf.namelist()):
+            form = load_workbook(io.BytesIO(zf.read(name)))
+            for cells in form.worksheets[0].iter_rows(min_row=2):
+                if cells[0].value == "Decision":
+                    cells[1].value = "approve"  # the required Category left blank
+            members[name if k == 0 else f"copy ({k}) of {name}"] = saved(form)
+    batch = await upload(alice, zipped(members), name="forms.zip")
+    done = await wait_for(alice, batch["id"])
+    assert (done["total"], done["failed"]) == (3, 3), done
+    errors = sorted(d["error"] for d in await details(alice, batch["id"]))
+    assert errors[-1].startswith("row 3 (copy (2) of task-"), errors
+
+    body = await assert_groups_are_the_details(alice, batch["id"])
+    assert group_keys(body) == [("validation", "row N: Category is required", 3)]
+    assert body["groups"][0]["sample_item_ids"] == sorted(s.task_ids)
+
+
+async def suspended_run(
+    sm: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+    *,
+    suspended: int,
+    locked: int,
+) -> tuple[int, list[int], list[int], int]:
+    """A real ``task.approve`` run of Alice's: ``locked`` tasks held by her other
+    (suspended) batch and ``suspended`` tasks whose processes are suspended; returns the
+    finished batch, the held ids, the suspended ids and the holder batch."""
+    from tests.test_failures import set_process_status
+
+    setup = await expense_setup(sm, admin, alice, bob, suspended + locked)
+    ids = sorted(setup.task_ids)
+    held, stuck = ids[:locked], ids[locked:]
+    holder = await create(
+        alice, {"type": "task.approve", "ids": held, "params": APPROVE, "start_suspended": True}
+    )
+    await set_process_status(sm, "suspended", stuck)
+    batch = await create(alice, {"type": "task.approve", "ids": ids, "params": APPROVE})
+    done = await wait_for(alice, batch["id"])
+    assert (done["status"], done["failed"]) == ("completed", len(ids)), done
+    return batch["id"], held, stuck, holder["id"]
+
+
+async def test_a_real_suspended_process_run_groups_by_cause(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    batch_id, held, stuck, holder = await suspended_run(
+        sessionmaker, admin, alice, bob, suspended=23, locked=3
+    )
+    body = await assert_groups_are_the_details(alice, batch_id)
+    assert [
+        (g["error_code"], g["message"], g["count"], g["retryable"]) for g in body["groups"]
+    ] == [
+        ("wrong_state", SUSPENDED.format("N"), 23, False),
+        ("locked", f"Task N is locked by batch {holder}.", 3, True),
+    ]
+    assert body["groups"][0]["sample_item_ids"] == stuck[:10]
+    assert body["groups"][1]["sample_item_ids"] == held

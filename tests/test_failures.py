@@ -5,6 +5,7 @@ pass, and a manual retry re-locks its items or says why it cannot."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -15,13 +16,22 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batches import executor
 from app.batches.recovery import auto_retry
 from app.domain import ErrorCode, Outcome
 from app.errors import failure_code
 from app.models import ActionLog, ProcessInstance, Task
 from app.operations import OPERATIONS, BatchRun, Operation, WorkItem, register
 from app.operations.targets import INSTANCES
-from tests.batch_helpers import create, details, expense_setup, get_batch, idle, wait_for
+from tests.batch_helpers import (
+    create,
+    details,
+    eventually,
+    expense_setup,
+    get_batch,
+    idle,
+    wait_for,
+)
 from tests.conftest import Actor
 from tests.factories import approve
 
@@ -37,9 +47,17 @@ def settings_overrides() -> dict[str, Any]:
     return SETTINGS
 
 
-async def set_process_status(sm: async_sessionmaker[AsyncSession], status: str) -> None:
+async def set_process_status(
+    sm: async_sessionmaker[AsyncSession], status: str, task_ids: list[int] | None = None
+) -> None:
+    """Every process (or those of ``task_ids``) to ``status``, straight in the database."""
+    stmt = update(ProcessInstance).values(status=status)
+    if task_ids is not None:
+        stmt = stmt.where(
+            ProcessInstance.id.in_(select(Task.instance_id).where(Task.id.in_(task_ids)))
+        )
     async with sm() as s:
-        await s.execute(update(ProcessInstance).values(status=status))
+        await s.execute(stmt)
         await s.commit()
 
 
@@ -167,6 +185,65 @@ async def test_retrying_items_that_never_failed_is_409_naming_them(
     r = await alice.post(f"/api/v1/batches/{batch['id']}/retry", json={"item_ids": [bad, 987654]})
     assert r.status_code == 404 and "987654" in r.json()["detail"]
     assert (await get_batch(alice, batch["id"]))["failed"] == 1  # nothing was requeued
+
+
+async def test_a_non_retryable_failure_frees_its_task_while_later_chunks_wait(
+    monkeypatch: pytest.MonkeyPatch,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """Chunks of 2 over 6 tasks whose processes are suspended; the executor is held
+    before its second chunk (a gate, not a sleep). At that moment the first chunk's
+    tasks have failed as ``wrong_state`` and are free — approvable by hand once their
+    process is active — while the 4 tasks of the later chunks are still pending and
+    locked by the batch."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 6)
+    await set_process_status(sessionmaker, "suspended")
+    first_chunk, gate = asyncio.Event(), asyncio.Event()
+    real = executor.run_next_chunk
+
+    async def gated(ctx: Any, batch_id: int, **kw: Any) -> executor.Turn:
+        if first_chunk.is_set():
+            await gate.wait()
+        turn = await real(ctx, batch_id, **kw)
+        if turn.result is not None and turn.result.counts.total():
+            first_chunk.set()  # committed: run_next_chunk returns after its commit
+        return turn
+
+    monkeypatch.setattr(executor, "run_next_chunk", gated)
+    batch = await create(
+        alice,
+        {"type": "task.approve", "ids": setup.task_ids, "params": APPROVE, "chunk_size": 2},
+    )
+    try:
+
+        async def first_chunk_done() -> bool:
+            return first_chunk.is_set()
+
+        await eventually(first_chunk_done, "the first chunk committed")
+        mid = await get_batch(alice, batch["id"])
+        assert (mid["status"], mid["failed"], mid["pending"]) == ("running", 2, 4), mid
+        items = await details(alice, batch["id"])
+        failed = [d["item_id"] for d in items if d["status"] == "failed"]
+        waiting = [d["item_id"] for d in items if d["status"] == "pending"]
+        assert {failure(d) for d in items if d["item_id"] in failed} == {
+            ("failed", "wrong_state", False)
+        }
+        assert await lock_holders(sessionmaker, failed) == {None}  # freed at once
+        assert await lock_holders(sessionmaker, waiting) == {batch["id"]}
+
+        await set_process_status(sessionmaker, "active", [failed[0], waiting[0]])
+        r = await approve(alice, failed[0], form_data={"category": "travel"})
+        assert r.status_code == 200, r.text  # by hand, while the batch still runs
+        r = await approve(alice, waiting[0], form_data={"category": "travel"})
+        assert r.status_code == 409, r.text  # a later chunk's task: still the batch's
+    finally:
+        gate.set()
+    done = await wait_for(alice, batch["id"])
+    assert (done["status"], done["success"], done["failed"]) == ("completed", 1, 5), done
+    assert await lock_holders(sessionmaker, setup.task_ids) == {None}
 
 
 # ----------------------------------------------------------------- transient failures

@@ -17,19 +17,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from openpyxl import load_workbook
 from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import Batch, Task
+from app.models import ActionLog, Batch, Task
 from tests.batch_helpers import count, details, expense_setup, wait_for
 from tests.conftest import Actor
 from tests.factories import bulk_tasks, create_definition
 from tests.test_excel_import import instance_of, upload, zipped
 from tests.test_excel_template import all_types_definition, validations
+from tests.tooling import missing_tool
 
 TEMPLATES = "/api/v1/approval-templates"
 
@@ -108,6 +108,14 @@ async def test_a_partial_template_imports_only_its_decided_rows(
             )
         ).all()
     assert sorted(rest) == [("pending", None)] * (n - 2)
+    async with sessionmaker() as session:  # the action log's request summary says it too
+        logged = await session.scalar(
+            select(ActionLog.detail).where(
+                ActionLog.batch_id == batch["id"], ActionLog.action == "batch.created"
+            )
+        )
+    assert logged is not None
+    assert (logged["source"], logged["total"], logged["skipped_rows"]) == ("excel", 2, n - 3)
 
 
 async def test_row_numbers_are_the_uploaded_sheets_own_after_a_deletion(
@@ -145,7 +153,7 @@ def delete_in_libreoffice(data: bytes, rows: list[int], tmp: Path) -> tuple[bool
     """Delete sheet rows as a person does in LibreOffice Calc; (still protected, file)."""
     python = libreoffice_python()
     if python is None:
-        pytest.skip("LibreOffice (soffice and python3-uno) is not installed")
+        missing_tool("LibreOffice (soffice and python3-uno) is not installed")
     source, target = tmp / "template.xlsx", tmp / "saved.xlsx"
     source.write_bytes(data)
     run = subprocess.run(
@@ -326,3 +334,38 @@ async def test_results_xlsx_has_real_utc_date_times(
     assert row["finished_at"].endswith("Z")
     as_csv = datetime.fromisoformat(row["finished_at"].removesuffix("Z"))
     assert abs((as_csv - cell.value).total_seconds()) < 1  # the same instant, in UTC
+
+
+async def test_a_changed_task_id_fails_its_row_by_the_title(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """Task ID refuses typing only by a validation, which a paste passes: row 2 given
+    row 4's Task ID would decide task 3 while it reads "Trip 1". Its Title no longer
+    names its task, so the row fails (``validation``) and no task is touched; a row
+    whose Title was cleared is not checked."""
+    s = await expense_setup(sessionmaker, admin, alice, bob, 4)
+    t = s.task_ids
+    wb = load_workbook(io.BytesIO(await template(alice)))
+    ws = wb["Tasks"]
+    col = by_header(ws)
+    assert [ws.cell(r, col["Title"]).value for r in (2, 3)] == ["Trip 1", "Trip 2"]
+    ws.cell(2, col["Task ID"]).value = t[2]  # pasted over: row 4 (t[2]) stays undecided
+    ws.cell(3, col["Title"]).value = None
+    for r in (2, 3):
+        ws.cell(r, col["Decision"]).value = "approve"
+        ws.cell(r, col["Category *"]).value = "meals"
+    batch = await upload(alice, saved(wb))
+    assert (batch["total"], batch["failed"], batch["skipped_rows"]) == (2, 1, 2)
+    done = await wait_for(alice, batch["id"])
+    assert (done["success"], done["failed"]) == (1, 1), done
+    [failed] = await details(alice, batch["id"], status="failed")
+    assert (failed["item_id"], failed["row"], failed["error_code"]) == (t[2], 2, "validation")
+    assert failed["error"] == (
+        f"row 2: Task ID {t[2]} does not belong to this row's Title (was the Task ID "
+        "changed?): put the row's own Task ID back, or copy the row from a new template"
+    )
+    async with sessionmaker() as session:
+        states = dict(
+            (await session.execute(select(Task.id, Task.status).where(Task.id.in_(t)))).all()
+        )
+    assert states == {t[0]: "pending", t[1]: "completed", t[2]: "pending", t[3]: "pending"}

@@ -85,7 +85,7 @@ _HEADERS_DOC = {
     SKIPPED_HEADER: {
         "description": (
             "With task_ids: how many listed ids are not the caller's pending tasks at "
-            "the node of the latest definition version (left out)."
+            "the node (left out)."
         ),
         "schema": {"type": "integer"},
     },
@@ -112,10 +112,11 @@ async def create_approval_template(
     session: SessionDep,
     user: CurrentUser,
 ) -> StreamingResponse:
-    """The caller's pending tasks at ``node_id`` of the latest version of
-    ``definition_key``, as a workbook whose columns follow that node's view (Task ID,
-    Title, Department, read fields locked, write fields with validations, Decision,
-    Comment). 404 for an unknown definition or node; 413 beyond the task limit."""
+    """The caller's pending tasks at ``node_id`` of ``definition_key`` (in every
+    version whose node has the latest version's columns), as a workbook whose columns
+    follow that node's view (Task ID, Title, Department, read fields read-only, write
+    fields with validations, Decision, Comment). 404 for an unknown definition or node;
+    413 beyond the task limit; 422, saying why, when no task would be in it."""
     if body.task_ids is not None and len(body.task_ids) > template.limit_for(body.format):
         raise template.too_many(len(body.task_ids), body.format)
     source = await template.resolve(

@@ -1,11 +1,14 @@
 """Failure groups: a batch's failed items grouped by (error code, message, retryable),
 where the message is the error sentence with the item's own id taken out — so 97
 "The process of task 4711 is suspended, not active." failures are one group
-"The process of task N is suspended, not active." of 97.
+"The process of task N is suspended, not active." of 97 — and an imported row's
+prefix too ("row 16: Category is required" → "row N: Category is required"), so 284
+rows missing one value are one group, not 284.
 
 Computed in the database with one GROUP BY (a million failed details are never loaded
-into Python). The one dialect-specific piece is ``normalized_message``: PostgreSQL's
-``regexp_replace``, SQLite's ``batchd_without_item_id`` function (``app/db/session.py``).
+into Python). The one dialect-specific piece is ``normalized_message``, one rule
+(``app.db.session.ROW_PREFIX`` and the item id as a whole word) in two spellings:
+PostgreSQL's ``regexp_replace``, SQLite's ``batchd_failure_message`` function.
 A group is also a filter: ``group_clauses`` selects its details, for the details list and
 for a retry of the group.
 """
@@ -30,7 +33,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batches.service import list_details
-from app.db.session import WITHOUT_ITEM_ID
+from app.db.session import FAILURE_MESSAGE, ROW_N, ROW_PREFIX
 from app.domain import DetailStatus, ErrorCode
 from app.models import Batch, BatchDetail
 from app.schemas.batch import DetailOut, FailureGroup, FailureGroupsOut
@@ -47,13 +50,15 @@ def _dialect(session: AsyncSession) -> str:
 
 
 def normalized_message(dialect: str) -> ColumnElement[str]:
-    """A detail's error sentence with its own item id (a whole word) replaced by ``N``;
-    ``""`` for a failure without a sentence."""
+    """A detail's error sentence with an imported row's prefix as ``row N: `` and the
+    first mention of its own item id (a whole word) as ``N``
+    (``app.db.session.failure_message``); ``""`` for a failure without a sentence."""
     error = func.coalesce(BatchDetail.error, "")
     if dialect == "postgresql":
+        unrowed = func.regexp_replace(error, literal(ROW_PREFIX, Text), ROW_N, type_=Text)
         word = literal("\\m", Text) + cast(BatchDetail.item_id, Text) + literal("\\M", Text)
-        return func.regexp_replace(error, word, "N", "g", type_=Text)
-    return getattr(func, WITHOUT_ITEM_ID)(error, BatchDetail.item_id, type_=Text)
+        return func.regexp_replace(unrowed, word, "N", type_=Text)
+    return getattr(func, FAILURE_MESSAGE)(error, BatchDetail.item_id, type_=Text)
 
 
 def error_code_of() -> ColumnElement[str]:

@@ -13,7 +13,9 @@ been read. At most ``BATCH_IMPORT_CONCURRENCY`` uploads are read at once per pro
 their number.
 
 One sheet is for one node: its columns (``app.excel.layout``) are those of the node of
-the first row whose task the caller can see; a task at another node fails. A zip's
+the first row whose task the caller can see; a task at another node fails (the same
+node of another version of the definition with the same columns is the same node: a
+template holds those tasks together). A zip's
 workbooks are one task each, so each is read against its own task's node.
 
 A template holds every pending task at its node, and a person decides a few of them:
@@ -40,7 +42,8 @@ from app.config import Settings
 from app.db.bulk import id_in
 from app.domain import DetailStatus, ErrorCode, Outcome
 from app.errors import Unavailable, ValidationFailed
-from app.excel.layout import DECISIONS, ERROR, Column, approval_columns, match_headers
+from app.excel.cells import xml_text
+from app.excel.layout import DECISIONS, ERROR, TITLE, Column, approval_columns, match_headers
 from app.excel.reader import (
     DECISION_COLUMN,
     TASK_ID_COLUMN,
@@ -58,6 +61,8 @@ from app.workflow.forms import find_node
 
 COMMENT_MAX = 2_000
 """The longest comment ``task.approve`` accepts (``ApproveParams.comment``)."""
+TITLE_COLUMN = Column("title", TITLE)
+"""The read-only column that says which task a row is (checked against its Task ID)."""
 CHECK_PAGE = 500
 """Rows decided by one workflow dry run (the event loop is never held long)."""
 READ_PAGE = 2_000
@@ -174,6 +179,7 @@ class _TaskInfo:
     definition_id: int
     node_id: str
     assignee_id: int | None
+    title: str
 
 
 async def read_upload(session: AsyncSession, user: User, upload: Upload) -> tuple[ListedSpool, int]:
@@ -274,19 +280,45 @@ class RowChecker:
 
     async def _read_row(self, row: _Row, visible: dict[int, _TaskInfo]) -> None:
         """The row's payload by its node's columns (the sheet's, or in a zip its own
-        task's), and its error if its task is at another node than the sheet's."""
+        task's), and its error if its Title is not its task's or its task is at another
+        node than the sheet's."""
         tid = row.task_id
         own = visible.get(tid) if tid is not None else None
         here = (own.definition_id, own.node_id) if own else None
         node = here if self.is_single else self.sheet_node
+        if row.error is None and own is not None and not _title_matches(row.record, own.title):
+            row.error = (
+                f"Task ID {tid} does not belong to this row's Title (was the Task ID "
+                "changed?): put the row's own Task ID back, or copy the row from a new "
+                "template"
+            )
+            row.code = ErrorCode.VALIDATION
         _read_payload(row, await self._columns_of(node, row.record))
-        if row.error is None and here is not None and node is not None and here != node:
+        if (
+            row.error is None
+            and here is not None
+            and node is not None
+            and not await self.layouts.same_step(here, node)
+        ):
             layouts = self.layouts
             row.error = (
                 f"Task {tid} is at step {await layouts.node_name(here)}, not at step "
                 f"{await layouts.node_name(node)} like this sheet."
             )
             row.code = ErrorCode.WRONG_NODE
+
+
+def _title_matches(record: Record, title: str) -> bool:
+    """Whether the row's Title cell, when it has one, is its task's title as the
+    template wrote it (``app.excel.cells.xml_text``; blanks collapsed, as a spreadsheet
+    program may re-wrap them). The Task ID column refuses typing only by a validation,
+    which a paste or a fill-down passes: a changed Task ID would silently decide another
+    of the caller's tasks, so the row's own Title must name the same task. A sheet
+    without a Title column, or a blank Title, is not checked."""
+    cell = next((v for h, v in record.cells if TITLE_COLUMN.matches(h)), None)
+    if is_blank(cell):
+        return True
+    return " ".join(str(cell).split()) == " ".join(xml_text(title).split())
 
 
 def _parse_task_id(row: _Row) -> None:
@@ -390,12 +422,18 @@ async def _task_infos(session: AsyncSession, ids: list[int]) -> dict[int, _TaskI
     for start in range(0, len(unique), 5_000):
         page = unique[start : start + 5_000]
         result = await session.execute(
-            select(Task.id, ProcessInstance.definition_id, Task.node_id, Task.assignee_id)
+            select(
+                Task.id,
+                ProcessInstance.definition_id,
+                Task.node_id,
+                Task.assignee_id,
+                ProcessInstance.title,
+            )
             .join(ProcessInstance, ProcessInstance.id == Task.instance_id)
             .where(id_in(session, Task.id, page))
         )
-        for tid, def_id, node_id, assignee in result:
-            found[tid] = _TaskInfo(def_id, node_id, assignee)
+        for tid, def_id, node_id, assignee, title in result:
+            found[tid] = _TaskInfo(def_id, node_id, assignee, title)
     return found
 
 
@@ -404,26 +442,39 @@ class _Layouts:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self.definitions: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        self.definitions: dict[int, tuple[str, list[dict[str, Any]], list[dict[str, Any]]]] = {}
         self.cache: dict[tuple[int, str] | None, list[Column]] = {}
 
-    async def _definition(self, def_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def _definition(
+        self, def_id: int
+    ) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+        """(key, form, nodes) of a definition version."""
         if def_id not in self.definitions:
             d = await self.session.get(ProcessDefinition, def_id)
-            self.definitions[def_id] = (d.form or [], d.nodes or []) if d else ([], [])
+            self.definitions[def_id] = (d.key, d.form or [], d.nodes or []) if d else ("", [], [])
         return self.definitions[def_id]
 
     async def _node(self, key: tuple[int, str]) -> dict[str, Any] | None:
-        _form, nodes = await self._definition(key[0])
+        _key, _form, nodes = await self._definition(key[0])
         found = find_node(nodes, key[1])
         return found[1] if found else None
 
     async def columns(self, key: tuple[int, str] | None) -> list[Column]:
         if key not in self.cache:
             node = await self._node(key) if key else None
-            form = (await self._definition(key[0]))[0] if key and node else []
+            form = (await self._definition(key[0]))[1] if key and node else []
             self.cache[key] = approval_columns(form, node or {"fields": {}})
         return self.cache[key]
+
+    async def same_step(self, a: tuple[int, str], b: tuple[int, str]) -> bool:
+        """Whether tasks at ``a`` and ``b`` belong on one sheet: the same node, or the
+        same node id of two versions of one definition with the same columns (a
+        template holds both: ``app.excel.template``)."""
+        if a == b:
+            return True
+        if a[1] != b[1] or (await self._definition(a[0]))[0] != (await self._definition(b[0]))[0]:
+            return False
+        return await self.columns(a) == await self.columns(b)
 
     async def node_name(self, key: tuple[int, str]) -> str:
         node = await self._node(key)

@@ -126,7 +126,9 @@ async def create_batch(
         batch_id=batch.id,
         detail={
             "type": op.type,
+            "source": r.source,
             "total": r.total,
+            "skipped_rows": r.skipped_rows,
             "start_suspended": req.start_suspended,
             "start_at": req.start_at.isoformat() if req.start_at else None,
         },

@@ -153,8 +153,11 @@ def batch_table(batch: Body) -> Table:
     for key in ("filter", "params"):
         if batch.get(key):
             table.add_row(key, _cell(json.dumps(batch[key], ensure_ascii=False)))
+    if batch.get("creator_name"):
+        table.add_row("creator", f"{_cell(batch['creator_name'])} (user {batch.get('creator_id')})")
+    elif batch.get("creator_id") is not None:
+        table.add_row("creator", f"user {batch['creator_id']}")
     for key in (
-        "creator_id",
         "chunk_size",
         "max_retries",
         "failure_threshold",
@@ -227,11 +230,12 @@ def batches_table(page: Body, width: int | None = None) -> Table:
 
 
 def details_table(page: Body) -> Table:
-    """A page of ``GET /batches/{id}/details``: one row per item, the failure's code
-    (what ``batch failures`` and ``batch retry --code`` name) and its sentence in
-    full."""
+    """A page of ``GET /batches/{id}/details``: one row per item with its title (what
+    people know it by; blank when the item is hidden), the failure's code (what ``batch
+    failures`` and ``batch retry --code`` name) and its sentence in full."""
     table = Table(caption=page_caption(page), caption_justify="left")
     table.add_column("item", justify="right")
+    table.add_column("title", overflow="fold")
     table.add_column("row", justify="right")
     table.add_column("status")
     table.add_column("retries", justify="right")
@@ -240,6 +244,7 @@ def details_table(page: Body) -> Table:
     for d in page.get("items", []):
         table.add_row(
             _cell(d.get("item_id")),
+            _cell(d.get("title")),
             _cell(d.get("row")),
             _styled(d.get("status")),
             _cell(d.get("retry_count")),

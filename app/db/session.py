@@ -26,19 +26,31 @@ from sqlalchemy.ext.asyncio import (
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
-WITHOUT_ITEM_ID = "batchd_without_item_id"
-"""SQLite function ``batchd_without_item_id(text, item_id)``: ``text`` with the item id,
-as a whole word, replaced by ``N`` — what PostgreSQL's ``regexp_replace(text, '\\m' ||
-item_id || '\\M', 'N', 'g')`` does; SQLite has no regexp of its own
-(``app/batches/failures.py`` groups alike failures with it)."""
+ROW_PREFIX = r"^row [0-9]+(?: \((?:[^)]|\)[^:])*\))?: "
+"""An imported row's "row 16: " or a zip's "row 3 (task-12.xlsx): " before its error
+sentence: the one pattern both dialects use (Python's ``re`` and PostgreSQL's regular
+expressions read it alike). The file name may hold parentheses; it ends at the first
+"): ", which is where the reader's prefix ends."""
+ROW_N = "row N: "
+
+FAILURE_MESSAGE = "batchd_failure_message"
+"""SQLite function ``batchd_failure_message(text, item_id)``: ``failure_message`` —
+what PostgreSQL does with two ``regexp_replace`` of one match each
+(``app/batches/failures.py``); SQLite has no regexp of its own."""
 
 
-def without_item_id(text: str | None, item_id: int | None) -> str | None:
-    """``"Task 123 is locked."`` for item 123 → ``"Task N is locked."``; 12 never matches
-    inside 123."""
-    if text is None or item_id is None:
+def failure_message(text: str | None, item_id: int | None) -> str | None:
+    """A failure's sentence as its group knows it: an imported row's prefix as
+    ``row N: `` and the first mention of the item's own id, as a whole word, as ``N``
+    — so ``"row 16: Task 12 is locked by batch 12."`` of item 12 → ``"row N: Task N is
+    locked by batch 12."`` (a sentence names its item once, before any other number;
+    12 never matches inside 123)."""
+    if text is None:
+        return None
+    text = re.sub(ROW_PREFIX, ROW_N, text, count=1)
+    if item_id is None:
         return text
-    return re.sub(rf"\b{int(item_id)}\b", "N", text)
+    return re.sub(rf"\b{int(item_id)}\b", "N", text, count=1)
 
 
 def create_engine(url: str, *, pool_size: int = 10, name: str = "batchd") -> AsyncEngine:
@@ -70,7 +82,7 @@ def _sqlite_engine(url: str) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
-        dbapi_connection.create_function(WITHOUT_ITEM_ID, 2, without_item_id, deterministic=True)
+        dbapi_connection.create_function(FAILURE_MESSAGE, 2, failure_message, deterministic=True)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -1,5 +1,12 @@
-"""The approval template: the caller's pending tasks at one node of the latest
-definition version, as a workbook to fill in and import.
+"""The approval template: the caller's pending tasks at one node of a definition, as a
+workbook to fill in and import.
+
+Which tasks: those at the node in every version of the definition whose node has the
+latest version's columns (a new version that only renamed another step, as the demo's
+``expense`` v2 does, changes nothing for this one): the template holds what the task
+list shows at that step. A version whose step has other columns would need another
+sheet; its tasks are left out, and named when that leaves the template empty. An
+empty template is a 422 that says why, never a file with nothing to decide.
 
 - ``xlsx``: sheet "Tasks", one row per task, the columns of
   :func:`app.excel.layout.approval_columns` (the import reads the same layout back);
@@ -39,14 +46,14 @@ from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from openpyxl.worksheet.datavalidation import DataValidation
 from openpyxl.worksheet.dimensions import ColumnDimension
 from openpyxl.worksheet.worksheet import Worksheet
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import NotFound, TooLarge
+from app.errors import NotFound, TooLarge, ValidationFailed
 from app.excel.built import BuiltFile, build_file
 from app.excel.cells import comment, text_cell, validation
 from app.excel.layout import DECISIONS, Column, approval_columns
-from app.models import ProcessInstance, Task, User
+from app.models import ProcessDefinition, ProcessInstance, Task, User
 from app.schemas.common import TEXT_MAX
 from app.workflow.definitions import latest_definition
 from app.workflow.forms import NUMBER_MAX, find_node
@@ -96,7 +103,8 @@ class TemplateSource:
     """What a template shows, resolved in the request (so 404/413 come before any byte)."""
 
     user_id: int
-    definition_id: int
+    definition_ids: tuple[int, ...]
+    """The versions whose node has the columns below (the latest one first)."""
     definition_key: str
     node_id: str
     columns: list[Column]
@@ -108,13 +116,13 @@ class TemplateSource:
     """The request's ``filter`` (re-applied while reading, like the task list)."""
 
     def clauses(self) -> list[ColumnElement[bool]]:
-        """The caller's own pending tasks at the node of this definition version —
+        """The caller's own pending tasks at the node of these definition versions —
         for an admin too: a template is for deciding, and only the assignee decides."""
         return [
             Task.assignee_id == self.user_id,
             Task.status == "pending",
             Task.node_id == self.node_id,
-            ProcessInstance.definition_id == self.definition_id,
+            ProcessInstance.definition_id.in_(self.definition_ids),
             *task_filter_clauses(None, **self.extra),
         ]
 
@@ -142,22 +150,25 @@ async def resolve(
     task_ids: Sequence[int] | None = None,
 ) -> TemplateSource:
     """The template's columns and task ids. 404 for an unknown definition or node;
-    413 beyond ``limit_for(fmt)`` tasks. Listed ids that are not the caller's pending
-    tasks at that node are left out and counted (``skipped``), never an error: a list
-    copied from yesterday's task list should still give today's template."""
+    413 beyond ``limit_for(fmt)`` tasks; 422 when no task would be in it. Listed ids
+    that are not the caller's pending tasks at that node are left out and counted
+    (``skipped``), never an error by themselves: a list copied from yesterday's task
+    list should still give today's template."""
     definition = await latest_definition(session, definition_key)
     if definition is None:
         raise NotFound(f"Definition '{definition_key}' does not exist.")
     found = find_node(definition.nodes, node_id)
     if found is None:
         raise NotFound(f"Definition '{definition_key}' has no node '{node_id}'.")
+    columns = approval_columns(definition.form, found[1])
+    alike, other = await _versions_alike(session, definition, node_id, columns)
     limit = limit_for(fmt)
     source = TemplateSource(
         user_id=user.id,
-        definition_id=definition.id,
+        definition_ids=alike,
         definition_key=definition.key,
         node_id=node_id,
-        columns=approval_columns(definition.form, found[1]),
+        columns=columns,
         task_ids=[],
         skipped=0,
         extra={k: v for k, v in (filter or {}).items() if v is not None},
@@ -177,7 +188,71 @@ async def resolve(
         skipped = len(wanted) - len(ids)
     if len(ids) > limit:
         raise too_many(None, fmt)
+    if not ids:
+        step = str(found[1].get("name") or node_id)
+        raise await _empty(session, replace(source, definition_ids=other), step, task_ids)
     return replace(source, task_ids=ids, skipped=skipped)
+
+
+async def _versions_alike(
+    session: AsyncSession, latest: ProcessDefinition, node_id: str, columns: list[Column]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ids of the definition's versions whose ``node_id`` has these ``columns``
+    (the latest first), and of those where the node has other columns."""
+    versions = await session.scalars(
+        select(ProcessDefinition)
+        .where(ProcessDefinition.key == latest.key)
+        .order_by(ProcessDefinition.version.desc())
+    )
+    alike: list[int] = []
+    other: list[int] = []
+    for version in versions:
+        node = find_node(version.nodes, node_id)
+        if node is None:
+            continue
+        same = approval_columns(version.form, node[1]) == columns
+        (alike if same else other).append(version.id)
+    return tuple(alike), tuple(other)
+
+
+async def _empty(
+    session: AsyncSession, elsewhere: TemplateSource, step: str, task_ids: Sequence[int] | None
+) -> ValidationFailed:
+    """The 422 for a template without a task: what was asked for, and — when the
+    caller's pending tasks at this step are on versions whose step has other columns —
+    how many and what to do about them (they are the caller's own: nothing is revealed)."""
+    where = f"at step {step} of {elsewhere.definition_key}"
+    if task_ids is not None:
+        n = len(set(task_ids))
+        what = (
+            f"None of the {n} listed task{'s' if n != 1 else ''} is a pending task of yours {where}"
+        )
+    elif elsewhere.extra:
+        what = f"None of your pending tasks {where} matches the filter"
+    else:
+        what = f"You have no pending tasks {where}"
+    detail = f"{what}: the template would be empty."
+    if elsewhere.definition_ids:
+        version = ProcessDefinition.version
+        query = (
+            select(func.count(), func.min(version), func.max(version))
+            .select_from(Task)
+            .join(ProcessInstance, TASK_INSTANCE_JOIN)
+            .join(ProcessDefinition, ProcessDefinition.id == ProcessInstance.definition_id)
+            .where(*elsewhere.clauses())
+        )
+        if task_ids is not None:
+            query = query.where(Task.id.in_(sorted(set(task_ids))[:PAGE]))
+        n, first, last = (await session.execute(query)).one()
+        if n:
+            versions = f"version {first}" if first == last else f"versions {first}–{last}"
+            detail += (
+                f" {n} pending task{'s' if n != 1 else ''} of yours there "
+                f"{'are' if n != 1 else 'is'} on {versions}, whose step has other columns: "
+                "migrate those instances to the latest version (instance.migrate), or "
+                "decide them in the task list."
+            )
+    return ValidationFailed(detail, fields=[{"loc": ["body", "node_id"], "msg": "no tasks"}])
 
 
 def too_many(count: int | None, fmt: Format) -> TooLarge:

@@ -15,6 +15,7 @@ let samples = []; // [time ms, finished]
 let detailPage = 1;
 let cancelArmed = null;
 let group = null; // the failure group the item table shows: {error_code, message, count}
+let creatorName = null; // progress events name the creator by id only: kept from the GET
 
 // ------------------------------------------------------------------ progress
 
@@ -67,8 +68,12 @@ function renderActions(b) {
 }
 
 function renderFacts(b) {
+  if (b.creator_name) creatorName = b.creator_name;
   const facts = [
-    ["Priority", b.priority], ["Source", b.source], ["Creator", b.creator_id],
+    ["Priority", b.priority], ["Source", b.source],
+    ...(b.source === "excel" || b.skipped_rows
+      ? [["Skipped rows", `${fmtNumber(b.skipped_rows || 0)} (no Decision: not imported)`]] : []),
+    ["Creator", creatorName ?? `user ${b.creator_id}`],
     ["Created", fmtDate(b.created_at)], ["Started", fmtDate(b.started_at)],
     ["Finished", fmtDate(b.finished_at)], ["Chunk size", b.chunk_size],
     ["Max retries", b.max_retries], ["Failure threshold", b.failure_threshold ?? "none"],
