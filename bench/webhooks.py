@@ -7,9 +7,10 @@ batches created one after another. Throughput: ``--burst`` such batches created 
 concurrent clients; deliveries per second from the first create to the last delivery.
 
 The API and the jobs run in this process: the embedded default (SQLite + the in-process
-runner), or with ``--postgres URL --redis URL`` PostgreSQL + arq (one in-process arq
-worker group, as the test suite runs it). The receiver is an ``http.server`` thread on a
-loopback port (hence ``BATCH_WEBHOOK_ALLOW_PRIVATE=true``).
+runner), or with ``--postgres URL --redis URL`` PostgreSQL + arq, the jobs in one
+``batchd worker`` process beside this one (as deployed: the API here only enqueues). The
+receiver is an ``http.server`` in a process of its own on a loopback port (hence
+``BATCH_WEBHOOK_ALLOW_PRIVATE=true``), so its CPU is not counted as the sender's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import multiprocessing.process
 import platform
 import statistics
 import tempfile
@@ -24,30 +27,37 @@ import threading
 import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import text
 
-from app.batches.jobs import job_table
 from app.config import Settings
 from app.db.base import Base
 from app.db.migrate import upgrade_to_head
 from app.db.session import create_engine
 from app.main import create_app
 from app.workflow.users import create_user
+from bench.procs import Worker
 
 BODY = {"type": "task.approve", "ids": [900_001], "params": {"decision": "approve"}}
 
 
 class Received:
+    """What the receiver process reported: per delivery, event → receipt seconds and
+    when it arrived (filled by a thread of this process)."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.latencies: list[float] = []
         self.at: list[float] = []
 
 
-def start_receiver(got: Received) -> tuple[ThreadingHTTPServer, str]:
+def _serve(port_out: Any, reports: Any) -> None:
+    """The receiver process: a threading HTTP server answering 204, reporting (arrived
+    at, event → arrival seconds) of each POST on ``reports``."""
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
@@ -56,16 +66,34 @@ def start_receiver(got: Received) -> tuple[ThreadingHTTPServer, str]:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             now = time.time()
             sent = datetime.fromisoformat(json.loads(body)["timestamp"]).timestamp()
-            with got.lock:
-                got.latencies.append(now - sent)
-                got.at.append(now)
+            reports.put((now, now - sent))
             self.send_response(204)
             self.end_headers()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/hook"
+    port_out.put(server.server_address[1])
+    server.serve_forever()
+
+
+def start_receiver(got: Received) -> tuple[multiprocessing.process.BaseProcess, str]:
+    """The receiver in a process of its own (as a real receiver is: its CPU is not the
+    sender's), and a thread here that collects its reports into ``got``."""
+    mp = multiprocessing.get_context("spawn")
+    port_out, reports = mp.Queue(), mp.Queue()
+    proc = mp.Process(target=_serve, args=(port_out, reports), daemon=True)
+    proc.start()
+    port = port_out.get(timeout=30)
+
+    def collect() -> None:
+        while True:
+            at, latency = reports.get()
+            with got.lock:
+                got.latencies.append(latency)
+                got.at.append(at)
+
+    threading.Thread(target=collect, daemon=True).start()
+    return proc, f"http://127.0.0.1:{port}/hook"
 
 
 async def wait_count(got: Received, n: int, limit_s: float = 600) -> None:
@@ -157,12 +185,15 @@ async def run(args: argparse.Namespace) -> None:
     server, hook_url = start_receiver(got)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        group = None
-        if redis:
-            from workers.arq_worker import WorkerGroup
-
-            group = WorkerGroup(settings, job_table(settings))
-            await group.start()
+        worker = None
+        if redis:  # the deployment's shape: the API here, a `batchd worker` beside it
+            worker = Worker(
+                url,
+                redis,
+                Path(tempfile.mkdtemp()) / "webhooks-worker.log",
+                {"BATCH_WEBHOOK_ALLOW_PRIVATE": "true"},
+            )
+            await worker.start()
         try:
             async with app.state.sessionmaker() as s:
                 user, token = await create_user(s, "Bench", role="admin", department_id=1)
@@ -199,9 +230,9 @@ async def run(args: argparse.Namespace) -> None:
                 end = max(got.at)
                 drain = await drain_outbox(app, got, args.burst)
         finally:
-            if group is not None:
-                await group.stop()
-    server.shutdown()
+            if worker is not None:
+                await worker.stop()
+    server.terminate()
     if args.postgres:
         engine = create_engine(url, pool_size=1)
         async with engine.begin() as conn:
