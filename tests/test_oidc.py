@@ -410,6 +410,12 @@ async def console_sign_in(
     return await http.get(urljoin(base, r.headers["location"]))
 
 
+async def session_refused(base: str, cookie: str) -> bool:
+    """Whether a copy of an old ``batchd_session`` cookie, sent again, is refused (401)."""
+    async with httpx.AsyncClient(cookies={"batchd_session": cookie}) as replay:
+        return (await replay.get(f"{base}/api/v1/users/me")).status_code == 401
+
+
 async def test_console_code_flow_signs_in_and_out_over_http(
     openid_provider: OpenIdProvider, live_server: LiveServer
 ) -> None:
@@ -505,8 +511,7 @@ async def test_without_an_end_session_endpoint_sign_out_ends_here(
         page = await http.get(f"{base}/sign-in")
         assert page.status_code == 200 and 'id="sso-sign-in"' in page.text
         assert "batchd_oidc_logout" not in http.cookies
-        async with httpx.AsyncClient(cookies={"batchd_session": old_cookie}) as replay:
-            assert (await replay.get(f"{base}/api/v1/users/me")).status_code == 401
+        assert await session_refused(base, old_cookie)
 
 
 async def test_a_token_sign_in_drops_the_providers_hint(
@@ -622,8 +627,7 @@ async def test_an_ended_console_session_is_renewed_through_the_provider_without_
         async with sessionmaker() as session:
             rows = (await session.scalars(select(BrowserSession))).all()
         assert len(rows) == 1 and rows[0].expires_at is not None
-        async with httpx.AsyncClient(cookies={"batchd_session": old_cookie}) as replay:
-            assert (await replay.get(f"{base}/api/v1/users/me")).status_code == 401
+        assert await session_refused(base, old_cookie)
 
 
 async def test_a_renewal_the_provider_refuses_ends_the_session_and_asks_to_sign_in(

@@ -19,6 +19,7 @@ from app.domain import FINAL, STARTING, BatchStatus
 from app.errors import AppError
 from app.models import Batch, BatchDetail, SeedClaim, Task, awaiting_auto_retry
 from app.runtime.context import JobContext
+from app.webhooks.service import purge_deliveries
 
 log = logging.getLogger("batchd.recovery")
 PASS_LIMIT = 100
@@ -181,6 +182,4 @@ async def purge(ctx: JobContext) -> None:
         )
         # The webhook delivery log: delivered and given-up rows past BATCH_HISTORY_TTL
         # (each holds a whole batch object); pending ones stay until they go out.
-        from app.webhooks.service import purge_deliveries
-
         await purge_deliveries(session, now - timedelta(seconds=s.history_ttl))

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, BigId, JsonType, UTCDateTime, utcnow
@@ -35,8 +36,9 @@ class User(Base):
     oidc_subject: Mapped[str | None] = mapped_column(String(255))
     oidc_claims_iat: Mapped[int | None] = mapped_column()
 
-    @property
+    @hybrid_property
     def is_admin(self) -> bool:
+        """On a user, whether it is an admin; on the class, the same as SQL."""
         return self.role == "admin"
 
 

@@ -29,8 +29,6 @@ JOB = "webhook"
 """The job name of a delivery wake-up (``Wakeup.batch_id`` carries the delivery id)."""
 PRIORITY = "high"
 """Notifications are small and late ones are useless: they jump the batch work."""
-ADMIN = "admin"
-"""The role that may see every batch (``User.is_admin``)."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +74,8 @@ def any_active(session: Session) -> bool:
 def sees_every_batch() -> ColumnElement[bool]:
     """SQL: the subscription may receive other users' batches — it asked for every
     batch and its owner is an admin *now* (a demoted owner keeps only their own). The
-    caller joins ``User`` on the owner. ``service.deliver`` asks the same again."""
-    return and_(WebhookSubscription.all_batches.is_(True), User.role == ADMIN)
+    caller joins ``User`` on the owner. ``service`` asks it again just before sending."""
+    return and_(WebhookSubscription.all_batches.is_(True), User.is_admin)
 
 
 def record(session: Session, events: Sequence[OutboxEvent]) -> list[int]:

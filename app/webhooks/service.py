@@ -325,15 +325,14 @@ async def _refusal(
         return "the subscription is disabled."
     if batch_id is None or not sub.all_batches:
         return None  # a ping, or the owner's own batch (record wrote no other)
-    role, creator = (
-        await session.execute(
-            select(
-                select(User.role).where(User.id == sub.owner_id).scalar_subquery(),
-                select(Batch.creator_id).where(Batch.id == batch_id).scalar_subquery(),
-            )
-        )
-    ).one()
-    if role == outbox.ADMIN or creator == sub.owner_id:
+    allowed = await session.scalar(
+        select(or_(outbox.sees_every_batch(), Batch.creator_id == WebhookSubscription.owner_id))
+        .select_from(WebhookSubscription)
+        .join(User, User.id == WebhookSubscription.owner_id)
+        .outerjoin(Batch, Batch.id == batch_id)
+        .where(WebhookSubscription.id == sub.id)
+    )
+    if allowed:
         return None
     return (
         f"batch {batch_id} is another user's, and the subscription's owner is no longer "
