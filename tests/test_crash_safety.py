@@ -7,6 +7,7 @@ itself is stopped mid-batch and started again. Recovery settings are shortened.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batches import executor, seeding
 from app.config import Settings
 from app.main import create_app
 from app.models import BatchDetail, ProcessInstance, ProcessLog, Task
@@ -41,6 +43,10 @@ async def wait_until_success(actor: Actor, batch_id: int, at_least: int) -> dict
         60,
         until=lambda b: b["success"] >= at_least or b["status"] in ("completed", "aborted"),
     )
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def _none(n: int) -> bool:
@@ -296,12 +302,35 @@ async def test_embedded_server_restart_mid_batch(
     admin: Actor,
     alice: Actor,
     bob: Actor,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Stop the API (and its runner) mid-batch, start a new one on the same file."""
     import httpx
 
-    n = 2 * N  # enough work that the first life is still busy when the test stops it
+    n = 2 * N
     setup = await expense_setup(sessionmaker, admin, alice, bob, n)
+    # The runner applies thousands of items a second: rather than race it, the first
+    # life's seed pages and chunks hang, before they start, once any item is applied;
+    # only the lifespan's stop (cancelling them) ends them.
+    hung = asyncio.Event()
+
+    async def applied() -> int:
+        async with sessionmaker() as s:
+            done = select(func.count()).where(BatchDetail.status == "success")
+            return await s.scalar(done) or 0
+
+    def hangs_once_applied(real: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        async def first_life(*args: Any, **kwargs: Any) -> Any:
+            if await applied():
+                hung.set()
+                await asyncio.Event().wait()
+            return await real(*args, **kwargs)
+
+        return first_life
+
+    real_chunk, real_page = executor.run_next_chunk, seeding._seed_claimed
+    monkeypatch.setattr(executor, "run_next_chunk", hangs_once_applied(real_chunk))
+    monkeypatch.setattr(seeding, "_seed_claimed", hangs_once_applied(real_page))
     second_life = create_app(settings)
     first_life = create_app(settings)
     async with first_life.router.lifespan_context(first_life):
@@ -309,14 +338,17 @@ async def test_embedded_server_restart_mid_batch(
         async with httpx.AsyncClient(transport=transport, base_url="http://a") as c:
             alice_a = Actor(alice.id, alice.token, c)
             batch = await start_batch(alice_a, chunk_size=10)
-            await wait_until_success(alice_a, batch["id"], 200)
+            await eventually(lambda: _true(hung.is_set()), "the first life stops applying")
+    monkeypatch.setattr(executor, "run_next_chunk", real_chunk)
+    monkeypatch.setattr(seeding, "_seed_claimed", real_page)
     async with sessionmaker() as s:
         stopped = await s.scalar(
             select(func.count()).where(
                 BatchDetail.batch_id == batch["id"], BatchDetail.status == "success"
             )
         )
-    assert stopped is not None and 0 < stopped < n
+    assert stopped is not None and 0 < stopped < n, stopped
+    print(f"\n[crash] stopped the embedded server at {stopped} of {n}")
     async with second_life.router.lifespan_context(second_life):
         transport = httpx.ASGITransport(app=second_life)
         async with httpx.AsyncClient(transport=transport, base_url="http://b") as c:
