@@ -94,6 +94,56 @@ async def _seed_to_the_end(ctx: JobContext, batch_id: int) -> int:
 
 
 @pytest.mark.external_workers
+@pytest.mark.parametrize("settings_overrides", [{"jobs_per_seed": 2, "chunk_size": 3}])
+async def test_claims_are_ranges_of_the_superset_and_pages_seed_only_matches(
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+) -> None:
+    """A page's range is claimed on the join-free superset (Alice's pending manager
+    tasks), which here interleaves her 12 expense tasks with 12 travel ones: ranges of at
+    most a page of the superset (3 for the first page, then 6), each seeding only the
+    expense tasks in it — every one once, no travel task touched."""
+    expense = await create_definition(admin, expense_definition(alice.id, bob.id))
+    travel = await create_definition(admin, expense_definition(alice.id, bob.id, key="travel"))
+    for _ in range(12):
+        for d in (expense, travel):
+            await bulk_tasks(
+                sessionmaker,
+                definition_id=d["id"],
+                definition_key=d["key"],
+                node_id="manager",
+                assignee_id=alice.id,
+                initiator_id=admin.id,
+                n=1,
+            )
+    batch = await create(alice, APPROVE_ALL)
+    ctx, _queue = recording_context(app)
+    seeded: list[int] = []
+    for _ in range(50):
+        page = await seeding.seed_page(ctx, batch["id"])
+        assert page is not None
+        seeded.append((await _rows(sessionmaker, batch["id"]))["details"])
+        if page.done:
+            break
+    # Claims and pages alternate; each page adds the expense tasks of its range: every
+    # other superset task is one (3 → 1 or 2, 6 → 3).
+    steps = [b - a for a, b in zip([0, *seeded], seeded, strict=False)]
+    assert max(steps) <= 3 and sum(steps) == 12, steps
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["items"], rows["claims"], rows["logs"]) == (12, 12, 0, 12)
+    async with sessionmaker() as s:
+        travel_pending = await s.scalar(
+            select(func.count()).where(
+                Task.assignee_id == alice.id, Task.status == "pending", Task.node_id == "manager"
+            )
+        )
+    assert travel_pending == 12
+
+
+@pytest.mark.external_workers
 @pytest.mark.parametrize("settings_overrides", [{"jobs_per_seed": 1, "chunk_size": 5}])
 async def test_pages_claimed_by_a_lane_that_died_are_seeded_by_the_next(
     app: FastAPI,

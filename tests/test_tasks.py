@@ -8,14 +8,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import pages
-from app.models import ProcessInstance, ProcessLog, Task
-from app.workflow.queries import TASK_INSTANCE_JOIN, task_filter_clauses
+from app.models import ProcessInstance, ProcessLog, Task, User
+from app.workflow.queries import TASK_INSTANCE_JOIN, task_filter_clauses, task_list, task_page
 from tests.batch_helpers import expense_setup
-from tests.conftest import Actor, make_actor
+from tests.conftest import Actor, make_actor, postgres_only
 from tests.factories import (
     approve,
     bulk_tasks,
@@ -361,6 +361,53 @@ async def test_large_lists_estimate_their_total_on_postgresql(
             assert (body["total"], body["total_exact"]) == (8, True), body
         narrow = (await alice.get(url, params={"keyword": "Trip 1"})).json()
         assert (narrow["total"], narrow["total_exact"]) == (1, True), narrow
+
+
+@postgres_only
+async def test_a_users_page_reads_only_their_rows_whatever_the_statistics(
+    admin: Actor, alice: Actor, bob: Actor, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Alice's 2 000 tasks are analysed while they are every task there is; then Bob gets
+    2 000 newer ones (as a running approve batch creates the next step's tasks) and the
+    statistics are not refreshed. Alice's first page is her 50 newest tasks, and its
+    statement reads 50 task rows — her (assignee, id) index — instead of walking the
+    primary key back past Bob's 2 000."""
+    d = await create_definition(admin, expense_definition(alice.id, bob.id))
+    common = {"definition_id": d["id"], "definition_key": "expense", "initiator_id": admin.id}
+    async with sessionmaker() as s, s.begin():
+        await s.execute(text("ALTER TABLE tasks SET (autovacuum_enabled = false)"))
+    try:
+        mine = await bulk_tasks(
+            sessionmaker, node_id="manager", assignee_id=alice.id, n=2000, **common
+        )
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("ANALYZE tasks"))
+        await bulk_tasks(sessionmaker, node_id="finance", assignee_id=bob.id, n=2000, **common)
+        body = (await alice.get("/api/v1/tasks", params={"page_size": 50})).json()
+        assert [t["id"] for t in body["items"]] == mine[::-1][:50]
+        alices = await make_user_row(sessionmaker, alice.id)
+        page = task_page(task_list(alices), offset=0, limit=50)
+        async with sessionmaker() as s:
+            sql = page.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
+            plan = await s.scalar(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"))
+        scans = [n for n in plan_nodes(plan[0]["Plan"]) if n.get("Relation Name") == "tasks"]
+        read = sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans)
+        assert read == 50, scans
+    finally:
+        async with sessionmaker() as s, s.begin():
+            await s.execute(text("ALTER TABLE tasks RESET (autovacuum_enabled)"))
+
+
+def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """``node`` and every node under it in an ``EXPLAIN (FORMAT JSON)`` plan."""
+    return [node, *(n for child in node.get("Plans", []) for n in plan_nodes(child))]
+
+
+async def make_user_row(sessionmaker: async_sessionmaker[AsyncSession], user_id: int) -> User:
+    async with sessionmaker() as s:
+        user = await s.get(User, user_id)
+    assert user is not None
+    return user
 
 
 async def test_task_filter_clauses_without_user(

@@ -20,7 +20,7 @@ from app.schemas.engine import (
 from app.schemas.filters import TASK_FILTERS
 from app.workflow import approval
 from app.workflow.instances import reload_step
-from app.workflow.queries import TaskRow, get_task_row, list_tasks, task_filter_clauses
+from app.workflow.queries import TaskRow, get_task_row, list_tasks, task_list
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
@@ -100,8 +100,8 @@ async def list_(
     """
     if "ids" in filters:
         filters["ids"] = parse_ids(filters["ids"], settings.max_page_size)
-    clauses = task_filter_clauses(user, **filters)
-    rows, total = await list_tasks(session, clauses, offset=page.offset, limit=page.page_size)
+    tasks = task_list(user, **filters)
+    rows, total = await list_tasks(session, tasks, offset=page.offset, limit=page.page_size)
     return Page[TaskListItem](
         items=[_item(r) for r in rows],
         total=total.n,

@@ -118,10 +118,13 @@ class BatchWatches:
     async def _follow_loop(self, watch: BatchWatch) -> None:
         async with self.progress.listen(watch.batch_id) as nudged:
             while watch.current.status not in FINAL and not watch.gone:
-                nudged.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(nudged.wait(), timeout=self.poll_time)
                 await asyncio.sleep(MIN_EVENT_GAP_S)
+                # Cleared just before the read, which sees every change nudged so far: a
+                # change committed during the read nudges again and is read 0.1 s later
+                # (cleared at the top of the loop, it waited for the next change).
+                nudged.clear()
                 try:
                     current = await _uncut(self._read(watch))
                     if current is None:  # purged meanwhile: nothing more will happen

@@ -3,8 +3,9 @@
 A page is at most ``jobs_per_seed × chunk_size`` items — the first one chunk, so the
 first items are applied and shown at once — seeded in two short transactions. The
 **claim** moves ``seed_cursor`` past the page under the batch-row lock and records the
-page as a ``SeedClaim`` (after_id, until_id]. The **page** takes one
-unclaimed-and-unlocked claim (``FOR UPDATE SKIP LOCKED``), inserts its details
+page as a ``SeedClaim`` (after_id, until_id] — a range found on the filter's join-free
+superset (``Target.claim_after``), so it holds at most a page of items. The **page**
+takes one unclaimed-and-unlocked claim (``FOR UPDATE SKIP LOCKED``), inserts its details
 (applying the operation on the way where it may: ``details.create_details_from``),
 deletes the claim and adds its counts to the batch — all in one transaction, so a page
 is seeded exactly once: a lane that dies leaves its claim to the next seed job, never a
@@ -154,7 +155,7 @@ async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | Idle | None:
             # once; the pages after it are full-size.
             per_page = 1 if cursor == 0 else ctx.settings.jobs_per_seed
             page_size = min(batch.chunk_size * per_page, MAX_PAGE)
-            page = op.target.page_after(
+            page = op.target.claim_after(
                 creator, batch.filter or {}, after=cursor, until=batch.seed_until, limit=page_size
             ).subquery()
             count, last = (await session.execute(select(func.count(), func.max(page.c.id)))).one()

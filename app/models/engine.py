@@ -117,6 +117,8 @@ class Task(Base):
     __tablename__ = "tasks"
     __table_args__ = (
         Index("ix_tasks_assignee_status_node", "assignee_id", "status", "node_id", "id"),
+        # A user's task list, newest first (app.workflow.queries.task_list).
+        Index("ix_tasks_assignee_id", "assignee_id", "id"),
         Index("ix_tasks_status_node", "status", "node_id"),
         Index("ix_tasks_instance_id", "instance_id"),
         # Partial: almost every task is unlocked, and an index of NULLs would cost an

@@ -128,10 +128,20 @@ class Target(abc.ABC):
         self, creator: User, flt: dict[str, Any], *, after: int, until: int, limit: int
     ) -> Select[Any]:
         """``SELECT`` the next page of matching ids in (after, until], ascending."""
+        return self._after(self.matching(creator, flt), after=after, until=until, limit=limit)
+
+    def claim_after(
+        self, creator: User, flt: dict[str, Any], *, after: int, until: int, limit: int
+    ) -> Select[Any]:
+        """``SELECT`` the next ``limit`` ids of the ``superset`` in (after, until]: the
+        range a seed page claims. It holds at most ``limit`` matching items, and is
+        found without the join (5 000 tasks joined with their processes took ~30 ms of
+        every page's claim; their index range alone, ~2 ms)."""
+        return self._after(self.superset(creator, flt), after=after, until=until, limit=limit)
+
+    def _after(self, ids: Select[Any], *, after: int, until: int, limit: int) -> Select[Any]:
         col = type(self).id_column  # via the class: an ORM attribute is a descriptor
-        return (
-            self.matching(creator, flt).where(col > after, col <= until).order_by(col).limit(limit)
-        )
+        return ids.where(col > after, col <= until).order_by(col).limit(limit)
 
 
 _TASK_ONLY_FIELDS = frozenset(

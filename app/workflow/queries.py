@@ -20,8 +20,9 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.util import find_tables
 
-from app.db.pages import Total, count_matches
+from app.db.pages import OrderedEquals, Total, count_matches
 from app.errors import NotFound
 from app.models import MonitorGrant, ProcessInstance, Task, User
 from app.schemas.filters import INSTANCE_FILTERS, TASK_FILTERS, FilterField, FilterSet, Match
@@ -119,6 +120,24 @@ def task_filter_clauses(user: User | None, **values: Any) -> list[ColumnElement[
 
 
 @dataclass(frozen=True)
+class TaskList:
+    """What the task list selects: the same rule as ``task_filter_clauses``, with a
+    non-admin's own-tasks clause written for a page ordered by (assignee, id)."""
+
+    clauses: list[ColumnElement[bool]]
+    one_assignee: bool
+    """Every row is the same person's: the page follows the (assignee, id) index."""
+
+
+def task_list(user: User, **values: Any) -> TaskList:
+    """The caller's task list (``TASK_FILTERS``; ``ids`` a list of task ids)."""
+    if user.is_admin:
+        return TaskList(task_filter_clauses(user, **values), one_assignee=False)
+    own = OrderedEquals(Task.assignee_id, user.id)
+    return TaskList([own, *filter_clauses(TASK_FILTERS, values)], one_assignee=True)
+
+
+@dataclass(frozen=True)
 class TaskRow:
     """A task plus the instance columns a task list shows. ``form_data`` is the process's
     form as read; ``visible_values`` keeps only what the task's step shows."""
@@ -172,21 +191,33 @@ async def _keep_visible_values(session: AsyncSession, rows: list[TaskRow]) -> li
 
 
 async def list_tasks(
-    session: AsyncSession,
-    clauses: Sequence[ColumnElement[bool]],
-    *,
-    offset: int,
-    limit: int,
+    session: AsyncSession, tasks: TaskList, *, offset: int, limit: int
 ) -> tuple[list[TaskRow], Total]:
-    """One page of tasks (newest first, one joined query) and how many match."""
-    total = await count_matches(
-        session, select(Task.id).join(ProcessInstance, TASK_INSTANCE_JOIN).where(*clauses)
+    """One page of tasks (newest first, one joined query) and how many match.
+
+    The count joins the processes only when a clause names them (every task has
+    exactly one): counting 10 001 of a user's tasks alone costs a third of the join."""
+    names_instances = any(
+        ProcessInstance.__table__ in find_tables(clause, check_columns=True)
+        for clause in tasks.clauses
     )
-    result = await session.execute(
-        _task_rows_query().where(*clauses).order_by(Task.id.desc()).offset(offset).limit(limit)
-    )
+    matching = select(Task.id).where(*tasks.clauses)
+    if names_instances:
+        matching = matching.join(ProcessInstance, TASK_INSTANCE_JOIN)
+    total = await count_matches(session, matching)
+    result = await session.execute(task_page(tasks, offset=offset, limit=limit))
     rows = [TaskRow.from_row(row) for row in result.all()]
     return await _keep_visible_values(session, rows), total
+
+
+def task_page(tasks: TaskList, *, offset: int, limit: int) -> Select[Any]:
+    """The page statement of ``list_tasks``: newest first — one person's rows by
+    (assignee, id), so that index gives the order."""
+    newest_first = [Task.id.desc()]
+    if tasks.one_assignee:
+        newest_first.insert(0, Task.assignee_id.desc())
+    query = _task_rows_query().where(*tasks.clauses).order_by(*newest_first)
+    return query.offset(offset).limit(limit)
 
 
 async def get_task_row(session: AsyncSession, user: User, task_id: int) -> TaskRow:
