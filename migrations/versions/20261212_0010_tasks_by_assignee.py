@@ -22,7 +22,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_tasks_assignee_id", "tasks", ["assignee_id", "id"])
+    # CONCURRENTLY on PostgreSQL: a deployment with millions of tasks keeps approving
+    # while the index is built (outside the migration's transaction, as it must be).
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_tasks_assignee_id", "tasks", ["assignee_id", "id"], postgresql_concurrently=True
+        )
 
 
 def downgrade() -> None:
