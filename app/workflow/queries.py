@@ -115,14 +115,21 @@ def task_filter_clauses(user: User | None, **values: Any) -> list[ColumnElement[
     rule (pass ``assignee_id`` to pick one person's tasks, as a ``task.approve`` filter
     batch does with its creator).
     """
-    own = [] if user is None or user.is_admin else [Task.assignee_id == user.id]
-    return [*own, *filter_clauses(TASK_FILTERS, values)]
+    return [*_own_tasks(user, ordered=False), *filter_clauses(TASK_FILTERS, values)]
+
+
+def _own_tasks(user: User | None, *, ordered: bool) -> list[ColumnElement[bool]]:
+    """The task visibility rule: a non-admin matches only their own tasks (``ordered``:
+    written for a page ordered by (assignee, id) — ``OrderedEquals``)."""
+    if user is None or user.is_admin:
+        return []
+    return [OrderedEquals(Task.assignee_id, user.id) if ordered else Task.assignee_id == user.id]
 
 
 @dataclass(frozen=True)
 class TaskList:
-    """What the task list selects: the same rule as ``task_filter_clauses``, with a
-    non-admin's own-tasks clause written for a page ordered by (assignee, id)."""
+    """What the task list selects: the rule of ``task_filter_clauses``, the own-tasks
+    clause written for a page ordered by (assignee, id)."""
 
     clauses: list[ColumnElement[bool]]
     one_assignee: bool
@@ -131,10 +138,8 @@ class TaskList:
 
 def task_list(user: User, **values: Any) -> TaskList:
     """The caller's task list (``TASK_FILTERS``; ``ids`` a list of task ids)."""
-    if user.is_admin:
-        return TaskList(task_filter_clauses(user, **values), one_assignee=False)
-    own = OrderedEquals(Task.assignee_id, user.id)
-    return TaskList([own, *filter_clauses(TASK_FILTERS, values)], one_assignee=True)
+    own = _own_tasks(user, ordered=True)
+    return TaskList([*own, *filter_clauses(TASK_FILTERS, values)], one_assignee=bool(own))
 
 
 @dataclass(frozen=True)
