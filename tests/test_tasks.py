@@ -398,6 +398,28 @@ async def test_a_users_page_reads_only_their_rows_whatever_the_statistics(
             await s.execute(text("ALTER TABLE tasks RESET (autovacuum_enabled)"))
 
 
+async def test_a_users_page_searches_their_index_on_sqlite(
+    admin: Actor, alice: Actor, bob: Actor, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """The same page on SQLite (the embedded default) searches Alice's (assignee, id)
+    index for her rows — no scan of the table, no sort — and lists her newest first."""
+    if sessionmaker.kw["bind"].dialect.name != "sqlite":
+        pytest.skip("SQLite's plan (the PostgreSQL one is the test above)")
+    d = await create_definition(admin, expense_definition(alice.id, bob.id))
+    common = {"definition_id": d["id"], "definition_key": "expense", "initiator_id": admin.id}
+    mine = await bulk_tasks(sessionmaker, node_id="manager", assignee_id=alice.id, n=60, **common)
+    await bulk_tasks(sessionmaker, node_id="finance", assignee_id=bob.id, n=60, **common)
+    body = (await alice.get("/api/v1/tasks", params={"page_size": 50})).json()
+    assert [t["id"] for t in body["items"]] == mine[::-1][:50]
+    page = task_page(task_list(await make_user_row(sessionmaker, alice.id)), offset=0, limit=50)
+    async with sessionmaker() as s:
+        sql = page.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
+        steps = [row[-1] for row in (await s.execute(text(f"EXPLAIN QUERY PLAN {sql}"))).all()]
+    on_tasks = [step for step in steps if " tasks " in f"{step} "]
+    assert any("ix_tasks_assignee_id (assignee_id=?)" in step for step in on_tasks), steps
+    assert not any(step.startswith("SCAN tasks") or "TEMP B-TREE" in step for step in steps)
+
+
 def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     """``node`` and every node under it in an ``EXPLAIN (FORMAT JSON)`` plan."""
     return [node, *(n for child in node.get("Plans", []) for n in plan_nodes(child))]

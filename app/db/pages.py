@@ -43,6 +43,7 @@ class OrderedEquals(ColumnElement[bool]):
     get the plain equality."""
 
     type = Boolean()
+    _is_implicitly_boolean = True  # a comparison: no "= 1" after it where booleans are ints
     inherit_cache = True
     _traverse_internals = [
         ("column", InternalTraversal.dp_clauseelement),
