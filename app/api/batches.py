@@ -105,7 +105,7 @@ async def create_batch(
     batch, created = await service.create_batch(session, settings, user, body, idempotency_key=key)
     if not created:
         response.status_code = 200
-    return await service.batch_out(session, batch)
+    return await service.batch_out(session, batch, user)
 
 
 @router.get(
@@ -154,7 +154,7 @@ async def list_batches(
 async def get_batch(batch_id: BatchId, session: SessionDep, user: CurrentUser) -> BatchOut:
     """The batch with its counters and progress; a batch of another user is a 404
     (admins see every batch)."""
-    return await service.batch_out(session, await service.get_batch(session, user, batch_id))
+    return await service.batch_out(session, await service.get_batch(session, user, batch_id), user)
 
 
 @router.get(
@@ -242,7 +242,7 @@ async def retry_batch(
         item_ids = await failures.group_item_ids(session, batch, body.error_code, body.message)
     result = await service.retry(session, settings, user, batch_id, item_ids)
     return RetryOut(
-        batch=await service.batch_out(session, result.batch),
+        batch=await service.batch_out(session, result.batch, user),
         requeued=result.requeued,
         exhausted=result.exhausted,
     )
@@ -257,7 +257,7 @@ async def retry_batch(
 )
 async def suspend_batch(batch_id: BatchId, session: SessionDep, user: CurrentUser) -> BatchOut:
     """Pause: nothing new is claimed; chunks already running finish."""
-    return await service.batch_out(session, await service.suspend(session, user, batch_id))
+    return await service.batch_out(session, await service.suspend(session, user, batch_id), user)
 
 
 @router.post(
@@ -273,7 +273,7 @@ async def activate_batch(
     """Run a suspended batch again (or a batch created with ``start_suspended``); its
     items were kept locked while it waited."""
     return await service.batch_out(
-        session, await service.activate(session, settings, user, batch_id)
+        session, await service.activate(session, settings, user, batch_id), user
     )
 
 
@@ -295,4 +295,4 @@ async def delete_batch(
     batch = await service.cancel(session, user, batch_id, cascade=cascade)
     if batch is None:
         return Response(status_code=204)
-    return await service.batch_out(session, batch)
+    return await service.batch_out(session, batch, user)

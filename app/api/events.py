@@ -56,7 +56,7 @@ async def stream_start(request: Request, batch_id: IdPath) -> StreamStart:
 
 
 async def _load(session: AsyncSession, user: User, batch_id: int) -> BatchOut:
-    return await service.batch_out(session, await service.get_batch(session, user, batch_id))
+    return await service.batch_out(session, await service.get_batch(session, user, batch_id), user)
 
 
 def _watches(app: FastAPI) -> BatchWatches:

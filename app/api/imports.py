@@ -101,7 +101,7 @@ async def import_batch(
     batch = await imports.import_batch(
         session, settings, user, file.file, priority, _slots(request, settings)
     )
-    return await service.batch_out(session, batch)
+    return await service.batch_out(session, batch, user)
 
 
 def _slots(request: Request, settings: Settings) -> imports.ImportSlots:

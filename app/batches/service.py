@@ -193,9 +193,12 @@ def to_out(batch: Batch, creator_name: str | None = None) -> BatchOut:
     return BatchOut.model_validate(batch).model_copy(update={"creator_name": creator_name})
 
 
-async def batch_out(session: AsyncSession, batch: Batch) -> BatchOut:
-    """``to_out`` with the creator's name (one indexed read): people know a batch's
-    owner by name, not by id."""
+async def batch_out(session: AsyncSession, batch: Batch, viewer: User) -> BatchOut:
+    """``to_out`` with the creator's name: people know a batch's owner by name, not by
+    id. The ``viewer``'s own batch needs no read (their row is the request's); another's
+    one indexed read."""
+    if viewer.id == batch.creator_id:
+        return to_out(batch, viewer.name)
     name = await session.scalar(select(User.name).where(User.id == batch.creator_id))
     return to_out(batch, name)
 
