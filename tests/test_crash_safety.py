@@ -45,10 +45,6 @@ async def wait_until_success(actor: Actor, batch_id: int, at_least: int) -> dict
     )
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 def _none(n: int) -> bool:
     return n == 0
 
@@ -338,7 +334,7 @@ async def test_embedded_server_restart_mid_batch(
         async with httpx.AsyncClient(transport=transport, base_url="http://a") as c:
             alice_a = Actor(alice.id, alice.token, c)
             batch = await start_batch(alice_a, chunk_size=10)
-            await eventually(lambda: _true(hung.is_set()), "the first life stops applying")
+            await asyncio.wait_for(hung.wait(), 30)  # the first life stops applying
     monkeypatch.setattr(executor, "run_next_chunk", real_chunk)
     monkeypatch.setattr(seeding, "_seed_claimed", real_page)
     async with sessionmaker() as s:

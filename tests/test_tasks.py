@@ -385,11 +385,7 @@ async def test_a_users_page_reads_only_their_rows_whatever_the_statistics(
         await bulk_tasks(sessionmaker, node_id="finance", assignee_id=bob.id, n=2000, **common)
         body = (await alice.get("/api/v1/tasks", params={"page_size": 50})).json()
         assert [t["id"] for t in body["items"]] == mine[::-1][:50]
-        alices = await make_user_row(sessionmaker, alice.id)
-        page = task_page(task_list(alices), offset=0, limit=50)
-        async with sessionmaker() as s:
-            sql = page.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
-            plan = await s.scalar(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"))
+        [(plan,)] = await explain_first_page(sessionmaker, alice.id, "(ANALYZE, FORMAT JSON)")
         scans = [n for n in plan_nodes(plan[0]["Plan"]) if n.get("Relation Name") == "tasks"]
         read = sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans)
         assert read == 50, scans
@@ -411,10 +407,7 @@ async def test_a_users_page_searches_their_index_on_sqlite(
     await bulk_tasks(sessionmaker, node_id="finance", assignee_id=bob.id, n=60, **common)
     body = (await alice.get("/api/v1/tasks", params={"page_size": 50})).json()
     assert [t["id"] for t in body["items"]] == mine[::-1][:50]
-    page = task_page(task_list(await make_user_row(sessionmaker, alice.id)), offset=0, limit=50)
-    async with sessionmaker() as s:
-        sql = page.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
-        steps = [row[-1] for row in (await s.execute(text(f"EXPLAIN QUERY PLAN {sql}"))).all()]
+    steps = [row[-1] for row in await explain_first_page(sessionmaker, alice.id, "QUERY PLAN")]
     on_tasks = [step for step in steps if " tasks " in f"{step} "]
     assert any("ix_tasks_assignee_id (assignee_id=?)" in step for step in on_tasks), steps
     assert not any(step.startswith("SCAN tasks") or "TEMP B-TREE" in step for step in steps)
@@ -425,11 +418,16 @@ def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     return [node, *(n for child in node.get("Plans", []) for n in plan_nodes(child))]
 
 
-async def make_user_row(sessionmaker: async_sessionmaker[AsyncSession], user_id: int) -> User:
+async def explain_first_page(
+    sessionmaker: async_sessionmaker[AsyncSession], user_id: int, how: str
+) -> list[Any]:
+    """The rows of ``EXPLAIN <how>`` of the first 50-task page of the user's list."""
     async with sessionmaker() as s:
         user = await s.get(User, user_id)
-    assert user is not None
-    return user
+        assert user is not None
+        page = task_page(task_list(user), offset=0, limit=50)
+        sql = page.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
+        return list((await s.execute(text(f"EXPLAIN {how} {sql}"))).all())
 
 
 async def test_task_filter_clauses_without_user(

@@ -705,10 +705,7 @@ async def test_killed_mid_delivery_it_is_delivered_after_the_restart(
                 assert r.status_code == 202, r.text
                 batch = r.json()
 
-        async def held() -> bool:
-            return hook.held.is_set()
-
-        await eventually(held, "the receiver holds the first attempt")
+        await eventually(hook.holding, "the receiver holds the first attempt")
         first.kill()
     finally:
         first.stop()
@@ -764,10 +761,7 @@ async def test_killed_after_the_commit_before_the_send_it_is_delivered_after_the
         r = await api.post(f"/api/v1/webhooks/{sub['id']}/ping", headers=alice.headers)
         assert r.status_code == 202, r.text
 
-        async def held() -> bool:
-            return hook.held.is_set()
-
-        await eventually(held, "the ping takes the only job slot")
+        await eventually(hook.holding, "the ping takes the only job slot")
         r = await api.post("/api/v1/batches", json=MISSING, headers=alice.headers)
         assert r.status_code == 202, r.text
         batch = r.json()
@@ -977,10 +971,7 @@ async def test_an_attempt_in_flight_does_not_overwrite_a_newer_redelivery(
     ctx, _ = recording_context(app)
     in_flight = asyncio.create_task(webhook_service.deliver(ctx, row.id))
 
-    async def held() -> bool:
-        return hook.held.is_set()
-
-    await eventually(held, "attempt 1 reaches the receiver")
+    await eventually(hook.holding, "attempt 1 reaches the receiver")
     async with sessionmaker() as s:  # the redelivery request (its wake-up goes nowhere)
         user = await s.get(User, alice.id)
         assert user is not None

@@ -45,6 +45,10 @@ class Receiver:
     def count(self) -> int:
         return len(self.requests)
 
+    async def holding(self) -> bool:
+        """A held request has arrived (for ``eventually``)."""
+        return self.held.is_set()
+
 
 @contextmanager
 def receiver() -> Iterator[Receiver]:
