@@ -13,6 +13,7 @@ from app.models import ActionLog, BatchDetail, ProcessInstance, ProcessLog, Task
 from app.operations import pipeline_sql, targets
 from tests.batch_helpers import create, details, expense_setup, wait_for
 from tests.conftest import ON_POSTGRES, Actor
+from tests.factories import bulk_tasks, create_definition, expense_definition
 
 SUSPEND_ALL = {"type": "instance.suspend", "filter": {"definition_key": "expense"}}
 
@@ -250,3 +251,63 @@ async def test_approve_batch_with_refused_form_data_fails_every_item_alike(
     assert (done["success"], done["failed"]) == (0, 30)
     errors = {d["error"] for d in await details(alice, batch["id"], status="failed")}
     assert len(errors) == 1 and "Category" in errors.pop()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"jobs_per_seed": 1, "chunk_size": 40}])
+async def test_approve_while_seeding_merges_form_data_as_the_executor_does(
+    sessionmaker: async_sessionmaker[AsyncSession], admin: Actor, alice: Actor, bob: Actor
+) -> None:
+    """The shared form data of a filter batch applied while seeding (one patch for every
+    process) ends exactly as a listed batch's, which the executor applies task by task:
+    an emptied field holds null, a list stays a list, what was not sent is kept."""
+    definition = expense_definition(alice.id, bob.id)
+    definition["nodes"][0]["fields"] = {"category": "write", "city": "write", "tags": "write"}
+    created = await create_definition(admin, definition)
+    task_ids = await bulk_tasks(
+        sessionmaker,
+        definition_id=created["id"],
+        definition_key="expense",
+        node_id="manager",
+        assignee_id=alice.id,
+        initiator_id=admin.id,
+        n=60,
+    )
+    form = {"category": "meals", "city": "", "tags": "urgent, client"}
+    by_filter = await create(alice, {**APPROVE_ALL, "params": {"form_data": form}})
+    listed = await bulk_tasks(
+        sessionmaker,
+        definition_id=created["id"],
+        definition_key="expense-listed",
+        node_id="manager",
+        assignee_id=alice.id,
+        initiator_id=admin.id,
+        n=3,
+    )
+    by_ids = await create(
+        alice, {"type": "task.approve", "ids": listed, "params": {"form_data": form}}
+    )
+    for batch in (by_filter, by_ids):
+        done = await wait_for(alice, batch["id"])
+        assert (done["status"], done["failed"]) == ("completed", 0)
+    assert by_filter["total"] == 60
+    instances = await _instances(sessionmaker, [task_ids[0], task_ids[-1], listed[0]])
+    async with sessionmaker() as s:
+        forms = {
+            i: f
+            for i, f in await s.execute(
+                select(ProcessInstance.id, ProcessInstance.form_data).where(
+                    ProcessInstance.id.in_(instances)
+                )
+            )
+        }
+    first, last, reference = (forms[i] for i in instances)
+    assert first == {
+        "amount": 101,
+        "category": "meals",
+        "city": None,
+        "date": "2026-01-15",
+        "tags": ["urgent", "client"],
+    }
+    assert last["amount"] == 160 and "city" in last and last["city"] is None
+    assert set(reference) == set(first) and reference["city"] is None
+    assert reference["tags"] == ["urgent", "client"]

@@ -147,9 +147,9 @@ async def create_details_from(
 
     With ``run`` (a batch that may run now) and ``Strategy.SEED_FUSED`` chosen by
     ``pipeline.strategy_for``, the operation is applied to the page as it is seeded:
-    ``fuse_at_seed`` types through their ``bulk_sql``, ``task.approve`` through
-    ``apply_at_seed`` (on SQLite every such type through its ``apply``:
-    ``_seed_applied``). Each applied item's detail
+    ``fuse_at_seed`` types through their ``bulk_sql`` (on SQLite through their
+    ``apply``: ``_seed_applied``), ``task.approve`` through ``apply_at_seed`` on both
+    backends. Each applied item's detail
     is written once, already ``success``; the rest is seeded as usual (pending, locked)
     for the executor, which decides it and says why. If the fused statement fails, the
     page is seeded plainly."""
@@ -217,16 +217,29 @@ async def _seed_applied(
     ids: list[int],
     run: BatchRun,
 ) -> Seeded:
-    """SQLite's fused seed page: ``Operation.apply`` — the executor's own portable path —
-    on the page's items, in the page's transaction. That transaction holds SQLite's one
-    writer from its first statement (``BEGIN IMMEDIATE``), so no other writer can change
-    an item between its decision and its write, and nothing needs locking first. What
-    succeeded is recorded once, ``success``; the rest is seeded as usual (pending,
-    locked) for the executor, which decides it again and says why — as on PostgreSQL."""
+    """SQLite's fused seed page of a lock-free type: ``Operation.apply`` — the
+    executor's own portable path — on the page's items, in the page's transaction. That
+    transaction holds SQLite's one writer from its first statement (``BEGIN
+    IMMEDIATE``), so no other writer can change an item between its decision and its
+    write, and nothing needs locking first."""
     if not ids:
         return Seeded(0, None, fused=True)
     outcomes = await op.apply(session, run, [WorkItem(0, item_id) for item_id in ids])
     applied = {i for i, o in zip(ids, outcomes, strict=True) if o.status == DetailStatus.SUCCESS}
+    return await _insert_seeded(session, batch, creator, op, ids, applied)
+
+
+async def _insert_seeded(
+    session: AsyncSession,
+    batch: Batch,
+    creator: User,
+    op: Operation,
+    ids: list[int],
+    applied: set[int],
+) -> Seeded:
+    """SQLite: the details of a fused page. What was applied is recorded once,
+    ``success``; the rest is seeded as usual (pending, locked) for the executor, which
+    decides it again and says why — as on PostgreSQL."""
     if len(applied) < len(ids):
         seeded = await create_details(session, batch, creator, op, Listed(ids), applied=applied)
         return replace(seeded, fused=True)
@@ -254,13 +267,14 @@ async def _seed_fused(
     run: BatchRun,
 ) -> Seeded | None:
     """The fused seed page (``Strategy.SEED_FUSED``), or None when ``op``'s params give
-    it no fast path. SQLite: ``_seed_applied``; PostgreSQL: the type's statement."""
+    it no fast path. A locking type: ``_seed_locked_and_apply``; a lock-free one: on
+    SQLite ``_seed_applied``, on PostgreSQL the type's statement."""
+    if op.lock is not None:
+        return await _seed_locked_and_apply(session, batch, creator, op, page, run)
     if session.get_bind().dialect.name != "postgresql":
         return await _seed_applied(
             session, batch, creator, op, list(await session.scalars(page)), run
         )
-    if op.lock is not None:
-        return await _seed_locked_and_apply(session, batch, creator, op, page, run)
     bulk = await op.bulk_sql(session, run)
     return await _seed_and_apply(session, batch, page, bulk) if bulk is not None else None
 
@@ -279,6 +293,8 @@ async def _seed_locked_and_apply(
     ids, applied = await op.apply_at_seed(session, run, page)
     if not ids:
         return Seeded(0, None, fused=True)
+    if session.get_bind().dialect.name != "postgresql":
+        return await _insert_seeded(session, batch, creator, op, ids, applied)
     statuses = [DetailStatus.SUCCESS if i in applied else DetailStatus.PENDING for i in ids]
     pending = (
         await session.execute(

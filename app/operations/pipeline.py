@@ -9,9 +9,10 @@ through every strategy its backend offers and checks they leave equal rows.
     The seed page applies the operation while it inserts the details. PostgreSQL: a
     lock-free ``fuse_at_seed`` type through its ``bulk_sql``
     (``pipeline_sql.SEED_AND_APPLY``), a locking type through ``apply_at_seed``
-    (``task.approve``: ``approve_at_seed``). SQLite: ``Operation.apply`` on the page,
-    in the page's transaction, which holds SQLite's one writer throughout, so nothing
-    needs locking first (``details._seed_applied``). Each applied item's detail is
+    (``task.approve``: ``approve_at_seed``). SQLite: a lock-free type's
+    ``Operation.apply`` on the page (``details._seed_applied``), ``task.approve``'s
+    ``apply_at_seed`` — both in the page's transaction, which holds SQLite's one writer
+    throughout, so nothing needs locking first. Each applied item's detail is
     written once, already ``success``; nothing is claimed or locked. Why: it removes a
     write, a lock and a claim per item — approve reaches 0.54× and suspend 0.78× of
     their raw-SQL ceilings this way on PostgreSQL. Cost: only what passes is applied;
