@@ -9,12 +9,11 @@ from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain import BatchRun, Outcome, WorkItem
-from app.models import ProcessInstance, Task
 from app.operations.item_locks import TASK_LOCK
 from app.operations.registry import Operation, register
 from app.operations.targets import TASKS
 from app.schemas.common import FormBag, Id, StrictModel
-from app.workflow.approval import ApprovalInput, PageTask, approve_at_seed, approve_tasks
+from app.workflow.approval import ApprovalInput, approve_at_seed, approve_tasks
 
 
 class ApproveParams(StrictModel):
@@ -45,15 +44,11 @@ class ApproveTasks(Operation):
     async def apply_at_seed(
         self, session: AsyncSession, run: BatchRun, page: Select[Any]
     ) -> tuple[list[int], set[int]]:
-        """PostgreSQL, a filter batch's seed page (no per-row payloads): approve in one
-        statement what certainly passes with the shared params (``approve_at_seed``);
-        the rest is locked and left pending for ``apply``. The page's rows come with
-        their step (a task page already joins each task's process), so the steps need
-        no query of their own."""
-        rows = await session.execute(page.add_columns(ProcessInstance.definition_id, Task.node_id))
-        steps = [PageTask(task_id, def_id, node_id) for task_id, def_id, node_id in rows]
-        applied = await approve_at_seed(session, run.creator_id, run.batch_id, run.params, steps)
-        return [t.task_id for t in steps], applied
+        """A filter batch's seed page (no per-row payloads): approve what certainly
+        passes with the shared params (``approve_at_seed``, which reads the page with
+        each task's step and state: no query of its own for those); the rest is locked
+        and left pending for ``apply``."""
+        return await approve_at_seed(session, run.creator_id, run.batch_id, run.params, page)
 
     @staticmethod
     def _input(params: dict[str, Any], item: WorkItem) -> ApprovalInput:

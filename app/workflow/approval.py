@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import (
+    Row,
+    Select,
     Table,
     Text,
+    and_,
     bindparam,
     func,
     insert,
     literal,
-    null,
     or_,
     select,
     text,
@@ -404,15 +406,6 @@ FROM done
 
 
 @dataclass(frozen=True)
-class PageTask:
-    """A task of a seed page and its step (its process's definition, its node)."""
-
-    task_id: int
-    definition_id: int
-    node_id: str
-
-
-@dataclass(frozen=True)
 class _SeedStep:
     """What approving (or rejecting) a task at one step of one definition with a
     batch's shared params does — decided once per step, for every task of a seed page
@@ -429,50 +422,6 @@ class _SeedStep:
     required: list[str]
 
 
-async def approve_at_seed(
-    session: AsyncSession,
-    actor_id: int,
-    batch_id: int,
-    params: dict[str, Any],
-    page: list[PageTask],
-) -> set[int]:
-    """Approve (or reject) every task of ``page`` that certainly passes every rule of
-    ``approve_tasks`` with the batch's shared ``params``; return their ids. The rest is
-    left untouched for ``approve_tasks`` to decide (and say why). Used by a
-    ``task.approve`` filter batch while it seeds a page (no per-row payloads): no lock,
-    no claim and no second write of the detail for those items.
-
-    The shared form data is checked once per (definition, step) in Python — fields,
-    write mode, types, options, normalised values; a step where it fails is left out
-    entirely (``_seed_steps``). What depends on each process — the task is pending, the
-    actor's and free of other batches' locks, the process active, the step's required
-    fields not in the form data already hold a value, and no other task of the same
-    process is in the page — is checked per task: in one statement on PostgreSQL, on
-    rows it locks as ``approve_tasks`` does; on SQLite in the page's transaction, which
-    holds SQLite's only writer (nothing can change between the read and the writes)."""
-    decision = params.get("decision", "approve")
-    if not page or decision not in DECISIONS:
-        return set()
-    next_assignee = params.get("next_assignee_id")
-    if next_assignee is not None and await session.get(User, next_assignee) is None:
-        return set()
-    steps = await _seed_steps(session, decision, params, page)
-    if not steps:
-        return set()
-    shared = _SeedShared(
-        actor=actor_id,
-        batch=batch_id,
-        now=utcnow(),
-        decision=decision,
-        comment=params.get("comment"),
-        action="task.approved" if decision == "approve" else "task.rejected",
-    )
-    task_ids = [t.task_id for t in page]
-    if session.get_bind().dialect.name == "postgresql":
-        return await _approve_at_seed_pg(session, shared, task_ids, steps)
-    return await _approve_at_seed_sqlite(session, shared, task_ids, steps)
-
-
 @dataclass(frozen=True)
 class _SeedShared:
     """The values every task of a seed page is decided with."""
@@ -485,22 +434,90 @@ class _SeedShared:
     action: str
 
 
+PageRow = Row[*tuple[Any, ...]]
+"""A task of a seed page as ``approve_at_seed`` reads it: its id, definition and node;
+on SQLite also its process and whether it is open (pending, the actor's, unlocked or
+this batch's, process active)."""
+
+
+async def approve_at_seed(
+    session: AsyncSession,
+    actor_id: int,
+    batch_id: int,
+    params: dict[str, Any],
+    page: Select[Any],
+) -> tuple[list[int], set[int]]:
+    """Read a ``task.approve`` filter batch's seed page (``page``: its tasks joined with
+    their processes, ids ascending) and approve (or reject) every task that certainly
+    passes every rule of ``approve_tasks`` with the batch's shared ``params``; return
+    the page's task ids and those applied. The rest is left untouched for
+    ``approve_tasks`` to decide (and say why): no lock, no claim and no second write of
+    the detail for those applied.
+
+    The page's read gives each task's step, so the shared form data is checked once per
+    (definition, step) in Python (``_seed_steps``; a step where it fails is left out
+    entirely). What depends on each process — the task is pending, the actor's and free
+    of other batches' locks, the process active, the step's required fields not in the
+    form data already hold a value, and no other task of the same process is in the
+    page — is checked per task: on PostgreSQL inside the one statement that also writes
+    everything, on rows it locks as ``approve_tasks`` does (only ids travel through
+    Python); on SQLite in Python over the page's read (which also returns each task's
+    process and state), inside the page's transaction, which holds SQLite's only writer
+    — nothing changes between the read and the writes."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    read = page.add_columns(ProcessInstance.definition_id, Task.node_id)
+    if not postgres:
+        is_open = and_(
+            Task.status == "pending",
+            Task.assignee_id == actor_id,
+            or_(Task.locked_by_batch_id.is_(None), Task.locked_by_batch_id == batch_id),
+            ProcessInstance.status == "active",
+        )
+        read = read.add_columns(Task.instance_id, is_open)
+    rows = list((await session.execute(read)).all())
+    page_ids = [r[0] for r in rows]
+    decision = params.get("decision", "approve")
+    if not rows or decision not in DECISIONS:
+        return page_ids, set()
+    next_assignee = params.get("next_assignee_id")
+    if next_assignee is not None and await session.get(User, next_assignee) is None:
+        return page_ids, set()
+    steps = await _seed_steps(session, decision, params, {(r[1], r[2]) for r in rows})
+    if not steps:
+        return page_ids, set()
+    shared = _SeedShared(
+        actor=actor_id,
+        batch=batch_id,
+        now=utcnow(),
+        decision=decision,
+        comment=params.get("comment"),
+        action="task.approved" if decision == "approve" else "task.rejected",
+    )
+    if postgres:
+        return page_ids, await _approve_at_seed_pg(session, shared, page_ids, steps)
+    chosen = await _chosen(session, rows, steps)
+    await _approve_at_seed_sqlite(session, shared, chosen, steps)
+    return page_ids, {row[0] for row, _ in chosen}
+
+
 async def _seed_steps(
-    session: AsyncSession, decision: str, params: dict[str, Any], page: list[PageTask]
-) -> list[_SeedStep]:
-    """Each step of the page where the shared params pass the node's own rules."""
+    session: AsyncSession, decision: str, params: dict[str, Any], keys: set[tuple[int, str]]
+) -> dict[tuple[int, str], _SeedStep]:
+    """Each (definition, step) of ``keys`` where the shared params pass the node's own
+    rules."""
     next_assignee = params.get("next_assignee_id")
     changes: dict[str, Any] = params.get("form_data") or {}
     definitions = definitions_for(session)
-    await definitions.load(session, {t.definition_id for t in page})
-    steps: list[_SeedStep] = []
-    for def_id, node_id in sorted({(t.definition_id, t.node_id) for t in page}):
+    await definitions.load(session, {def_id for def_id, _ in keys})
+    steps: dict[tuple[int, str], _SeedStep] = {}
+    for def_id, node_id in sorted(keys):
         found = definitions.node(def_id, node_id)
         if found is None:
             continue  # a step that no longer exists: approve_tasks says so
         index, _node, rules = found
+        key = (def_id, node_id)
         if decision == "reject":
-            steps.append(_SeedStep(def_id, node_id, None, None, "rejected", node_id, {}, []))
+            steps[key] = _SeedStep(def_id, node_id, None, None, "rejected", node_id, {}, [])
             continue
         merged, errors = rules.merge({}, changes)
         if any(e.field in changes for e in errors):
@@ -511,20 +528,54 @@ async def _seed_steps(
         if index + 1 < len(nodes):
             nxt = nodes[index + 1]
             assignee = next_assignee or nxt["assignee_id"]
-            steps.append(
-                _SeedStep(
-                    def_id, node_id, nxt["id"], assignee, "active", nxt["id"], patch, required
-                )
+            moves_to = nxt["id"]
+            steps[key] = _SeedStep(
+                def_id, node_id, moves_to, assignee, "active", moves_to, patch, required
             )
         else:
-            steps.append(_SeedStep(def_id, node_id, None, None, "completed", None, patch, required))
+            steps[key] = _SeedStep(def_id, node_id, None, None, "completed", None, patch, required)
     return steps
 
 
+async def _chosen(
+    session: AsyncSession, rows: list[PageRow], steps: dict[tuple[int, str], _SeedStep]
+) -> list[tuple[PageRow, _SeedStep]]:
+    """SQLite: the open tasks of the page at a step where the params pass, whose process
+    holds every field the step requires that the form data does not fill (read only
+    when a step has such fields), and that are the only task of their process in the
+    page."""
+    candidates = [(r, steps[(r[1], r[2])]) for r in rows if r[4] and (r[1], r[2]) in steps]
+    checked = {r[3] for r, step in candidates if step.required}
+    if checked:
+        forms: dict[int, dict[str, Any] | None] = dict(
+            (
+                await session.execute(
+                    select(ProcessInstance.id, ProcessInstance.form_data).where(
+                        id_in(session, ProcessInstance.id, sorted(checked))
+                    )
+                )
+            )
+            .tuples()
+            .all()
+        )
+        candidates = [
+            (r, step)
+            for r, step in candidates
+            if not any(is_empty((forms.get(r[3]) or {}).get(f)) for f in step.required)
+        ]
+    per_process = Counter(r[3] for r, _ in candidates)
+    return [(r, step) for r, step in candidates if per_process[r[3]] == 1]
+
+
 async def _approve_at_seed_pg(
-    session: AsyncSession, shared: _SeedShared, task_ids: list[int], steps: list[_SeedStep]
+    session: AsyncSession,
+    shared: _SeedShared,
+    task_ids: list[int],
+    steps: dict[tuple[int, str], _SeedStep],
 ) -> set[int]:
-    """PostgreSQL: every per-task rule and every write in one statement."""
+    """PostgreSQL: every per-task rule and every write in one statement; returns the
+    ids it approved."""
+    ordered = list(steps.values())
     # A plan for these very arrays. One prepared statement reused for every page would
     # switch to a generic plan after five runs, which joins the page's rows with each
     # other (measured: 44 µs → 6 ms per item). ``SET LOCAL plan_cache_mode =
@@ -543,129 +594,17 @@ async def _approve_at_seed_pg(
             "decision": shared.decision,
             "comment": shared.comment,
             "action": shared.action,
-            "g_def": [s.def_id for s in steps],
-            "g_node": [s.node_id for s in steps],
-            "g_next_node": [s.next_node for s in steps],
-            "g_next_assignee": [s.next_assignee for s in steps],
-            "g_status": [s.status for s in steps],
-            "g_current": [s.current_node for s in steps],
-            "g_patch": [json.dumps(s.patch) for s in steps],
-            "g_required": [json.dumps(s.required) for s in steps],
+            "g_def": [s.def_id for s in ordered],
+            "g_node": [s.node_id for s in ordered],
+            "g_next_node": [s.next_node for s in ordered],
+            "g_next_assignee": [s.next_assignee for s in ordered],
+            "g_status": [s.status for s in ordered],
+            "g_current": [s.current_node for s in ordered],
+            "g_patch": [json.dumps(s.patch) for s in ordered],
+            "g_required": [json.dumps(s.required) for s in ordered],
         },
     )
     return set(applied)
-
-
-async def _approve_at_seed_sqlite(
-    session: AsyncSession, shared: _SeedShared, task_ids: list[int], steps: list[_SeedStep]
-) -> set[int]:
-    """SQLite: one read of the page's candidates, the per-process rules in Python, then
-    one statement per table (per step for the processes) — no per-task documents, and
-    each process's form data written as the patch (``json_patch``), not re-encoded."""
-    by_step = {(s.def_id, s.node_id): s for s in steps}
-    with_form = any(s.required for s in steps)
-    rows = await session.execute(
-        select(
-            Task.id,
-            Task.instance_id,
-            ProcessInstance.definition_id,
-            Task.node_id,
-            ProcessInstance.form_data if with_form else null(),
-        )
-        .join(ProcessInstance, ProcessInstance.id == Task.instance_id)
-        .where(
-            id_in(session, Task.id, task_ids),
-            Task.status == "pending",
-            Task.assignee_id == shared.actor,
-            or_(Task.locked_by_batch_id.is_(None), Task.locked_by_batch_id == shared.batch),
-            ProcessInstance.status == "active",
-        )
-    )
-    candidates: list[tuple[int, int, _SeedStep]] = []
-    for task_id, instance_id, def_id, node_id, form_data in rows:
-        step = by_step.get((def_id, node_id))
-        if step is None or any(is_empty((form_data or {}).get(f)) for f in step.required):
-            continue
-        candidates.append((task_id, instance_id, step))
-    per_instance = Counter(instance_id for _, instance_id, _ in candidates)
-    chosen = [c for c in candidates if per_instance[c[1]] == 1]
-    if not chosen:
-        return set()
-    done = [task_id for task_id, _, _ in chosen]
-    now = bindparam("now", shared.now, type_=_tasks.c.created_at.type)
-    await session.execute(
-        update(_tasks)
-        .where(id_in(session, _tasks.c.id, done))
-        .values(
-            status="completed",
-            decision=shared.decision,
-            comment=shared.comment,
-            completed_at=now,
-            locked_by_batch_id=None,
-        )
-    )
-    for step in steps:
-        tasks_here = [t for t, _, s in chosen if s is step]
-        if not tasks_here:
-            continue
-        moved: dict[str, Any] = {
-            "status": step.status,
-            "current_node_id": step.current_node,
-            "updated_at": now,
-        }
-        if step.patch:
-            moved["form_data"] = _sqlite_merged(_instances.c.form_data, step.patch)
-        await session.execute(
-            update(_instances)
-            .where(id_in(session, _instances.c.id, [i for _, i, s in chosen if s is step]))
-            .values(**moved)
-        )
-        if step.next_node is not None:
-            await session.execute(
-                insert(_tasks).from_select(
-                    ["instance_id", "node_id", "assignee_id", "status", "created_at"],
-                    select(
-                        _tasks.c.instance_id,
-                        literal(step.next_node),
-                        literal(step.next_assignee),
-                        literal("pending"),
-                        now,
-                    )
-                    .where(id_in(session, _tasks.c.id, tasks_here))
-                    .order_by(_tasks.c.id),
-                )
-            )
-    await session.execute(
-        insert(_logs).from_select(
-            ["instance_id", "task_id", "actor_id", "batch_id", "action", "message", "created_at"],
-            select(
-                _tasks.c.instance_id,
-                _tasks.c.id,
-                literal(shared.actor),
-                literal(shared.batch),
-                literal(shared.action),
-                literal(shared.comment, Text()),
-                now,
-            )
-            .where(id_in(session, _tasks.c.id, done))
-            .order_by(_tasks.c.id),
-        )
-    )
-    return set(done)
-
-
-def _sqlite_merged(column: Any, patch: dict[str, Any]) -> Any:
-    """SQLite's ``form_data || patch`` (PostgreSQL's top-level merge): ``json_patch``
-    for the values — a form value is never an object, so its recursive merge is the
-    same — except that it drops keys whose value is null, so those are set with
-    ``json_set`` (field names are identifiers, so the path needs no escaping)."""
-    values = {k: v for k, v in patch.items() if v is not None}
-    merged = func.json_patch(func.coalesce(column, "{}"), json.dumps(values))
-    nulls = [k for k, v in patch.items() if v is None]
-    if nulls:
-        pairs = [arg for k in nulls for arg in (f'$."{k}"', func.json("null"))]
-        merged = func.json_set(merged, *pairs)
-    return merged
 
 
 _SEED_APPROVE_PG = """
@@ -720,6 +659,91 @@ WITH g AS (
 )
 SELECT id FROM done
 """
+
+
+async def _approve_at_seed_sqlite(
+    session: AsyncSession,
+    shared: _SeedShared,
+    chosen: list[tuple[PageRow, _SeedStep]],
+    steps: dict[tuple[int, str], _SeedStep],
+) -> None:
+    """SQLite: a statement per table (per step for the processes) — no per-task
+    documents, and each process's form data written as the patch (``json_patch``), not
+    re-encoded."""
+    done = [r[0] for r, _ in chosen]
+    now = bindparam("now", shared.now, type_=_tasks.c.created_at.type)
+    await session.execute(
+        update(_tasks)
+        .where(id_in(session, _tasks.c.id, done))
+        .values(
+            status="completed",
+            decision=shared.decision,
+            comment=shared.comment,
+            completed_at=now,
+            locked_by_batch_id=None,
+        )
+    )
+    for step in steps.values():
+        here = [r for r, s in chosen if s is step]
+        if not here:
+            continue
+        moved: dict[str, Any] = {
+            "status": step.status,
+            "current_node_id": step.current_node,
+            "updated_at": now,
+        }
+        if step.patch:
+            moved["form_data"] = _sqlite_merged(_instances.c.form_data, step.patch)
+        await session.execute(
+            update(_instances)
+            .where(id_in(session, _instances.c.id, [r[3] for r in here]))
+            .values(**moved)
+        )
+        if step.next_node is not None:
+            await session.execute(
+                insert(_tasks).from_select(
+                    ["instance_id", "node_id", "assignee_id", "status", "created_at"],
+                    select(
+                        _tasks.c.instance_id,
+                        literal(step.next_node),
+                        literal(step.next_assignee),
+                        literal("pending"),
+                        now,
+                    )
+                    .where(id_in(session, _tasks.c.id, [r[0] for r in here]))
+                    .order_by(_tasks.c.id),
+                )
+            )
+    await session.execute(
+        insert(_logs).from_select(
+            ["instance_id", "task_id", "actor_id", "batch_id", "action", "message", "created_at"],
+            select(
+                _tasks.c.instance_id,
+                _tasks.c.id,
+                literal(shared.actor),
+                literal(shared.batch),
+                literal(shared.action),
+                literal(shared.comment, Text()),
+                now,
+            )
+            .where(id_in(session, _tasks.c.id, done))
+            .order_by(_tasks.c.id),
+        )
+    )
+
+
+def _sqlite_merged(column: Any, patch: dict[str, Any]) -> Any:
+    """SQLite's ``form_data || patch`` (PostgreSQL's top-level merge): ``json_patch``
+    for the values — a form value is never an object, so its recursive merge is the
+    same — except that it drops keys whose value is null, so those are set with
+    ``json_set`` (field names are identifiers, so the path needs no escaping)."""
+    values = {k: v for k, v in patch.items() if v is not None}
+    merged = func.json_patch(func.coalesce(column, "{}"), json.dumps(values))
+    nulls = [k for k, v in patch.items() if v is None]
+    if nulls:
+        pairs = [arg for k in nulls for arg in (f'$."{k}"', func.json("null"))]
+        merged = func.json_set(merged, *pairs)
+    return merged
 
 
 async def approve_one(
