@@ -366,3 +366,39 @@ async def test_the_limit_is_proven_by_the_id_span_or_by_a_count(
         assert user is not None
         proven = [await targets.TASKS.at_most(s, user, flt, limit) for limit in (15, 10, 9)]
     assert proven == [True, True, False]
+
+
+@pytest.mark.external_workers
+@pytest.mark.parametrize("settings_overrides", [{"jobs_per_seed": 1, "chunk_size": 4}])
+async def test_a_page_claims_the_next_one_in_its_own_transaction(
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """10 tasks in pages of 4: each page's transaction leaves the next page claimed, so
+    the lane seeds it without a claim transaction of its own; the last page leaves no
+    claim and ends seeding."""
+    await expense_setup(sessionmaker, admin, alice, bob, 10)
+    batch = await create(alice, APPROVE_ALL)
+    ctx, _queue = recording_context(app)
+    first = await seeding.seed_page(ctx, batch["id"])
+    assert first is not None and first.ahead and not first.done
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["claims"], rows["seeding_done"]) == (4, 1, False)
+
+    async def no_claim_transaction(_ctx: JobContext, _batch_id: int) -> None:
+        raise AssertionError("a claim transaction for a page claimed ahead")
+
+    monkeypatch.setattr(seeding, "_claim", no_claim_transaction)
+    second = await seeding.seed_page(ctx, batch["id"], claimed=True)
+    assert second is not None and second.ahead and not second.done
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["claims"]) == (8, 1)
+    last = await seeding.seed_page(ctx, batch["id"], claimed=True)
+    assert last is not None and last.done and not last.ahead
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["items"], rows["claims"], rows["logs"]) == (10, 10, 0, 10)
+    assert (rows["seeding_done"], rows["total"]) == (True, 10)

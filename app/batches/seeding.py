@@ -9,7 +9,8 @@ takes one unclaimed-and-unlocked claim (``FOR UPDATE SKIP LOCKED``), inserts its
 (applying the operation on the way where it may: ``details.create_details_from``),
 deletes the claim and adds its counts to the batch — all in one transaction, so a page
 is seeded exactly once: a lane that dies leaves its claim to the next seed job, never a
-half page.
+half page. Holding the batch-row lock for those counts, the page also claims the lane's
+next page, so within one invocation only the first page needs a claim transaction.
 
 So several seed jobs — ``BATCH_SEED_LANES`` on PostgreSQL, each on its own connection
 — seed one batch side by side; the first page, once in, enqueues the other lanes.
@@ -68,15 +69,19 @@ class SeededPage:
     recount: bool = False
     """This was the first page of a filter whose ``total`` is the planner's estimate:
     count it now (``recount``)."""
+    ahead: bool = False
+    """The page's transaction also claimed the next page: the lane may seed it without
+    a claim transaction of its own."""
 
 
 async def seed(ctx: JobContext, batch_id: int) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SEED_SLICE_S
     priority = "normal"  # until the first page says
+    ahead = False
     while not ctx.stopping.is_set():
         try:
-            page = await seed_page(ctx, batch_id)
+            page = await seed_page(ctx, batch_id, claimed=ahead)
             if page is not None and page.recount:
                 await recount(ctx, batch_id)
         except DBAPIError:
@@ -85,7 +90,7 @@ async def seed(ctx: JobContext, batch_id: int) -> None:
             await ctx.queue.enqueue(retry)
             raise
         if page is not None:
-            priority = page.priority
+            priority, ahead = page.priority, page.ahead
         if page is None or page.done or page.stop:
             return
         if loop.time() > deadline:
@@ -93,16 +98,24 @@ async def seed(ctx: JobContext, batch_id: int) -> None:
             return
 
 
-async def seed_page(ctx: JobContext, batch_id: int) -> SeededPage | None:
+async def seed_page(ctx: JobContext, batch_id: int, *, claimed: bool = False) -> SeededPage | None:
     """Claim the next page, then seed one claimed page (or start an id-list batch, whose
     details exist already). Returns None when this lane has nothing to do (batch gone,
     final or scheduled; every page claimed and the claims left are being seeded by other
     lanes). After the first page and after the last, wakes the batch's executors and
-    monitor (``state.execution_wakeups``), sent once the page is committed."""
-    claimed = await _claim(ctx, batch_id)
-    if claimed is None:
+    monitor (``state.execution_wakeups``), sent once the page is committed.
+
+    ``claimed``: the lane's last page claimed this one ahead (``SeededPage.ahead``), so
+    it goes straight to seeding a claim — and claims as usual only if no claim is free
+    (another lane took it)."""
+    if claimed:
+        page = await _seed_claimed(ctx, batch_id)
+        if page is not None:
+            return page
+    claim = await _claim(ctx, batch_id)
+    if claim is None:
         return await _seed_claimed(ctx, batch_id)
-    return claimed if isinstance(claimed, SeededPage) else None
+    return claim if isinstance(claim, SeededPage) else None
 
 
 class Idle(enum.Enum):
@@ -154,17 +167,30 @@ async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | Idle | None:
             # The first page is one chunk: the first items are applied (and shown) at
             # once; the pages after it are full-size.
             per_page = 1 if cursor == 0 else ctx.settings.jobs_per_seed
-            page_size = min(batch.chunk_size * per_page, MAX_PAGE)
-            page = op.target.claim_after(
-                creator, batch.filter or {}, after=cursor, until=batch.seed_until, limit=page_size
-            ).subquery()
-            count, last = (await session.execute(select(func.count(), func.max(page.c.id)))).one()
-            if count:
-                session.add(SeedClaim(batch_id=batch_id, after_id=cursor, until_id=last))
-                batch.seed_cursor = last
+            await _claim_range(session, batch, op, creator, batch.chunk_size * per_page)
     if stop is not None:
         await ctx.progress.publish(batch_id)
     return stop
+
+
+async def _claim_range(
+    session: AsyncSession, batch: Batch, op: Operation, creator: User, size: int
+) -> bool:
+    """Under the batch-row lock: record the next page after ``seed_cursor`` as a claim
+    and move the cursor past it. False: nothing of the filter's superset is left there."""
+    page = op.target.claim_after(
+        creator,
+        batch.filter or {},
+        after=batch.seed_cursor,
+        until=batch.seed_until,
+        limit=min(size, MAX_PAGE),
+    ).subquery()
+    count, last = (await session.execute(select(func.count(), func.max(page.c.id)))).one()
+    if not count:
+        return False
+    session.add(SeedClaim(batch_id=batch.id, after_id=batch.seed_cursor, until_id=last))
+    batch.seed_cursor = last
+    return True
 
 
 async def _start_listed(ctx: JobContext, session: AsyncSession, batch: Batch) -> SeededPage:
@@ -201,9 +227,11 @@ async def _seed_claimed(ctx: JobContext, batch_id: int) -> SeededPage | None:
             if locked.seeding_done or not await _nothing_left(session, locked, op, creator):
                 return None
             done, status, first, again = True, await _finish(session, batch_id), False, False
+            ahead = False
         else:
             again = claim.after_id == 0 and _estimated(session, batch)
-            done, status, first = await _seed_page(session, batch, op, creator, claim)
+            size = batch.chunk_size * ctx.settings.jobs_per_seed
+            done, status, first, ahead = await _seed_page(session, batch, op, creator, claim, size)
             if claim.after_id == 0 and not done:
                 # The other lanes start once the first page is in: until then it has
                 # the database to itself, and the first items show sooner.
@@ -212,16 +240,23 @@ async def _seed_claimed(ctx: JobContext, batch_id: int) -> SeededPage | None:
             _request_execution(ctx, session, batch_id, batch.priority)
         priority = batch.priority
     await ctx.progress.publish(batch_id)
-    return SeededPage(priority, done, recount=again and not done)
+    return SeededPage(priority, done, recount=again and not done, ahead=ahead)
 
 
 async def _seed_page(
-    session: AsyncSession, batch: Batch, op: Operation, creator: User, claim: SeedClaim
-) -> tuple[bool, str | None, bool]:
+    session: AsyncSession,
+    batch: Batch,
+    op: Operation,
+    creator: User,
+    claim: SeedClaim,
+    next_size: int,
+) -> tuple[bool, str | None, bool, bool]:
     """Seed ``claim``'s items and add them to the batch (its row locked last, as
-    everywhere); finish seeding if that was the last of it. Returns (done, the batch's
-    status, whether executors should start now — after a first page that left items
-    pending for them)."""
+    everywhere); then, holding that lock, claim the next page (``next_size`` items of
+    the superset), or finish seeding if nothing is left. Claiming here saves the lane a
+    transaction per page (its lock, batch and creator reads, its commit). Returns (done,
+    the batch's status, whether executors should start now — after a first page that
+    left items pending for them —, whether the next page was claimed)."""
     page = op.target.page_after(
         creator, batch.filter or {}, after=claim.after_id, until=claim.until_id, limit=MAX_PAGE
     )
@@ -255,9 +290,11 @@ async def _seed_page(
     first = claim.after_id == 0 and not seeded.fused
     locked = await session.get(Batch, batch.id, populate_existing=True)
     assert locked is not None
+    if await _claim_range(session, locked, op, creator, next_size):
+        return False, status, first, True
     if await _nothing_left(session, locked, op, creator):
-        return True, await _finish(session, batch.id), first
-    return False, status, first
+        return True, await _finish(session, batch.id), first, False
+    return False, status, first, False
 
 
 async def _nothing_left(session: AsyncSession, batch: Batch, op: Operation, creator: User) -> bool:
