@@ -137,8 +137,13 @@ class TaskList:
 
 
 def task_list(user: User, **values: Any) -> TaskList:
-    """The caller's task list (``TASK_FILTERS``; ``ids`` a list of task ids)."""
+    """The caller's task list (``TASK_FILTERS``; ``ids`` a list of task ids). One
+    person's list — a non-admin's own, or the one an admin names with ``assignee_id`` —
+    is written for a page ordered by (assignee, id)."""
     own = _own_tasks(user, ordered=True)
+    if not own and values.get("assignee_id") is not None:
+        own = [OrderedEquals(Task.assignee_id, values["assignee_id"])]
+        values = {**values, "assignee_id": None}
     return TaskList([*own, *filter_clauses(TASK_FILTERS, values)], one_assignee=bool(own))
 
 
