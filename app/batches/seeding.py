@@ -164,13 +164,17 @@ async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | Idle | None:
             stop = SeededPage(batch.priority, done=True, stop=True)
         else:
             stop = None
-            # The first page is one chunk: the first items are applied (and shown) at
-            # once; the pages after it are full-size.
-            per_page = 1 if cursor == 0 else ctx.settings.jobs_per_seed
-            await _claim_range(session, batch, op, creator, batch.chunk_size * per_page)
+            size = _page_size(ctx, batch, first=cursor == 0)
+            await _claim_range(session, batch, op, creator, size)
     if stop is not None:
         await ctx.progress.publish(batch_id)
     return stop
+
+
+def _page_size(ctx: JobContext, batch: Batch, *, first: bool) -> int:
+    """Items a page claims: the first page is one chunk, so its items are applied (and
+    shown) at once; the pages after it are ``jobs_per_seed`` chunks."""
+    return batch.chunk_size * (1 if first else ctx.settings.jobs_per_seed)
 
 
 async def _claim_range(
@@ -230,7 +234,7 @@ async def _seed_claimed(ctx: JobContext, batch_id: int) -> SeededPage | None:
             ahead = False
         else:
             again = claim.after_id == 0 and _estimated(session, batch)
-            size = batch.chunk_size * ctx.settings.jobs_per_seed
+            size = _page_size(ctx, batch, first=False)
             done, status, first, ahead = await _seed_page(session, batch, op, creator, claim, size)
             if claim.after_id == 0 and not done:
                 # The other lanes start once the first page is in: until then it has

@@ -435,9 +435,9 @@ class _SeedShared:
 
 
 PageRow = Row[*tuple[Any, ...]]
-"""A task of a seed page as ``approve_at_seed`` reads it: its id, definition and node;
-on SQLite also its process and whether it is open (pending, the actor's, unlocked or
-this batch's, process active)."""
+"""A task of a seed page as ``approve_at_seed`` reads it: its id first (the page's own
+column), then ``definition_id`` and ``node_id``; on SQLite also ``instance_id`` and
+``open`` (pending, the actor's, unlocked or this batch's, process active)."""
 
 
 async def approve_at_seed(
@@ -473,7 +473,7 @@ async def approve_at_seed(
             or_(Task.locked_by_batch_id.is_(None), Task.locked_by_batch_id == batch_id),
             ProcessInstance.status == "active",
         )
-        read = read.add_columns(Task.instance_id, is_open)
+        read = read.add_columns(Task.instance_id, is_open.label("open"))
     rows = list((await session.execute(read)).all())
     page_ids = [r[0] for r in rows]
     decision = params.get("decision", "approve")
@@ -482,7 +482,9 @@ async def approve_at_seed(
     next_assignee = params.get("next_assignee_id")
     if next_assignee is not None and await session.get(User, next_assignee) is None:
         return page_ids, set()
-    steps = await _seed_steps(session, decision, params, {(r[1], r[2]) for r in rows})
+    steps = await _seed_steps(
+        session, decision, params, {(r.definition_id, r.node_id) for r in rows}
+    )
     if not steps:
         return page_ids, set()
     shared = _SeedShared(
@@ -544,8 +546,12 @@ async def _chosen(
     holds every field the step requires that the form data does not fill (read only
     when a step has such fields), and that are the only task of their process in the
     page."""
-    candidates = [(r, steps[(r[1], r[2])]) for r in rows if r[4] and (r[1], r[2]) in steps]
-    checked = {r[3] for r, step in candidates if step.required}
+    candidates = [
+        (r, steps[(r.definition_id, r.node_id)])
+        for r in rows
+        if r.open and (r.definition_id, r.node_id) in steps
+    ]
+    checked = {r.instance_id for r, step in candidates if step.required}
     if checked:
         forms: dict[int, dict[str, Any] | None] = dict(
             (
@@ -561,10 +567,10 @@ async def _chosen(
         candidates = [
             (r, step)
             for r, step in candidates
-            if not any(is_empty((forms.get(r[3]) or {}).get(f)) for f in step.required)
+            if not any(is_empty((forms.get(r.instance_id) or {}).get(f)) for f in step.required)
         ]
-    per_process = Counter(r[3] for r, _ in candidates)
-    return [(r, step) for r, step in candidates if per_process[r[3]] == 1]
+    per_process = Counter(r.instance_id for r, _ in candidates)
+    return [(r, step) for r, step in candidates if per_process[r.instance_id] == 1]
 
 
 async def _approve_at_seed_pg(
@@ -696,7 +702,7 @@ async def _approve_at_seed_sqlite(
             moved["form_data"] = _sqlite_merged(_instances.c.form_data, step.patch)
         await session.execute(
             update(_instances)
-            .where(id_in(session, _instances.c.id, [r[3] for r in here]))
+            .where(id_in(session, _instances.c.id, [r.instance_id for r in here]))
             .values(**moved)
         )
         if step.next_node is not None:
