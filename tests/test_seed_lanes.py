@@ -5,6 +5,7 @@ page claimed by a lane that died is seeded by the next seed job."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches import seeding
+from app.config import Settings
 from app.models import Batch, BatchDetail, ProcessInstance, ProcessLog, SeedClaim, Task, User
 from app.operations import targets
 from app.runtime.context import JobContext
@@ -399,6 +401,91 @@ async def test_a_page_claims_the_next_one_in_its_own_transaction(
     assert (rows["details"], rows["claims"]) == (8, 1)
     last = await seeding.seed_page(ctx, batch["id"], claimed=True)
     assert last is not None and last.done and not last.ahead
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["items"], rows["claims"], rows["logs"]) == (10, 10, 0, 10)
+    assert (rows["seeding_done"], rows["total"]) == (True, 10)
+
+
+async def _claims(sm: async_sessionmaker[AsyncSession], batch_id: int) -> list[tuple[int, int]]:
+    async with sm() as s:
+        rows = await s.execute(
+            select(SeedClaim.after_id, SeedClaim.until_id)
+            .where(SeedClaim.batch_id == batch_id)
+            .order_by(SeedClaim.after_id)
+        )
+    return [(after, until) for after, until in rows]
+
+
+@pytest.mark.external_workers
+@pytest.mark.parametrize(
+    ("settings_overrides", "claimed_to"),
+    [
+        # However quick the first page, a millionth of a second fits no items: one chunk.
+        ({"jobs_per_seed": 4, "chunk_size": 5, "seed_page_seconds": 1e-6}, 9),
+        # A minute fits more than jobs_per_seed chunks: the full 20.
+        ({"jobs_per_seed": 4, "chunk_size": 5, "seed_page_seconds": 60}, 24),
+    ],
+)
+async def test_the_page_claimed_ahead_holds_what_the_pace_fits(
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+    claimed_to: int,
+) -> None:
+    """The first page (5 items) claims the next one sized by its own pace: what fits in
+    ``seed_page_seconds``, between one chunk and ``jobs_per_seed`` chunks; every item is
+    still seeded once."""
+    setup = await expense_setup(sessionmaker, admin, alice, bob, 30)
+    batch = await create(alice, APPROVE_ALL)
+    ctx, _queue = recording_context(app)
+    first = await seeding.seed_page(ctx, batch["id"])
+    assert first is not None and first.ahead
+    t = setup.task_ids
+    assert await _claims(sessionmaker, batch["id"]) == [(t[4], t[claimed_to])]
+    await _seed_to_the_end(ctx, batch["id"])
+    rows = await _rows(sessionmaker, batch["id"])
+    assert (rows["details"], rows["items"], rows["claims"], rows["logs"]) == (30, 30, 0, 30)
+
+
+def test_a_page_size_follows_the_pace_between_one_chunk_and_jobs_per_seed() -> None:
+    """1 000 items in 0.5 s fit 700 in 0.35 s; ten times faster, the cap of 10 chunks;
+    ten items a second, one chunk."""
+    ctx = cast(JobContext, SimpleNamespace(settings=Settings(seed_page_seconds=0.35)))
+    batch = Batch(chunk_size=100)
+    assert seeding._page_size(ctx, batch, first=False, pace=(1000, 0.5)) == 700
+    assert seeding._page_size(ctx, batch, first=False, pace=(1000, 0.05)) == 1000
+    assert seeding._page_size(ctx, batch, first=False, pace=(10, 1.0)) == 100
+    assert seeding._page_size(ctx, batch, first=False) == 1000
+    assert seeding._page_size(ctx, batch, first=True) == 100
+
+
+@pytest.mark.external_workers
+@pytest.mark.parametrize("settings_overrides", [{"jobs_per_seed": 1, "chunk_size": 4}])
+async def test_a_new_seed_job_seeds_the_claim_left_ahead_before_claiming(
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A seed job that starts after a page claimed the next one ahead (the last
+    invocation ran out of its slice) seeds that claim first: no claim transaction, and
+    so no page claimed at the full size instead of the pace's."""
+    await expense_setup(sessionmaker, admin, alice, bob, 10)
+    batch = await create(alice, APPROVE_ALL)
+    ctx, _queue = recording_context(app)
+    first = await seeding.seed_page(ctx, batch["id"])
+    assert first is not None and first.ahead
+
+    async def no_claim_transaction(_ctx: JobContext, _batch_id: int) -> None:
+        raise AssertionError("a claim transaction while a claim was free")
+
+    monkeypatch.setattr(seeding, "_claim", no_claim_transaction)
+    monkeypatch.setattr(seeding, "SEED_SLICE_S", 3600.0)
+    await seeding.seed(ctx, batch["id"])
     rows = await _rows(sessionmaker, batch["id"])
     assert (rows["details"], rows["items"], rows["claims"], rows["logs"]) == (10, 10, 0, 10)
     assert (rows["seeding_done"], rows["total"]) == (True, 10)

@@ -1,16 +1,19 @@
 """seed(batch_id): turn a filter into details page by page, then start execution.
 
 A page is at most ``jobs_per_seed × chunk_size`` items — the first one chunk, so the
-first items are applied and shown at once — seeded in two short transactions. The
-**claim** moves ``seed_cursor`` past the page under the batch-row lock and records the
-page as a ``SeedClaim`` (after_id, until_id] — a range found on the filter's join-free
-superset (``Target.claim_after``), so it holds at most a page of items. The **page**
+first items are applied and shown at once; the rest no more than the lane's pace fits in
+``seed_page_seconds``, so a page commits (and progress moves) several times a second —,
+seeded in two short transactions. The **claim** moves ``seed_cursor`` past the page
+under the batch-row lock and records the page as a ``SeedClaim`` (after_id, until_id] —
+a range found on the filter's join-free superset (``Target.claim_after``), so it holds
+at most a page of items. The **page**
 takes one unclaimed-and-unlocked claim (``FOR UPDATE SKIP LOCKED``), inserts its details
 (applying the operation on the way where it may: ``details.create_details_from``),
 deletes the claim and adds its counts to the batch — all in one transaction, so a page
 is seeded exactly once: a lane that dies leaves its claim to the next seed job, never a
 half page. Holding the batch-row lock for those counts, the page also claims the lane's
-next page, so within one invocation only the first page needs a claim transaction.
+next page, which the lane (or its next invocation) seeds first: only a batch's first
+page, and a lane that finds no free claim, need a claim transaction.
 
 So several seed jobs — ``BATCH_SEED_LANES`` on PostgreSQL, each on its own connection
 — seed one batch side by side; the first page, once in, enqueues the other lanes.
@@ -78,7 +81,9 @@ async def seed(ctx: JobContext, batch_id: int) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SEED_SLICE_S
     priority = "normal"  # until the first page says
-    ahead = False
+    # A claim left by an earlier invocation (claimed ahead, sized by its pace) is
+    # seeded before any new one is claimed.
+    ahead = True
     while not ctx.stopping.is_set():
         try:
             page = await seed_page(ctx, batch_id, claimed=ahead)
@@ -105,11 +110,11 @@ async def seed_page(ctx: JobContext, batch_id: int, *, claimed: bool = False) ->
     lanes). After the first page and after the last, wakes the batch's executors and
     monitor (``state.execution_wakeups``), sent once the page is committed.
 
-    ``claimed``: the lane's last page claimed this one ahead (``SeededPage.ahead``), so
-    it goes straight to seeding a claim — and claims as usual only if no claim is free
-    (another lane took it)."""
+    ``claimed``: a claim may be free — the lane's last page claimed one ahead
+    (``SeededPage.ahead``), or an earlier invocation did —, so go straight to seeding it,
+    and claim as usual only if none is free (another lane took it)."""
     if claimed:
-        page = await _seed_claimed(ctx, batch_id)
+        page = await _seed_claimed(ctx, batch_id, may_finish=False)
         if page is not None:
             return page
     claim = await _claim(ctx, batch_id)
@@ -171,10 +176,19 @@ async def _claim(ctx: JobContext, batch_id: int) -> SeededPage | Idle | None:
     return stop
 
 
-def _page_size(ctx: JobContext, batch: Batch, *, first: bool) -> int:
+def _page_size(
+    ctx: JobContext, batch: Batch, *, first: bool, pace: tuple[int, float] | None = None
+) -> int:
     """Items a page claims: the first page is one chunk, so its items are applied (and
-    shown) at once; the pages after it are ``jobs_per_seed`` chunks."""
-    return batch.chunk_size * (1 if first else ctx.settings.jobs_per_seed)
+    shown) at once; the pages after it are ``jobs_per_seed`` chunks — or, given the
+    ``pace`` of the page that claims it (items, seconds), what that pace fits in
+    ``seed_page_seconds``, one chunk at least: a page commits, and progress moves,
+    that often however slow the database is."""
+    full = batch.chunk_size * (1 if first else ctx.settings.jobs_per_seed)
+    if pace is None or pace[0] <= 0 or pace[1] <= 0:
+        return full
+    timed = int(pace[0] * ctx.settings.seed_page_seconds / pace[1])
+    return max(batch.chunk_size, min(full, timed))
 
 
 async def _claim_range(
@@ -206,9 +220,14 @@ async def _start_listed(ctx: JobContext, session: AsyncSession, batch: Batch) ->
     return SeededPage(batch.priority, done=True)
 
 
-async def _seed_claimed(ctx: JobContext, batch_id: int) -> SeededPage | None:
+async def _seed_claimed(
+    ctx: JobContext, batch_id: int, *, may_finish: bool = True
+) -> SeededPage | None:
     """The page transaction: seed one claimed page that no other lane holds, or, with
-    none left to take, finish seeding if nothing remains at all."""
+    none left to take, finish seeding if nothing remains at all (``may_finish``: not
+    when the lane only looks for a free claim before claiming — seeding may not have
+    started)."""
+    started = asyncio.get_running_loop().time()
     async with ctx.unit() as session:
         await seed_exclusion.share_seeding(session, batch_id)
         claim = await session.scalar(
@@ -218,6 +237,8 @@ async def _seed_claimed(ctx: JobContext, batch_id: int) -> SeededPage | None:
             .limit(1)
             .with_for_update(skip_locked=True)
         )
+        if claim is None and not may_finish:
+            return None
         batch = await session.get(Batch, batch_id, populate_existing=True)
         if batch is None or state.is_final(batch.status):
             await session.execute(delete(SeedClaim).where(SeedClaim.batch_id == batch_id))
@@ -234,8 +255,9 @@ async def _seed_claimed(ctx: JobContext, batch_id: int) -> SeededPage | None:
             ahead = False
         else:
             again = claim.after_id == 0 and _estimated(session, batch)
-            size = _page_size(ctx, batch, first=False)
-            done, status, first, ahead = await _seed_page(session, batch, op, creator, claim, size)
+            done, status, first, ahead = await _seed_page(
+                ctx, session, batch, op, creator, claim, started
+            )
             if claim.after_id == 0 and not done:
                 # The other lanes start once the first page is in: until then it has
                 # the database to itself, and the first items show sooner.
@@ -248,16 +270,18 @@ async def _seed_claimed(ctx: JobContext, batch_id: int) -> SeededPage | None:
 
 
 async def _seed_page(
+    ctx: JobContext,
     session: AsyncSession,
     batch: Batch,
     op: Operation,
     creator: User,
     claim: SeedClaim,
-    next_size: int,
+    started: float,
 ) -> tuple[bool, str | None, bool, bool]:
     """Seed ``claim``'s items and add them to the batch (its row locked last, as
-    everywhere); then, holding that lock, claim the next page (``next_size`` items of
-    the superset), or finish seeding if nothing is left. Claiming here saves the lane a
+    everywhere); then, holding that lock, claim the next page (sized by this page's
+    pace since ``started``: ``_page_size``), or finish seeding if nothing is left.
+    Claiming here saves the lane a
     transaction per page (its lock, batch and creator reads, its commit). Returns (done,
     the batch's status, whether executors should start now — after a first page that
     left items pending for them —, whether the next page was claimed)."""
@@ -294,6 +318,8 @@ async def _seed_page(
     first = claim.after_id == 0 and not seeded.fused
     locked = await session.get(Batch, batch.id, populate_existing=True)
     assert locked is not None
+    pace = (seeded.count, asyncio.get_running_loop().time() - started)
+    next_size = _page_size(ctx, locked, first=False, pace=pace)
     if await _claim_range(session, locked, op, creator, next_size):
         return False, status, first, True
     if await _nothing_left(session, locked, op, creator):
