@@ -370,6 +370,10 @@ async def test_the_limit_is_proven_by_the_id_span_or_by_a_count(
     assert proven == [True, True, False]
 
 
+async def _no_claim_transaction(_ctx: JobContext, _batch_id: int) -> None:
+    raise AssertionError("a claim transaction while a claim was free")
+
+
 @pytest.mark.external_workers
 @pytest.mark.parametrize("settings_overrides", [{"jobs_per_seed": 1, "chunk_size": 4}])
 async def test_a_page_claims_the_next_one_in_its_own_transaction(
@@ -391,10 +395,7 @@ async def test_a_page_claims_the_next_one_in_its_own_transaction(
     rows = await _rows(sessionmaker, batch["id"])
     assert (rows["details"], rows["claims"], rows["seeding_done"]) == (4, 1, False)
 
-    async def no_claim_transaction(_ctx: JobContext, _batch_id: int) -> None:
-        raise AssertionError("a claim transaction for a page claimed ahead")
-
-    monkeypatch.setattr(seeding, "_claim", no_claim_transaction)
+    monkeypatch.setattr(seeding, "_claim", _no_claim_transaction)
     second = await seeding.seed_page(ctx, batch["id"], claimed=True)
     assert second is not None and second.ahead and not second.done
     rows = await _rows(sessionmaker, batch["id"])
@@ -480,10 +481,7 @@ async def test_a_new_seed_job_seeds_the_claim_left_ahead_before_claiming(
     first = await seeding.seed_page(ctx, batch["id"])
     assert first is not None and first.ahead
 
-    async def no_claim_transaction(_ctx: JobContext, _batch_id: int) -> None:
-        raise AssertionError("a claim transaction while a claim was free")
-
-    monkeypatch.setattr(seeding, "_claim", no_claim_transaction)
+    monkeypatch.setattr(seeding, "_claim", _no_claim_transaction)
     monkeypatch.setattr(seeding, "SEED_SLICE_S", 3600.0)
     await seeding.seed(ctx, batch["id"])
     rows = await _rows(sessionmaker, batch["id"])
