@@ -487,3 +487,33 @@ async def test_a_new_seed_job_seeds_the_claim_left_ahead_before_claiming(
     rows = await _rows(sessionmaker, batch["id"])
     assert (rows["details"], rows["items"], rows["claims"], rows["logs"]) == (10, 10, 0, 10)
     assert (rows["seeding_done"], rows["total"]) == (True, 10)
+
+
+@pytest.mark.external_workers
+@pytest.mark.parametrize(
+    ("limit", "status", "success"),
+    [
+        (None, "completed", 10),  # every item applied as it was seeded
+        (1000.0, "running", 0),  # rate-limited: the executors apply it, at their pace
+    ],
+)
+async def test_the_seed_job_that_ends_seeding_completes_a_batch_with_nothing_pending(
+    app: FastAPI,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    admin: Actor,
+    alice: Actor,
+    bob: Actor,
+    limit: float | None,
+    status: str,
+    success: int,
+) -> None:
+    """A batch applied while it was seeded leaves its executors nothing: the seed job
+    that ends seeding completes it at once (no executor has run here). One that left
+    items pending stays running for its executors."""
+    await expense_setup(sessionmaker, admin, alice, bob, 10)
+    batch = await create(alice, {**APPROVE_ALL, "max_items_per_second": limit})
+    ctx, queue = recording_context(app)
+    await seeding.seed(ctx, batch["id"])
+    seen = (await alice.get(f"/api/v1/batches/{batch['id']}")).json()
+    assert (seen["status"], seen["success"], seen["total"]) == (status, success, 10)
+    assert "execute" in {w.job for w in queue.sent}  # the executors are woken either way

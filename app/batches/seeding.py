@@ -37,7 +37,7 @@ from sqlalchemy import case, delete, exists, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.batches import details, notify, seed_exclusion, state
+from app.batches import details, monitor, notify, seed_exclusion, state
 from app.db.base import utcnow
 from app.db.unit_of_work import request_wakeup
 from app.domain import RUNNABLE, STARTING, SUSPENDABLE, BatchStatus, Wakeup
@@ -75,6 +75,9 @@ class SeededPage:
     ahead: bool = False
     """The page's transaction also claimed the next page: the lane may seed it without
     a claim transaction of its own."""
+    ended: bool = False
+    """This transaction ended seeding: the lane finalizes the batch at once if nothing
+    is left pending (a batch applied while seeding leaves its executors nothing)."""
 
 
 async def seed(ctx: JobContext, batch_id: int) -> None:
@@ -96,11 +99,25 @@ async def seed(ctx: JobContext, batch_id: int) -> None:
             raise
         if page is not None:
             priority, ahead = page.priority, page.ahead
+            if page.ended:
+                await _finalize_now(ctx, batch_id)
         if page is None or page.done or page.stop:
             return
         if loop.time() > deadline:
             await ctx.queue.enqueue(Wakeup("seed", batch_id, page.priority))
             return
+
+
+async def _finalize_now(ctx: JobContext, batch_id: int) -> None:
+    """Complete a batch whose seeding just ended with nothing pending, without the queue
+    hop to an executor that would only find nothing to do. If the database blinks, the
+    executors and monitor woken by the page that ended seeding finalize it instead."""
+    try:
+        await monitor.finalize_if_done(ctx, batch_id)
+    except DBAPIError as exc:
+        log.warning(
+            "batch %s: finalizing after seeding failed (%s); left to its monitor", batch_id, exc
+        )
 
 
 async def seed_page(ctx: JobContext, batch_id: int, *, claimed: bool = False) -> SeededPage | None:
@@ -266,7 +283,7 @@ async def _seed_claimed(
             _request_execution(ctx, session, batch_id, batch.priority)
         priority = batch.priority
     await ctx.progress.publish(batch_id)
-    return SeededPage(priority, done, recount=again and not done, ahead=ahead)
+    return SeededPage(priority, done, recount=again and not done, ahead=ahead, ended=done)
 
 
 async def _seed_page(
