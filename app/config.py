@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     seed_lanes: int = Field(default=2, ge=1, le=16)
     """Seed jobs that seed one filter batch's pages at once, each on its own connection
     (PostgreSQL; 1 on SQLite, whose writers take turns anyway)."""
-    seed_page_seconds: float = Field(default=0.35, gt=0, le=60)
+    seed_page_seconds: float = Field(default=0.3, gt=0, le=60)
     """A seed page aims to commit within this long: the page a lane claims ahead holds
     what its last page's pace fits in this time (one chunk at least, ``jobs_per_seed``
     chunks at most), so progress moves several times a second on a slow machine too."""
