@@ -6,14 +6,14 @@ first items are applied and shown at once; the rest no more than the lane's pace
 seeded in two short transactions. The **claim** moves ``seed_cursor`` past the page
 under the batch-row lock and records the page as a ``SeedClaim`` (after_id, until_id] —
 a range found on the filter's join-free superset (``Target.claim_after``), so it holds
-at most a page of items. The **page**
-takes one unclaimed-and-unlocked claim (``FOR UPDATE SKIP LOCKED``), inserts its details
-(applying the operation on the way where it may: ``details.create_details_from``),
-deletes the claim and adds its counts to the batch — all in one transaction, so a page
-is seeded exactly once: a lane that dies leaves its claim to the next seed job, never a
-half page. Holding the batch-row lock for those counts, the page also claims the lane's
-next page, which the lane (or its next invocation) seeds first: only a batch's first
-page, and a lane that finds no free claim, need a claim transaction.
+at most a page of items. The **page** takes one unclaimed-and-unlocked claim (``FOR
+UPDATE SKIP LOCKED``), inserts its details (applying the operation on the way where it
+may: ``details.create_details_from``), deletes the claim and adds its counts to the
+batch — all in one transaction, so a page is seeded exactly once: a lane that dies
+leaves its claim to the next seed job, never a half page. Holding the batch-row lock
+for those counts, the page also claims the lane's next page, which the lane (or its
+next invocation) seeds first: only a batch's first page, and a lane that finds no free
+claim, need a claim transaction.
 
 So several seed jobs — ``BATCH_SEED_LANES`` on PostgreSQL, each on its own connection
 — seed one batch side by side; the first page, once in, enqueues the other lanes.
@@ -298,10 +298,10 @@ async def _seed_page(
     """Seed ``claim``'s items and add them to the batch (its row locked last, as
     everywhere); then, holding that lock, claim the next page (sized by this page's
     pace since ``started``: ``_page_size``), or finish seeding if nothing is left.
-    Claiming here saves the lane a
-    transaction per page (its lock, batch and creator reads, its commit). Returns (done,
-    the batch's status, whether executors should start now — after a first page that
-    left items pending for them —, whether the next page was claimed)."""
+    Claiming here saves the lane a transaction per page (its lock, batch and creator
+    reads, its commit). Returns (done, the batch's status, whether executors should
+    start now — after a first page that left items pending for them —, whether the next
+    page was claimed)."""
     page = op.target.page_after(
         creator, batch.filter or {}, after=claim.after_id, until=claim.until_id, limit=MAX_PAGE
     )
