@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app.batches.jobs import job_table
 from app.config import Settings
 from app.db.session import create_engine, create_sessionmaker
-from app.runtime.arq_backend import connect
+from app.runtime.arq_backend import ArqQueue, connect
 from app.runtime.arq_runner import arq_worker
 from app.runtime.backend import PRIORITIES, queue_name
 from app.runtime.factory import Runtime, build_runtime
@@ -98,6 +98,8 @@ class WorkerGroup:
         self.failed = asyncio.Event()
         """Set when a worker died of something waiting for Redis cannot cure."""
         self._probe = asyncio.Lock()
+        self._nudges: set[asyncio.Task[None]] = set()
+        """Job starts under way (``nudge``), kept until done."""
 
     async def start(self, *, serve_metrics: bool = False) -> None:
         """``serve_metrics``: also start the metrics HTTP server when a port is set
@@ -115,6 +117,8 @@ class WorkerGroup:
             redis_pool=self.pool,
         )
         await self.runtime.start()
+        if isinstance(self.runtime.ctx.queue, ArqQueue):
+            self.runtime.ctx.queue.on_enqueued = self.nudge
         if serve_metrics and s.metrics and s.worker_metrics_port is not None:
             self.metrics_server = MetricsServer(s.worker_metrics_host, s.worker_metrics_port)
         for priority in PRIORITIES:
@@ -127,6 +131,31 @@ class WorkerGroup:
         once and re-sends whatever wake-ups a Redis restart lost."""
         assert self.pool is not None and self.runtime is not None
         return arq_worker(self.table, self.runtime.ctx, self.pool, priority)
+
+    def nudge(self, queue: str, job_id: str) -> None:
+        """Start a job this process just enqueued (a seed lane, an executor, a monitor,
+        a seed job's next slice) on its queue's worker now instead of at that worker's
+        next poll, up to ``arq_runner.POLL_DELAY_S`` later. arq's own claim of a job (its
+        in-progress key, set under WATCH) keeps it from starting twice, here or in
+        another process; a worker with no free slot is left to its poll."""
+        if self.runtime is None or self.runtime.ctx.stopping.is_set():
+            return
+        for worker in self.workers.values():
+            if worker.queue_name != queue:
+                continue
+            if worker.allow_pick_jobs and worker.job_counter < worker.max_jobs:
+                task = asyncio.create_task(worker.start_jobs([job_id.encode()]))
+                self._nudges.add(task)
+                task.add_done_callback(self._nudged)
+            return
+
+    def _nudged(self, task: asyncio.Task[None]) -> None:
+        """A failed start (Redis went away) is harmless: the job stays queued for the
+        worker's poll, or for the worker that replaces it."""
+        self._nudges.discard(task)
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            log.debug("starting a job at once failed: %s", describe(failure))
 
     async def drained(self) -> None:
         """Return once no arq queue holds a due job and no worker has a job task in
@@ -259,6 +288,8 @@ class WorkerGroup:
         workers = [*self.workers.values(), *self.retired]
         for worker in workers:
             worker.allow_pick_jobs = False
+        for nudge in list(self._nudges):
+            nudge.cancel()
         in_flight = [t for w in workers for t in w.tasks.values() if not t.done()]
         if in_flight:
             log.info("waiting up to %.0f s for %d running jobs", grace, len(in_flight))

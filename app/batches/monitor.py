@@ -6,6 +6,7 @@ on, and wakes a new monitor when it runs again)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import exists, select, update
@@ -96,10 +97,16 @@ async def abort(ctx: JobContext, batch_id: int) -> None:
 
 
 async def finish(
-    session: AsyncSession, batch_id: int, status: BatchStatus, *, expect_seq: int | None = None
+    session: AsyncSession,
+    batch_id: int,
+    status: BatchStatus,
+    *,
+    expect_seq: int | None = None,
+    counts: Mapping[DetailStatus, int] | None = None,
 ) -> bool:
     """Put a non-final batch into a final state: locks released (except those of failed
-    items that may still be retried), counters recomputed from the details themselves.
+    items that may still be retried), counters recomputed from the details themselves
+    (``counts``: already counted by the caller, holding the batch-row lock).
 
     Items first, the batch row last (like the executor), so this never deadlocks with
     a chunk still in flight. Returns False (caller rolls back) if the batch changed.
@@ -119,7 +126,9 @@ async def finish(
         batch.status != BatchStatus.RUNNING or batch.progress_seq != expect_seq
     ):
         return False
-    details.apply_counts(batch, await details.status_counts(session, batch.id))
+    if counts is None:
+        counts = await details.status_counts(session, batch.id)
+    details.apply_counts(batch, counts)
     move(batch, status)
     await session.flush()
     return True

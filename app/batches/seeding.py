@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.batches import details, monitor, notify, seed_exclusion, state
 from app.db.base import utcnow
 from app.db.unit_of_work import request_wakeup
-from app.domain import RUNNABLE, STARTING, SUSPENDABLE, BatchStatus, Wakeup
+from app.domain import RUNNABLE, STARTING, SUSPENDABLE, BatchStatus, DetailStatus, Wakeup
 from app.models import Batch, BatchDetail, SeedClaim, User
 from app.operations import BatchRun, Operation, get_operation, targets
 from app.runtime.context import JobContext
@@ -75,9 +75,6 @@ class SeededPage:
     ahead: bool = False
     """The page's transaction also claimed the next page: the lane may seed it without
     a claim transaction of its own."""
-    ended: bool = False
-    """This transaction ended seeding: the lane finalizes the batch at once if nothing
-    is left pending (a batch applied while seeding leaves its executors nothing)."""
 
 
 async def seed(ctx: JobContext, batch_id: int) -> None:
@@ -99,25 +96,11 @@ async def seed(ctx: JobContext, batch_id: int) -> None:
             raise
         if page is not None:
             priority, ahead = page.priority, page.ahead
-            if page.ended:
-                await _finalize_now(ctx, batch_id)
         if page is None or page.done or page.stop:
             return
         if loop.time() > deadline:
             await ctx.queue.enqueue(Wakeup("seed", batch_id, page.priority))
             return
-
-
-async def _finalize_now(ctx: JobContext, batch_id: int) -> None:
-    """Complete a batch whose seeding just ended with nothing pending, without the queue
-    hop to an executor that would only find nothing to do. If the database blinks, the
-    executors and monitor woken by the page that ended seeding finalize it instead."""
-    try:
-        await monitor.finalize_if_done(ctx, batch_id)
-    except DBAPIError as exc:
-        log.warning(
-            "batch %s: finalizing after seeding failed (%s); left to its monitor", batch_id, exc
-        )
 
 
 async def seed_page(ctx: JobContext, batch_id: int, *, claimed: bool = False) -> SeededPage | None:
@@ -283,7 +266,7 @@ async def _seed_claimed(
             _request_execution(ctx, session, batch_id, batch.priority)
         priority = batch.priority
     await ctx.progress.publish(batch_id)
-    return SeededPage(priority, done, recount=again and not done, ahead=ahead, ended=done)
+    return SeededPage(priority, done, recount=again and not done, ahead=ahead)
 
 
 async def _seed_page(
@@ -366,7 +349,14 @@ async def _started_now(session: AsyncSession, batch_id: int, now: datetime) -> b
 
 async def _finish(session: AsyncSession, batch_id: int) -> str | None:
     """Seeding is over: mark it, start a batch that was starting, and set ``total`` to the
-    details that exist (the create request counted or estimated the filter)."""
+    details that exist (the create request counted or estimated the filter). A running
+    batch with nothing pending or running is completed in the same transaction
+    (``monitor.finish``) from the same count of its details: a batch applied while
+    seeding needs no executor or monitor after its last page.
+
+    Run holding the batch-row lock: an executor's chunk takes it before it commits, so
+    a chunk in flight still shows its items pending here."""
+    counts = await details.status_counts(session, batch_id)
     now = utcnow()
     starting = Batch.status.in_(state.statuses(STARTING))
     row = (
@@ -379,10 +369,7 @@ async def _finish(session: AsyncSession, batch_id: int) -> str | None:
                 started_at=case(
                     (starting, func.coalesce(Batch.started_at, now)), else_=Batch.started_at
                 ),
-                total=select(func.count())
-                .select_from(BatchDetail)
-                .where(BatchDetail.batch_id == batch_id)
-                .scalar_subquery(),
+                total=sum(counts.values()),
                 updated_at=now,
                 progress_seq=Batch.progress_seq + 1,
             )
@@ -395,6 +382,10 @@ async def _finish(session: AsyncSession, batch_id: int) -> str | None:
     if row.started_at == now:
         notify.note(session, batch_id, WebhookEvent.BATCH_STARTED)
     status: str = row.status
+    unfinished = counts.get(DetailStatus.PENDING, 0) + counts.get(DetailStatus.RUNNING, 0)
+    done = status == BatchStatus.RUNNING and not unfinished
+    if done and await monitor.finish(session, batch_id, BatchStatus.COMPLETED, counts=counts):
+        return BatchStatus.COMPLETED.value
     return status
 
 

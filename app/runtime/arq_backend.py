@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from arq import ArqRedis
@@ -69,6 +70,10 @@ class ArqQueue(Broker):
         self.redis_url = redis_url
         self.pool = pool
         self._owns_pool = pool is None
+        self.on_enqueued: Callable[[str, str], None] | None = None
+        """Told (queue name, job id) of each job this queue enqueued to run now. A worker
+        process sets it to start the jobs it wakes itself at once (``WorkerGroup.nudge``)
+        rather than at its next poll; the API leaves it unset."""
 
     async def start(self) -> None:
         if self.pool is None:
@@ -89,16 +94,21 @@ class ArqQueue(Broker):
         if self.pool is None:
             await self.start()
         assert self.pool is not None
+        queue = queue_name(wakeup.priority)
         try:
-            await self.pool.enqueue_job(
+            job = await self.pool.enqueue_job(
                 wakeup.job,
                 wakeup.batch_id,
-                _queue_name=queue_name(wakeup.priority),
+                _queue_name=queue,
                 _job_id=wakeup.key,
                 _defer_by=wakeup.defer,
             )
         except Exception as exc:  # the database holds the work; recovery re-sends it
             log.warning("enqueue %s(%s) failed: %s", wakeup.job, wakeup.batch_id, exc)
+            return
+        # A duplicate (same key) is None: the job already waits or runs.
+        if job is not None and not wakeup.defer and self.on_enqueued is not None:
+            self.on_enqueued(queue, job.job_id)
 
     async def depth(self) -> dict[str, int]:
         """Jobs waiting per priority: ZCARD of each arq queue (deferred jobs included,
