@@ -133,8 +133,8 @@ class WorkerGroup:
         return arq_worker(self.table, self.runtime.ctx, self.pool, priority)
 
     def nudge(self, queue: str, job_id: str) -> None:
-        """Start a job this process just enqueued (a seed lane, an executor, a monitor,
-        a seed job's next slice) on its queue's worker now instead of at that worker's
+        """Start a job this process just enqueued to run now (a seed lane, an executor, a
+        seed job's next slice) on its queue's worker at once instead of at that worker's
         next poll, up to ``arq_runner.POLL_DELAY_S`` later. arq's own claim of a job (its
         in-progress key, set under WATCH) keeps it from starting twice, here or in
         another process; a worker with no free slot is left to its poll."""
