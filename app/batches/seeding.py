@@ -20,9 +20,9 @@ So several seed jobs — ``BATCH_SEED_LANES`` on PostgreSQL, each on its own con
 Seeding is done when no claim is left and nothing matches after the cursor; the
 transaction that sees it (under the batch-row lock, so two lanes finishing together
 cannot both miss it) marks it and wakes the executors — or, with nothing left pending
-(every item applied as it was seeded), completes the batch itself. One invocation seeds page after
-page for up to ``SEED_SLICE_S``, then re-enqueues itself; memory stays flat and no
-transaction grows with the batch.
+(every item applied as it was seeded), completes the batch itself. One invocation seeds
+page after page for up to ``SEED_SLICE_S``, then re-enqueues itself; memory stays flat
+and no transaction grows with the batch.
 """
 
 from __future__ import annotations
