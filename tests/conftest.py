@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.batches.jobs import job_table
@@ -62,11 +63,31 @@ async def template_db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         yield str(path)
 
 
+_LEFTOVER_WORK = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    " AND state IS DISTINCT FROM 'idle' AND backend_type = 'client backend'"
+)
+"""A killed worker process's or a stopped test's statement can still be running in
+PostgreSQL (a backend notices its client is gone only when it next talks to it): end
+them so the next test's TRUNCATE neither waits on nor deadlocks with their locks. Idle
+connections hold no locks and are left alone."""
+
+
 async def _reset_postgres(url: str) -> None:
     engine = create_engine(url, pool_size=1)
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-    async with engine.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    for attempt in range(5):
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(_LEFTOVER_WORK)
+            async with engine.begin() as conn:
+                await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+                await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            break
+        except DBAPIError:  # a deadlock or lock timeout with work that started meanwhile
+            if attempt == 4:
+                raise
     await engine.dispose()
 
 
