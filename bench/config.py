@@ -73,11 +73,12 @@ class BenchConfig:
     scale_items: int = 1_000_000
     api_clients: int = 1
     """Latency-sampling clients per endpoint in the scale phase."""
-    api_interval: float = 0.05
-    """Seconds between one client's requests (1 client × 2 endpoints → at most 40 requests/s)."""
+    api_interval: float = 0.2
+    """Seconds between one client's requests (1 client × 2 endpoints → at most 10 requests/s:
+    a console with ten people watching, each refreshing once a second)."""
     api_samples: int = 600
     """Idle samples per endpoint (or what ``api_idle_s`` gives)."""
-    api_idle_s: float = 60.0
+    api_idle_s: float = 150.0
     first_item_poll: float = 0.002
     pg_statements: bool = False
     """Start an own PostgreSQL cluster with pg_stat_statements (``BENCH_PG_STATEMENTS``)."""
@@ -108,9 +109,9 @@ class BenchConfig:
             out_dir=out,
             scale_items=_int("BENCH_SCALE_ITEMS", 1_000_000),
             api_clients=_int("BENCH_API_CLIENTS", 1),
-            api_interval=_float("BENCH_API_INTERVAL", 0.05),
+            api_interval=_float("BENCH_API_INTERVAL", 0.2),
             api_samples=_int("BENCH_API_SAMPLES", 600),
-            api_idle_s=_float("BENCH_API_IDLE_S", 60.0),
+            api_idle_s=_float("BENCH_API_IDLE_S", 150.0),
             first_item_poll=_float("BENCH_FIRST_ITEM_POLL", 0.002),
             pg_statements=os.environ.get("BENCH_PG_STATEMENTS", "").strip() not in ("", "0"),
         )
