@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import session as db_session
 from app.db.session import create_engine
@@ -16,8 +17,9 @@ from tests.conftest import TEST_DB, postgres_only
 pytestmark = postgres_only
 
 
-async def _backend_pid(engine: object) -> int:
-    async with engine.connect() as conn:  # type: ignore[attr-defined]
+async def _backend_pid(engine: AsyncEngine) -> int:
+    """The server process behind the connection the pool hands out now."""
+    async with engine.connect() as conn:
         return int(await conn.scalar(text("SELECT pg_backend_pid()")))
 
 
