@@ -75,6 +75,9 @@ PING_AFTER_IDLE_S = 1.0
 """A pooled connection that sat unused longer than this is pinged before it is handed
 out (see ``_ping_when_idle``)."""
 
+_CHECKED_IN_AT = "batchd.checked_in_at"
+"""Where a pooled connection's record keeps when it was last returned (or opened)."""
+
 
 def _ping_when_idle(engine: AsyncEngine) -> None:
     """SQLAlchemy's ``pool_pre_ping``, but only for a connection that has been idle in
@@ -100,9 +103,6 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             dbapi_connection.ping()
         except Exception as exc:  # the pool replaces it with a new connection
             raise DisconnectionError(str(exc)) from exc
-
-
-_CHECKED_IN_AT = "batchd.checked_in_at"
 
 
 def _sqlite_engine(url: str) -> AsyncEngine:
